@@ -91,7 +91,7 @@ class ModelConfig:
 
 
 PRESETS = {
-    "tiny": ModelConfig(),
+    "tiny": ModelConfig(vocab_size=320),  # fits the byte-level test tokenizer (256 bytes + specials)
     "smollm2_135m": ModelConfig(
         arch="llama", vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3,
         head_dim=64, ffn_dim=1536, norm_eps=1e-5, rope_theta=100000.0, tie_embeddings=True,
