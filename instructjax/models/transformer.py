@@ -104,6 +104,30 @@ class Norm(nn.Module):
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
 
 
+class Projection(nn.Module):
+    """`x` contracted over its last `n_in` dims with a kernel of `shape` (+ bias over the output dims).
+
+    Written out (not nn.DenseGeneral) so kernels keep their true shape under logical partitioning.
+    """
+
+    cfg: ModelConfig
+    shape: tuple
+    axes: tuple
+    n_in: int = 1
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        dtype, pdtype = jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
+        kernel = self.param("kernel", _init(self.cfg, self.axes), self.shape, pdtype)
+        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in)
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:]),
+                              self.shape[self.n_in:], pdtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
 class Attention(nn.Module):
     """Grouped-query attention with RoPE or none, writing into the KV cache when one is given."""
 
@@ -113,14 +137,11 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, mask, positions, cache_kv, layer_index, cache_index):
         cfg = self.cfg
-        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dtype = jnp.dtype(cfg.dtype)
 
         def proj(name, heads, bias):
-            return nn.DenseGeneral((heads, cfg.head_dim), use_bias=bias, dtype=dtype, param_dtype=pdtype,
-                                   kernel_init=_init(cfg, ("embed", "heads", "head_dim")),
-                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                          ("heads", "head_dim")),
-                                   name=name)(x)
+            return Projection(cfg, (cfg.d_model, heads, cfg.head_dim), ("embed", "heads", "head_dim"),
+                              use_bias=bias, name=name)(x)
 
         q = proj("q", cfg.num_heads, cfg.qkv_bias)
         k = proj("k", cfg.num_kv_heads, cfg.qkv_bias)
@@ -147,10 +168,8 @@ class Attention(nn.Module):
         if cfg.attention_dropout > 0:
             probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=cfg.out_bias, dtype=dtype, param_dtype=pdtype,
-                              kernel_init=_init(cfg, ("heads", "head_dim", "embed")),
-                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                              name="o")(out)
+        out = Projection(cfg, (cfg.num_heads, cfg.head_dim, cfg.d_model), ("heads", "head_dim", "embed"), n_in=2,
+                         use_bias=cfg.out_bias, name="o")(out)
         return out, cache_kv
 
 
@@ -192,7 +211,7 @@ class Block(nn.Module):
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic or cfg.dropout_rate == 0)
         h = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic or cfg.dropout_rate == 0)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         new_carry = (x,) + (cache_kv if cache_kv is not None else (None, None))
         return new_carry, None
 
@@ -222,7 +241,8 @@ class Transformer(nn.Module):
     """Decoder-only LM. head="lm" returns float32 logits [B, T, V]; head="scalar" float32 scores [B, T].
 
     With `cache`, the tokens are written to the cache's next slots and `(output, new_cache)` is
-    returned; positions then continue from `cache.next_position`.
+    returned; positions then continue from `cache.next_position`. `output_positions` (int32 [B, K])
+    computes the head only at those indices of T (e.g. the last prompt token when sampling).
     """
 
     cfg: ModelConfig
@@ -230,7 +250,8 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, attention_mask=None, *, segment_ids=None,
-                 cache: Optional[KVCache] = None, deterministic: bool = True, return_hidden: bool = False):
+                 cache: Optional[KVCache] = None, deterministic: bool = True, return_hidden: bool = False,
+                 output_positions: Optional[jax.Array] = None):
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         if attention_mask is None:
@@ -256,7 +277,7 @@ class Transformer(nn.Module):
         if cfg.position == "learned":
             x = x + nn.Embed(cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=pdtype,
                              embedding_init=_init(cfg, ("max_len", "embed")), name="pos_embed")(positions)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
         block = Block
         if cfg.remat_policy != "none":
@@ -273,6 +294,8 @@ class Transformer(nn.Module):
             for i in range(cfg.num_layers):
                 carry, _ = block(cfg, deterministic, name=f"layers_{i}")(carry, i, mask, positions, cache_index)
         x = Norm(cfg, name="final_norm")(carry[0])
+        if output_positions is not None:  # head (and returned hidden) only at these indices [B, K] of T
+            x = jnp.take_along_axis(x, output_positions[..., None].astype(jnp.int32), axis=1)
 
         if self.head == "lm":
             if cfg.tie_embeddings:

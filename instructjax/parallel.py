@@ -1,0 +1,93 @@
+"""One device mesh with axes ('data', 'fsdp', 'tensor'), logical-axis rules and shardings (GSPMD)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis name (see the model's parameters and activations) -> mesh axes.
+DEFAULT_RULES = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("max_len", None),
+    ("layers", None),
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+)
+
+
+def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+    """A mesh over all (or the given) devices; one -1 entry takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(mesh_shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"mesh_shape={tuple(mesh_shape)} needs one size per axis {MESH_AXES}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh_shape={tuple(mesh_shape)}: at most one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(f"mesh_shape={tuple(mesh_shape)} does not cover the {len(devices)} devices")
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def initialize_distributed(multi_host: bool) -> None:
+    """Join the multi-host job (coordinator from the environment, as on TPU pods / SLURM)."""
+    if multi_host:
+        jax.distributed.initialize()
+
+
+def _fit(spec: P, shape: tuple, mesh: Mesh) -> P:
+    """Replicate dims whose size the mesh axes do not divide (e.g. 3 KV heads on tensor=2)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[n] for n in names)
+        fitted.append(axes if size and dim % size == 0 else None)
+    return P(*fitted)
+
+
+def logical_shardings(logical_specs, shapes, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a tree of logical PartitionSpecs and the matching tree of shapes/arrays."""
+    mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+    return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit(spec, np.shape(x), mesh)),
+                        mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def param_shardings(cfg, params_or_shapes, mesh: Mesh, rules=DEFAULT_RULES, head: str = "lm"):
+    """Shardings of a model's parameters from their logical axis names."""
+    from instructjax.models import param_logical_axes
+    return logical_shardings(param_logical_axes(cfg, head), params_or_shapes, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dim split over the data and fsdp axes, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=DEFAULT_RULES):
+    """Context for tracing sharded functions: the mesh and the logical-axis rules of activations."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

@@ -1,0 +1,46 @@
+"""Mesh construction and parameter sharding on 8 fake CPU devices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from instructjax import parallel
+from instructjax.models import Transformer, get_preset, init_params
+
+needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="run with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+
+
+@needs_8
+def test_make_mesh_fills_minus_one():
+    mesh = parallel.make_mesh((2, -1, 2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    with pytest.raises(ValueError, match="does not cover"):
+        parallel.make_mesh((3, 1, 1))
+    with pytest.raises(ValueError, match="at most one -1"):
+        parallel.make_mesh((-1, -1, 1))
+
+
+@needs_8
+def test_sharded_forward_equals_single_device():
+    cfg = get_preset("tiny").replace(num_kv_heads=2)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 6)), jnp.int32)
+    ref = Transformer(cfg).apply({"params": params}, tokens)
+    mesh = parallel.make_mesh((2, 2, 2))
+    shardings = parallel.param_shardings(cfg, params, mesh)
+    assert shardings["layers_0"]["attn"]["q"]["kernel"].spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    sharded = jax.device_put(params, shardings)
+    batch = jax.device_put(tokens, parallel.batch_sharding(mesh))
+    with parallel.activation_sharding(mesh):
+        out = jax.jit(lambda p, t: Transformer(cfg).apply({"params": p}, t))(sharded, batch)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@needs_8
+def test_indivisible_dims_are_replicated():
+    cfg = get_preset("tiny").replace(num_heads=3, num_kv_heads=3)
+    params = init_params(cfg, jax.random.key(0))
+    mesh = parallel.make_mesh((1, 1, 8))
+    spec = parallel.param_shardings(cfg, params, mesh)["layers_0"]["attn"]["k"]["kernel"].spec
+    assert spec == jax.sharding.PartitionSpec("fsdp", None, None)  # 3 heads do not split over tensor=8
