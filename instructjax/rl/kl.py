@@ -1,0 +1,59 @@
+"""Per-token KL estimators and the KL coefficient controllers (RLHF.md items 14, 16)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -> jax.Array:
+    """Estimate of KL(policy || reference) per sampled token: k1, k2 or k3 (Schulman's estimators)."""
+    log_ratio = logprobs - ref_logprobs
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * jnp.square(log_ratio)
+    if kind == "k3":
+        return jnp.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl_penalty kind={kind!r}: expected 'k1', 'k2' or 'k3'")
+
+
+@dataclasses.dataclass
+class FixedKLController:
+    """A constant KL coefficient beta (InstructGPT: 0.02)."""
+
+    kl_coef: float
+
+    @property
+    def value(self) -> float:
+        return self.kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        del current_kl, n_steps
+        return self.kl_coef
+
+
+@dataclasses.dataclass
+class AdaptiveKLController:
+    """Ziegler et al. 2019: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+
+    init_kl_coef: float
+    target: float
+    horizon: float
+    kl_coef: float = dataclasses.field(default=None)
+
+    def __post_init__(self):
+        if self.kl_coef is None:
+            self.kl_coef = float(self.init_kl_coef)
+
+    @property
+    def value(self) -> float:
+        return self.kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = float(np.clip(float(current_kl) / self.target - 1.0, -0.2, 0.2))
+        self.kl_coef *= 1.0 + error * n_steps / self.horizon
+        return self.kl_coef
