@@ -1,0 +1,5 @@
+"""Tiny models and tokenizers for tests and notebooks."""
+
+from instructjax.testing.tokenizer import tiny_tokenizer
+
+__all__ = ["tiny_tokenizer"]
