@@ -1,0 +1,187 @@
+"""The grain plumbing every pipeline shares: shuffle, host shards, counted drops, batches, state.
+
+A pipeline is records -> shuffle by seed -> this host's shard -> repeat -> per-record tokenizing
+map (threads, optionally worker processes) -> `Tally` (drops what the map rejected, counts it)
+-> optional packing -> host batch -> global `jax.Array`s laid out over the mesh's batch axes.
+`iter(loader)` gives a `BatchIterator`, a grain `DatasetIterator` whose `get_state`/`set_state`
+(and so `grain.checkpoint.CheckpointSave/CheckpointRestore` with Orbax) resume exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from instructjax.datasets import features
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """Batching, order and parallelism of a pipeline."""
+
+    batch_size: int  # global batch (rows over all hosts); each host loads batch_size / process_count
+    seed: int = 0  # shuffle (reshuffled each epoch) and packing seed
+    shuffle: bool = True  # False: records in source order (evaluation)
+    num_epochs: int | None = None  # None: repeat forever; else stop after that many passes
+    num_threads: int = 2  # threads of the per-record tokenizing map
+    prefetch: int = 64  # records the threads read ahead
+    worker_count: int = 0  # grain worker processes (mp_prefetch) for the map; 0: in this process
+
+
+class Tokenized(NamedTuple):
+    """What a per-record function returns: the element, or why the record is dropped."""
+
+    element: dict[str, np.ndarray] | None
+    dropped: str | None = None  # why the record is dropped: "overlong", "too_many_completions"
+    truncated: bool = False  # the prompt was cut from the left to fit
+
+
+def new_tally() -> dict[str, int]:
+    """Counters of a pipeline: records read, prompts truncated, records dropped per reason."""
+    return {"records": 0, "truncated": 0}
+
+
+class _TallyIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int]):
+        super().__init__(parent)
+        self._tally = tally
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while True:
+            item: Tokenized = next(self._parent)
+            self._tally["records"] += 1
+            self._tally["truncated"] += int(item.truncated)
+            if item.dropped is None:
+                return item.element
+            key = f"dropped_{item.dropped}"
+            self._tally[key] = self._tally.get(key, 0) + 1
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(), "tally": dict(self._tally)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._tally.clear()
+        self._tally.update(state["tally"])
+
+
+class Tally(grain.IterDataset):
+    """Passes on the elements of `Tokenized` items and counts the truncated and dropped ones."""
+
+    def __init__(self, parent: grain.IterDataset, tally: dict[str, int]):
+        super().__init__(parent)
+        self._tally = tally
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _TallyIterator(self._parent.__iter__(), self._tally)
+
+
+class BatchIterator(grain.DatasetIterator):
+    """Global batches; `stats` counts records read, truncated and dropped so far (part of the state)."""
+
+    def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], mesh: jax.sharding.Mesh | None):
+        super().__init__(parent)
+        self._tally, self._mesh = tally, mesh
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._tally)
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._parent)
+        return batch if self._mesh is None else global_batch(batch, self._mesh)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class Loader:
+    """An iterable of batches; every `iter()` starts from the beginning with fresh counters."""
+
+    def __init__(self, build: Callable[[dict[str, int]], grain.IterDataset], *, num_records: int,
+                 mesh: jax.sharding.Mesh | None):
+        self._build, self._mesh = build, mesh
+        self.num_records = num_records  # records per epoch over all hosts (before drops)
+
+    def __iter__(self) -> BatchIterator:
+        tally = new_tally()
+        return BatchIterator(self._build(tally).__iter__(), tally, self._mesh)
+
+
+def host_batch_size(config: LoaderConfig) -> int:
+    """Rows this host loads per step."""
+    count = jax.process_count()
+    if config.batch_size % count:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the {count} processes")
+    return config.batch_size // count
+
+
+def sharded_records(source: Sequence[Any] | grain.MapDataset, kind: str, config: LoaderConfig) -> grain.MapDataset:
+    """Decoded records of this host for every epoch: shuffled globally by seed, then split evenly.
+
+    Each epoch drops `len % process_count` records (different ones each epoch when shuffled) so
+    that every host sees the same number of records.
+    """
+    ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
+    if config.shuffle:
+        ds = ds.shuffle(seed=config.seed)
+    index, count = jax.process_index(), jax.process_count()
+    ds = ds[: len(ds) - len(ds) % count][index::count]
+    if not len(ds):
+        raise ValueError(f"no records for process {index} of {count} (the source has {len(source)})")
+    return ds.repeat(config.num_epochs).map(functools.partial(features.decode, kind))
+
+
+def tokenized_stream(records: grain.MapDataset, tokenize: Callable[[dict[str, Any]], Tokenized],
+                     config: LoaderConfig, tally: dict[str, int]) -> grain.IterDataset:
+    """Records mapped by `tokenize` on threads (and worker processes), rejected ones counted and dropped."""
+    ds = records.map(tokenize).to_iter_dataset(
+        grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch))
+    if config.worker_count:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; notebooks and tests never parse them
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
+    return Tally(ds, tally)
+
+
+def batched(ds: grain.IterDataset, config: LoaderConfig) -> grain.IterDataset:
+    """Host batches. Forever-repeating pipelines give full batches; finite ones pad the last batch
+    with all-zero rows (every mask False) so that no record is dropped."""
+    size = host_batch_size(config)
+    if config.num_epochs is None:
+        return ds.batch(size, drop_remainder=True)
+    return ds.batch(size, batch_fn=functools.partial(_stack_and_pad, size=size))
+
+
+def _stack_and_pad(elements: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+    """Stacked elements, padded to `size` rows of zeros (False, 0, empty strings)."""
+    def stack(*xs: np.ndarray) -> np.ndarray:
+        x = np.stack(xs)
+        return np.concatenate([x, np.zeros((size - len(xs), *x.shape[1:]), x.dtype)])
+
+    return jax.tree.map(stack, *elements)
+
+
+def global_batch(batch: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """Host batches -> global arrays split over the mesh's batch axes; text stays host-local numpy."""
+    from instructjax.parallel import batch_sharding  # pylint: disable=import-outside-toplevel
+
+    count = jax.process_count()
+
+    def put(x: np.ndarray) -> Any:
+        if x.dtype.kind not in "biuf":  # strings
+            return x
+        global_shape = (x.shape[0] * count, *x.shape[1:])
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x, global_shape)
+
+    return {k: put(v) for k, v in batch.items()}

@@ -1,0 +1,1 @@
+"""TFDS builder of comparisons from JSONL files."""

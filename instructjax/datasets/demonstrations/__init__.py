@@ -1,0 +1,1 @@
+"""TFDS builder of demonstrations from JSONL files."""

@@ -1,0 +1,1 @@
+"""TFDS builder of pretraining text from JSONL files."""

@@ -1,0 +1,1 @@
+"""TFDS builder of prompts from JSONL files."""
