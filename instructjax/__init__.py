@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from instructjax import checkpoints, data, datasets, losses, models, parallel, rl, tokenizers, train
+from instructjax import checkpoints, data, datasets, losses, models, parallel, rewards, rl, sampling, tokenizers, train
 
-__all__ = ["checkpoints", "data", "datasets", "losses", "models", "parallel", "rl", "tokenizers", "train"]
+__all__ = ["checkpoints", "data", "datasets", "losses", "models", "parallel", "rewards", "rl", "sampling", "tokenizers", "train"]

@@ -82,6 +82,11 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """Number of pieces the batch axis is split into (the product of the batch mesh axes)."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -8,6 +8,7 @@ through `safetensors.numpy`: neither torch nor transformers is needed, nothing i
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import pathlib
@@ -200,6 +201,27 @@ def _rope_keys(cfg: ModelConfig) -> dict:
     return {"rope_parameters": parameters, "rope_theta": cfg.rope_theta, "rope_scaling": scaling}
 
 
+def classifier_tokenizer(tokenizer: Any) -> Any:
+    """`tokenizer`, or a copy whose pad token differs from EOS, for a `*ForSequenceClassification` export.
+
+    transformers scores the rightmost token that is not `pad_token_id` (it ignores the attention
+    mask), so with pad == EOS (SmolLM2) it would skip the EOS that we score. The copy pads with the
+    unknown, BOS or another special token instead; its files and config.json say so.
+    """
+    eos = tokenizer.eos_id
+    if eos is None or (tokenizer.pad_token is not None and tokenizer.pad_id != eos):
+        return tokenizer
+    candidates = [tokenizer.unk_token, tokenizer.bos_token]
+    candidates += [tokenizer.id_to_token(i) for i in sorted(tokenizer.special_ids)]
+    for token in candidates:
+        if token is not None and tokenizer.token_to_id(token) not in (None, eos):
+            out = copy.copy(tokenizer)
+            out.pad_token = token
+            return out
+    raise ValueError(f"save_hf: {tokenizer!r} has no token other than EOS to pad with: transformers' sequence "
+                     "classifiers find the scored token by skipping pad_token_id, which must differ from EOS")
+
+
 def config_to_hf(cfg: ModelConfig, head: str = "lm", tokenizer: Any = None) -> dict:
     """A transformers config.json dict for `cfg` (pad/bos/eos ids from `tokenizer` when given)."""
     _check_exportable(cfg)
@@ -227,6 +249,8 @@ def config_to_hf(cfg: ModelConfig, head: str = "lm", tokenizer: Any = None) -> d
     if head == "scalar":
         out.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     # Unknown without a tokenizer: null rather than transformers' per-class defaults (e.g. GPT-2's 50256).
+    if head == "scalar" and tokenizer is not None:
+        tokenizer = classifier_tokenizer(tokenizer)
     ids = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) if tokenizer is not None else (None,) * 3
     out.update(zip(("pad_token_id", "bos_token_id", "eos_token_id"), ids))
     return out
@@ -545,4 +569,4 @@ def save_hf(path: PathLike, cfg: ModelConfig, params: dict, tokenizer: Any = Non
     safetensors.numpy.save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     (path / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
-        tokenizer.save_pretrained(path)
+        (classifier_tokenizer(tokenizer) if head == "scalar" else tokenizer).save_pretrained(path)

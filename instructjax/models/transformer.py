@@ -6,7 +6,7 @@ Parameters carry logical axis names (see `instructjax.parallel`). The KV cache i
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import flax.struct
@@ -26,10 +26,16 @@ REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer for `max_len` slots, plus which slots hold real tokens."""
+    """Keys and values of every layer for `max_len` slots, plus which slots hold real tokens.
 
-    k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
-    v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    Keys and values are one array per layer (a tuple) when layers are unrolled: a slice of a
+    stacked array is a copy on XLA:CPU, and the [batch, kv_heads, slots, head_dim] layout is the
+    one the attention matmuls read directly (no transposed copy of the cache in every step).
+    With `scan_layers` they are stacked, [layers, batch, kv_heads, max_len, head_dim].
+    """
+
+    k: Any  # tuple of `layers` [batch, kv_heads, max_len, head_dim], or stacked (scan_layers)
+    v: Any  # same as k
     mask: jax.Array  # bool [batch, max_len]: slot holds a real token
     positions: jax.Array  # int32 [batch, max_len]: position id of the token in each slot
     index: jax.Array  # int32 []: first free slot
@@ -37,11 +43,16 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    """An empty cache for `batch` rows of at most `max_len` tokens."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    """An empty cache for `batch` rows of at most `max_len` tokens (`dtype`: default the compute dtype)."""
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     dtype = jnp.dtype(dtype or cfg.dtype)
+    if cfg.scan_layers:
+        k, v = jnp.zeros((cfg.num_layers,) + shape, dtype), jnp.zeros((cfg.num_layers,) + shape, dtype)
+    else:
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(
-        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        k=k, v=v,
         mask=jnp.zeros((batch, max_len), bool), positions=jnp.zeros((batch, max_len), jnp.int32),
         index=jnp.zeros((), jnp.int32), next_position=jnp.zeros((batch,), jnp.int32))
 
@@ -120,7 +131,10 @@ class Projection(nn.Module):
     def __call__(self, x):
         dtype, pdtype = jnp.dtype(self.cfg.dtype), jnp.dtype(self.cfg.param_dtype)
         kernel = self.param("kernel", _init(self.cfg, self.axes), self.shape, pdtype)
-        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in)
+        # accumulate in f32 and round once: XLA:CPU then runs bf16 weights natively instead of
+        # converting every weight to f32 on every call (5x slower bf16 decoding)
+        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in,
+                          preferred_element_type=jnp.float32).astype(dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:]),
                               self.shape[self.n_in:], pdtype)
@@ -152,22 +166,34 @@ class Attention(nn.Module):
 
         if cache_kv is not None:  # write the new keys/values into this layer's slots, read all slots
             cache_k, cache_v = cache_kv
-            start = (layer_index, 0, cache_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-            k, v = cache_k[layer_index].astype(dtype), cache_v[layer_index].astype(dtype)
+            new_k, new_v = k.swapaxes(1, 2).astype(cache_k.dtype), v.swapaxes(1, 2).astype(cache_v.dtype)
+            if cache_k.ndim == 4:  # this layer's own [batch, kv_heads, slots, head_dim] buffers
+                start = (0, 0, cache_index, 0)
+                cache_k = jax.lax.dynamic_update_slice(cache_k, new_k, start)
+                cache_v = jax.lax.dynamic_update_slice(cache_v, new_v, start)
+                k, v = cache_k, cache_v  # attention runs in the cache's dtype
+            else:  # stacked over layers (scan_layers)
+                start = (layer_index, 0, 0, cache_index, 0)
+                cache_k = jax.lax.dynamic_update_slice(cache_k, new_k[None], start)
+                cache_v = jax.lax.dynamic_update_slice(cache_v, new_v[None], start)
+                k, v = cache_k[layer_index], cache_v[layer_index]
             cache_kv = (cache_k, cache_v)
 
         b, t = q.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        kv_spec = "bskd" if cache_kv is None else "bksd"
+        scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q.astype(k.dtype), k, preferred_element_type=jnp.float32)
         scores = scores * (cfg.head_dim ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         if cfg.attention_dropout > 0:
             probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        if cache_kv is None:
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+        else:  # the matmul's natural output order, then the (small) transpose
+            out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).transpose(0, 3, 1, 2, 4)
+        out = out.astype(dtype).reshape(b, t, cfg.num_heads, cfg.head_dim)
         out = Projection(cfg, (cfg.num_heads, cfg.head_dim, cfg.d_model), ("heads", "head_dim", "embed"), n_in=2,
                          use_bias=cfg.out_bias, name="o")(out)
         return out, cache_kv
@@ -183,10 +209,7 @@ class Mlp(nn.Module):
         cfg = self.cfg
 
         def dense(name, features, axes, inp):
-            return nn.Dense(features, use_bias=cfg.out_bias, dtype=jnp.dtype(cfg.dtype),
-                            param_dtype=jnp.dtype(cfg.param_dtype), kernel_init=_init(cfg, axes),
-                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-                            name=name)(inp)
+            return Projection(cfg, (inp.shape[-1], features), axes, use_bias=cfg.out_bias, name=name)(inp)
 
         if cfg.activation == "silu":
             h = nn.silu(dense("gate", cfg.ffn_dim, ("embed", "mlp"), x)) * dense("up", cfg.ffn_dim, ("embed", "mlp"), x)
@@ -283,16 +306,22 @@ class Transformer(nn.Module):
         if cfg.remat_policy != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         cache_index = cache.index if cache is not None else jnp.zeros((), jnp.int32)
-        carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
         if cfg.scan_layers:
+            carry = (x, None, None) if cache is None else (x, cache.k, cache.v)
             layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                              in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                              metadata_params={nn.PARTITION_NAME: "layers"})
             carry, _ = layers(cfg, deterministic, name="layers")(
                 carry, jnp.arange(cfg.num_layers), mask, positions, cache_index)
         else:
+            new_k, new_v = [], []
             for i in range(cfg.num_layers):
-                carry, _ = block(cfg, deterministic, name=f"layers_{i}")(carry, i, mask, positions, cache_index)
+                layer_carry = (x, None, None) if cache is None else (x, cache.k[i], cache.v[i])
+                (x, layer_k, layer_v), _ = block(cfg, deterministic, name=f"layers_{i}")(
+                    layer_carry, i, mask, positions, cache_index)
+                new_k.append(layer_k)
+                new_v.append(layer_v)
+            carry = (x, tuple(new_k), tuple(new_v))
         x = Norm(cfg, name="final_norm")(carry[0])
         if output_positions is not None:  # head (and returned hidden) only at these indices [B, K] of T
             x = jnp.take_along_axis(x, output_positions[..., None].astype(jnp.int32), axis=1)

@@ -164,13 +164,16 @@ def test_scalar_head_exports_as_sequence_classifier(name, tmp_path):
     else:  # GPT-2: folded exactly into the final LayerNorm bias
         checkpoints.save_hf(tmp_path, cfg, params, tokenizer=tiny_tokenizer())
     hf_config = json.loads((tmp_path / "config.json").read_text())
-    assert hf_config["architectures"][0].endswith("ForSequenceClassification") and hf_config["pad_token_id"] == 2
+    assert hf_config["architectures"][0].endswith("ForSequenceClassification")
+    # transformers scores the rightmost token != pad_token_id: the export pads with <|endoftext|> (0), not EOS (2)
+    assert hf_config["pad_token_id"] == 0 != hf_config["eos_token_id"]
     assert (tmp_path / "tokenizer.json").is_file()
     import torch
 
     model = load_hf_model(tmp_path, head="scalar")
     with torch.no_grad():
-        hf_last = model(input_ids=torch.as_tensor(tokens).long(), attention_mask=torch.as_tensor(mask).long())
+        hf_tokens = np.where(mask, tokens, hf_config["pad_token_id"])
+        hf_last = model(input_ids=torch.as_tensor(hf_tokens).long(), attention_mask=torch.as_tensor(mask).long())
     diff = np.abs(hf_last.logits[:, 0].numpy() - last).max()
     print(f"{name}: max |ours - transformers| last-token score = {diff:.2e}")
     assert diff <= 1e-4

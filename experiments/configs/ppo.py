@@ -1,0 +1,129 @@
+"""PPO / PPO-ptx configs: `get_config("tiny")` (random tiny model, synthetic reward, seconds on CPU),
+`get_config("smollm2")` (from SFT and RM runs of SmolLM2-135M-Instruct) and `get_config("instructgpt")`
+(InstructGPT's settings, RLHF.md table, for real hardware).
+
+    python experiments/ppo.py --config=experiments/configs/ppo.py:tiny --workdir=runs/ppo
+    python experiments/ppo.py --config=experiments/configs/ppo.py:smollm2 --workdir=runs/ppo \\
+        --config.init.path=runs/sft --config.reward.path=runs/rm
+"""
+
+import ml_collections
+
+from instructjax.train.config import base_config, data_config
+
+PRESETS = ("tiny", "smollm2", "instructgpt")
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in PRESETS:
+        raise ValueError(f"unknown ppo preset {arg!r}: expected one of {PRESETS}")
+    config = base_config()
+    config.num_steps = 100  # PPO iterations (rollout batches)
+    config.batch_size = 64  # episodes (prompts) per rollout batch
+    config.microbatches = 1  # gradient accumulation inside each PPO minibatch
+    config.optim.schedule = "constant"  # policy learning-rate schedule (over all minibatch updates)
+    config.optim.b2 = 0.95  # InstructGPT PPO Adam betas (0.9, 0.95)
+
+    config.data = data_config("prompts")
+    config.data.validation_fraction = 0.0  # every prompt is a training prompt
+    config.data.max_prompt_len = 64  # tokens per (left-padded) prompt row
+    config.data.truncation = "drop"  # too long: "drop" the prompt or "truncate_prompt" from the left (counted)
+    config.data.chat_template = True  # render prompts with the tokenizer's chat template
+
+    config.rollout = ml_collections.ConfigDict()
+    config.rollout.max_new_tokens = 64  # response budget
+    config.rollout.temperature = 1.0  # sampling temperature, also used in every logprob (RLHF.md items 2, 12)
+    config.rollout.top_k = 0  # 0: off
+    config.rollout.top_p = 1.0  # 1.0: off
+    config.rollout.penalize_no_eos = True  # responses without EOS get score - no_eos_penalty (item 13)
+    config.rollout.no_eos_penalty = 1.0  # the penalty
+    config.rollout.dtype = ""  # sampling compute dtype; "": the model's
+
+    config.reward = ml_collections.ConfigDict()
+    config.reward.source = "model"  # model (reward.path) | random (tiny tests) | token_count (synthetic)
+    config.reward.path = ""  # a reward workdir or an exported reward model
+    config.reward.token_id = 0  # token_count: the token whose occurrences in the response are the score
+
+    config.value = ml_collections.ConfigDict()
+    config.value.init = "reward"  # separate value network from the reward model (InstructGPT) | policy trunk + new head
+    config.value.lr = 1e-5  # value-model learning rate (InstructGPT: 9e-6)
+
+    config.kl = ml_collections.ConfigDict()
+    config.kl.controller = "fixed"  # fixed (InstructGPT) | adaptive (Ziegler et al.)
+    config.kl.init_coef = 0.02  # beta (InstructGPT: 0.02)
+    config.kl.estimator = "k1"  # per-token KL in the reward: k1 | k2 | k3
+    config.kl.target = 6.0  # adaptive: target KL per episode (nats)
+    config.kl.horizon = 10000.0  # adaptive: horizon (episodes)
+
+    config.ppo = ml_collections.ConfigDict()
+    config.ppo.epochs = 1  # passes over each rollout batch (InstructGPT 1, Ziegler 4)
+    config.ppo.num_minibatches = 8  # minibatches per pass (512 / 64 in InstructGPT)
+    config.ppo.clip_eps = 0.2  # policy ratio clip
+    config.ppo.value_clip = 0.2  # value clip
+    config.ppo.vf_coef = 1.0  # value-loss weight (the value network has its own optimizer)
+    config.ppo.gamma = 1.0  # GAE discount
+    config.ppo.lam = 0.95  # GAE lambda
+    config.ppo.whiten_advantages = True  # advantage whitening over the batch's valid tokens
+    config.ppo.whiten_rewards = False  # reward whitening (shift_mean=False)
+
+    config.ptx = ml_collections.ConfigDict()
+    config.ptx.gamma = 0.0  # PPO-ptx coefficient (InstructGPT: 27.8); 0: plain PPO
+    config.ptx.batch_size = 64  # pretraining rows per rollout batch (split over the minibatches)
+    config.ptx.max_len = 256  # tokens per pretraining row
+    config.ptx.data = data_config("pretraining_text")  # JSONL of {"text"}; (): the shipped examples
+    config.ptx.data.validation_fraction = 0.0
+
+    config.samples = ml_collections.ConfigDict()
+    config.samples.every_steps = 10  # write WORKDIR/samples/ppo_step_N.jsonl (prompt, response, score, KL); 0: never
+    config.samples.rows = 8  # episodes in each table
+
+    if arg == "tiny":  # random tiny model + byte tokenizer, synthetic reward: count of the letter "a" (id 100)
+        config.num_steps = 6
+        config.batch_size = 16
+        config.optim.lr = 3e-3
+        config.value.lr = 3e-3
+        config.reward.source = "token_count"
+        config.reward.token_id = 100
+        config.rollout.penalize_no_eos = False
+        config.value.init = "policy"
+        config.data.max_prompt_len = 64
+        config.rollout.max_new_tokens = 8
+        config.ppo.num_minibatches = 2
+        config.ppo.epochs = 2
+        config.kl.init_coef = 0.05
+        config.ptx.batch_size = 16
+        config.ptx.max_len = 32
+        config.checkpoint.every_steps = 2
+        config.samples.every_steps = 3
+    elif arg == "smollm2":  # SmolLM2-135M from an SFT run, reward from an RM run (experiments/reward.py)
+        config.init.source = "workdir"
+        config.init.path = "runs/sft"
+        config.reward.path = "runs/rm"
+        config.num_steps = 200
+        config.batch_size = 64
+        config.ppo.num_minibatches = 4
+        config.optim.lr = 1e-6
+        config.value.lr = 1e-5
+        config.model.dtype = "bfloat16"
+        config.rollout.max_new_tokens = 64
+        config.checkpoint.every_steps = 20
+    else:  # InstructGPT (appendix C): 256k episodes, batch 512, minibatch 64, 1 epoch, beta 0.02, ptx 27.8
+        config.init.source = "workdir"
+        config.init.path = "runs/sft"
+        config.reward.path = "runs/rm"
+        config.num_steps = 500  # 256k episodes / 512
+        config.batch_size = 512
+        config.ppo.num_minibatches = 8
+        config.ppo.epochs = 1
+        config.optim.lr = 9e-6
+        config.value.lr = 9e-6
+        config.kl.init_coef = 0.02
+        config.ptx.gamma = 27.8
+        config.ptx.batch_size = 4096  # 8x the RL episodes
+        config.ptx.max_len = 512
+        config.model.dtype = "bfloat16"
+        config.model.scan_layers = True
+        config.rollout.max_new_tokens = 256
+        config.data.max_prompt_len = 512
+        config.checkpoint.every_steps = 10
+    return config

@@ -1,0 +1,29 @@
+"""PPO / PPO-ptx (InstructGPT step 3).
+
+    python experiments/ppo.py --config=experiments/configs/ppo.py:tiny --workdir=runs/ppo
+
+Rerunning the same command in the same workdir resumes from its latest checkpoint. The final
+policy is exported to WORKDIR/export (HF format with the tokenizer).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import instructjax as ij
+from instructjax.train.ppo import train_ppo
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ppo config file (experiments/configs/ppo.py:<preset>)",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory of the run: checkpoints, metrics, samples, export")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    ij.train.quiet_library_logs()
+    train_ppo(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

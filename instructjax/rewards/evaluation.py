@@ -1,0 +1,103 @@
+"""Evaluation of a reward model on validation comparisons: loss, pairwise accuracy (overall, by K,
+by rank gap) and a histogram of the scores (RLHF.md item 11)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class ComparisonScores:
+    """Scores of every valid completion of a set of prompts, host-side numpy, one row per prompt."""
+
+    scores: np.ndarray  # float32 [N, K]
+    ranks: np.ndarray  # int32 [N, K]
+    valid: np.ndarray  # bool [N, K]
+
+    @classmethod
+    def collect(cls, score_batch: Callable[[dict], Any], batches: Iterable[dict]) -> "ComparisonScores":
+        """Scores of all batches (`score_batch(batch) -> [B, K]`); padding rows (no valid completion) dropped."""
+        scores, ranks, valid = [], [], []
+        for batch in batches:
+            v = np.asarray(batch["valid"]).astype(bool)
+            keep = v.any(axis=1)
+            scores.append(np.asarray(score_batch(batch), np.float32)[keep])
+            ranks.append(np.asarray(batch["ranks"], np.int32)[keep])
+            valid.append(v[keep])
+        if not scores:
+            raise ValueError("no validation batches to evaluate")
+        return cls(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid))
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def comparison_metrics(s: ComparisonScores) -> dict[str, float]:
+    """Loss (InstructGPT eq. 1, no margin or centering), pairwise accuracy, accuracy by K (valid
+    completions of the prompt) and by rank gap (rank_l - rank_w), pair counts, score mean and std.
+
+    Ties give no pair; prompts without pairs are left out of the loss, as in training.
+    """
+    scores, ranks, valid = s.scores.astype(np.float64), s.ranks, s.valid
+    pairs = valid[:, :, None] & valid[:, None, :] & (ranks[:, :, None] < ranks[:, None, :])
+    diff = scores[:, :, None] - scores[:, None, :]
+    n_pairs = pairs.sum(axis=(1, 2))
+    per_prompt = np.where(pairs, -_log_sigmoid(diff), 0.0).sum(axis=(1, 2)) / np.maximum(n_pairs, 1)
+    correct = pairs & (diff > 0)
+    total = int(pairs.sum())
+    out = {
+        "loss": float(per_prompt[n_pairs > 0].mean()) if (n_pairs > 0).any() else float("nan"),
+        "accuracy": float(correct.sum() / max(total, 1)),
+        "pairs": float(total),
+        "prompts": float(len(scores)),
+        "score_mean": float(scores[valid].mean()),
+        "score_std": float(scores[valid].std()),
+    }
+    k = valid.sum(axis=1)
+    for kk in np.unique(k):
+        rows = k == kk
+        n = pairs[rows].sum()
+        if n:
+            out[f"accuracy_k{kk}"] = float(correct[rows].sum() / n)
+            out[f"pairs_k{kk}"] = float(n)
+    gap = ranks[:, None, :] - ranks[:, :, None]  # [N, w, l]: rank_l - rank_w
+    for g in np.unique(gap[pairs]):
+        where = pairs & (gap == g)
+        out[f"accuracy_gap{g}"] = float(correct[where].sum() / where.sum())
+        out[f"pairs_gap{g}"] = float(where.sum())
+    return out
+
+
+def score_histogram(path: str | os.PathLike, s: ComparisonScores, *, reference: np.ndarray | None = None,
+                    title: str = "reward model scores") -> str:
+    """A PNG histogram of the validation scores: best-ranked completions vs the others (and the
+    normalisation reference scores when given). Returns the path."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    best = s.valid & (s.ranks == np.where(s.valid, s.ranks, np.iinfo(np.int32).max).min(axis=1, keepdims=True))
+    groups = [("best-ranked completions", s.scores[best]), ("other completions", s.scores[s.valid & ~best])]
+    if reference is not None:
+        groups.append(("normalisation reference", np.asarray(reference, np.float32)))
+    everything = np.concatenate([g for _, g in groups if len(g)])
+    bins = np.histogram_bin_edges(everything, bins=min(50, max(10, len(everything) // 5)))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, values in groups:
+        if len(values):
+            ax.hist(values, bins=bins, alpha=0.5, label=f"{label} (n={len(values)}, mean={values.mean():.3f})")
+    ax.set_xlabel("score")
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.fspath(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,262 @@
+"""Reward-model training (InstructGPT step 2) on the shared loop: `train_reward_model(config, workdir)`.
+
+The RM starts from the SFT model (any `config.init` source), its LM head replaced by a scalar head.
+Each step scores the K completions of every prompt in one forward and minimises eq. 1; evaluation
+reports loss and pairwise accuracy (overall, by K, by rank gap). At the end the scores are
+normalised on reference demonstrations or SFT samples, a histogram of the validation scores is
+drawn, and the RM is exported in HF format with its normalisation (`load_reward_model(workdir)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from instructjax import datasets, parallel
+from instructjax.data import ComparisonConfig, SFTConfig, comparison_loader, sft_loader
+from instructjax.models import ModelConfig
+from instructjax.rewards import references
+from instructjax.rewards.evaluation import ComparisonScores, comparison_metrics, score_histogram
+from instructjax.rewards.io import export_reward_model
+from instructjax.rewards.normalization import REFERENCES, Normalization, fit_normalization, save_normalization
+from instructjax.rewards.objective import RewardLossConfig, derived_metrics, reward_loss_fn
+from instructjax.rewards.scoring import completion_scores, reward_params_from_lm, sequence_scores
+from instructjax.tokenizers import Tokenizer
+from instructjax.train import loop
+from instructjax.train import step as step_lib
+from instructjax.train.config import dataset_config, loader_config, num_train_steps, optim_config
+from instructjax.train.initial_model import load_initial_model
+from instructjax.train.optim import learning_rate_schedule, make_optimizer
+from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
+from instructjax.train.workdir import Workdir
+
+HISTOGRAM_FILE = "score_histogram.png"
+SUMMARY_FILE = "reward_eval.json"
+
+
+def comparison_config(data: ml_collections.ConfigDict) -> ComparisonConfig:
+    return ComparisonConfig(max_len=data.max_len, max_completions=data.max_completions, truncation=data.truncation,
+                            chat_template=data.chat_template)
+
+
+def with_accuracy(step: step_lib.StepFn) -> step_lib.StepFn:
+    """The step with pairwise accuracy and the score mean / std derived from its summed counts."""
+    def wrapped(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        state, metrics = step(state, batch, rng)
+        metrics.update(derived_metrics(metrics))
+        del metrics["score_sum"], metrics["score_sq_sum"]
+        return state, metrics
+    return wrapped
+
+
+def token_counting(loss_fn):
+    """`loss_fn` whose totals also count the real tokens of the batch (the loop's tokens/s)."""
+    def counted(params, batch, rng):
+        loss_sum, aux = loss_fn(params, batch, rng)
+        aux["totals"]["tokens"] = jnp.sum(batch["attention_mask"], dtype=jnp.int32)
+        return loss_sum, aux
+    return counted
+
+
+class _Scorer:
+    """Jit-compiled scoring of sharded batches with replicated (host-readable) outputs."""
+
+    def __init__(self, cfg: ModelConfig, params_shardings: Any, mesh: Mesh, rules):
+        self.mesh, self.rules = mesh, rules
+        rows, replicated = step_lib.batch_sharding(mesh), parallel.replicated(mesh)
+
+        def comparisons(params, tokens, mask, ranks, valid):
+            return completion_scores(cfg, params, tokens, mask), ranks, valid
+
+        def sequences(params, tokens, mask):
+            return sequence_scores(cfg, params, tokens, mask), jnp.any(mask, axis=-1)
+
+        self._comparisons = jax.jit(comparisons, in_shardings=(params_shardings,) + (rows,) * 4,
+                                    out_shardings=replicated)
+        self._sequences = jax.jit(sequences, in_shardings=(params_shardings, rows, rows), out_shardings=replicated)
+
+    def comparisons(self, params, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with parallel.activation_sharding(self.mesh, self.rules):
+            out = self._comparisons(params, batch["tokens"], batch["attention_mask"], batch["ranks"], batch["valid"])
+        return jax.device_get(out)
+
+    def sequences(self, params, tokens, mask) -> tuple[np.ndarray, np.ndarray]:
+        with parallel.activation_sharding(self.mesh, self.rules):
+            return jax.device_get(self._sequences(params, tokens, mask))
+
+
+def validation_scores(scorer: _Scorer, params: Any, loader, num_batches: int) -> ComparisonScores:
+    """Raw scores of the validation comparisons (`num_batches` batches; 0: all)."""
+    scores, ranks, valid = [], [], []
+    it = iter(loader)
+    try:
+        for i, batch in enumerate(it):
+            if num_batches and i == num_batches:
+                break
+            s, r, v = scorer.comparisons(params, batch)
+            keep = v.any(axis=1)  # padding rows of the last batch
+            scores.append(s[keep]), ranks.append(r[keep]), valid.append(v[keep])
+    finally:
+        it.close()
+    return ComparisonScores(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid))
+
+
+def reference_scores(config: ml_collections.ConfigDict, scorer: _Scorer, params: Any,
+                     policy: Optional[tuple[ModelConfig, Any]], tokenizer: Tokenizer, mesh: Mesh, data_dir,
+                     rng: jax.Array) -> tuple[np.ndarray, dict[str, int]]:
+    """Raw RM scores of the normalisation references of `config.normalize`, and the counts of the
+    records read and dropped (too long) on the way."""
+    norm = config.normalize
+    if norm.reference == "demonstrations":
+        built = datasets.build(dataset_config(norm.data, "demonstrations"), data_dir)
+        sft_config = SFTConfig(max_len=config.data.max_len, truncation=config.data.truncation,
+                               chat_template=config.data.chat_template)
+        loader = sft_loader(built.source("train"), tokenizer, sft_config,
+                            loader_config(norm.data, norm.batch_size, config.seed, train=False), mesh)
+        it = iter(loader)
+        try:
+            scores = references.demonstration_scores(
+                lambda b: scorer.sequences(params, b["tokens"], b["attention_mask"]), it, norm.max_examples)
+            return scores, it.stats
+        finally:
+            it.close()
+    built = datasets.build(dataset_config(norm.data, "prompts"), data_dir)
+    source = built.source("train")
+    count = len(source) if not norm.max_examples else min(norm.max_examples, len(source))
+    prompts = [datasets.decode("prompts", source[i])["prompt"] for i in range(count)]
+    policy_cfg, policy_params = policy
+    scores = references.sample_scores(lambda t, m: scorer.sequences(params, t, m)[0], policy_cfg, policy_params,
+                                      tokenizer, prompts, chat_template=config.data.chat_template, rng=rng,
+                                      max_new_tokens=norm.max_new_tokens, temperature=norm.temperature,
+                                      batch_size=norm.batch_size, mesh=mesh)
+    return scores, {"records": count}
+
+
+def _gather(params: Any) -> Any:
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(params, tiled=True)
+    return jax.device_get(params)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    if config.model.dropout_rate or config.model.attention_dropout:
+        raise ValueError("config.model.dropout_rate / attention_dropout: the reward model trains and scores "
+                         "without dropout (RLHF.md item 4); set them to 0")
+    if config.normalize.reference not in REFERENCES:
+        raise ValueError(f"config.normalize.reference={config.normalize.reference!r}: expected one of {REFERENCES}")
+
+
+def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> TrainState:
+    """Train, evaluate, normalise and export a reward model as `config` says (experiments/configs/reward.py).
+
+    Rerunning with the same config and workdir resumes from the latest checkpoint and gives the
+    result of an uninterrupted run. Returns the final train state (raw, unnormalised params); the
+    normalised model is in WORKDIR/export when `config.export` (`ij.rewards.load_reward_model(workdir)`).
+    """
+    check_config(config)
+    parallel.initialize_distributed(config.parallel.multi_host)
+    workdir = Workdir.at(workdir)
+    workdir.write_config(config)
+    mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    rules = tuple(config.parallel.rules)
+    init_rng, head_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 4)
+    cfg, lm_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
+    params = reward_params_from_lm(cfg, lm_params, head_rng)
+    policy = None
+    if config.normalize.reference == "sft_samples":
+        if "score_head" in lm_params:
+            raise ValueError("config.normalize.reference='sft_samples' needs an SFT policy (an LM) as config.init, "
+                             "not a reward model")
+        policy = (cfg, lm_params)
+    del lm_params
+
+    data_dir = config.data.data_dir or workdir.data
+    built = datasets.build(dataset_config(config.data, "comparisons"), data_dir)
+    comparisons = comparison_config(config.data)
+    train_source = built.source("train")
+    loader = comparison_loader(train_source, tokenizer, comparisons,
+                               loader_config(config.data, config.batch_size, config.seed, train=True), mesh)
+    num_steps = num_train_steps(config, len(train_source))
+    optim = optim_config(config, num_steps)
+    tx = make_optimizer(optim)
+
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    params_shardings = parallel.param_shardings(cfg, shapes, mesh, rules, head="scalar")
+    shardings = state_shardings(tx, shapes, params_shardings, mesh)
+    options = RewardLossConfig(margin=config.loss.margin, center_coef=config.loss.center_coef)
+    step = step_lib.make_train_step(token_counting(reward_loss_fn(cfg, options)), tx,
+                                    num_microbatches=config.microbatches, schedule=learning_rate_schedule(optim),
+                                    nan_at_step=config.debug.nan_at_step)
+    scorer = _Scorer(cfg, params_shardings, mesh, rules)
+    validation = None
+    if "validation" in built.splits:
+        validation = comparison_loader(built.source("validation"), tokenizer, comparisons,
+                                       loader_config(config.data, config.eval.batch_size, config.seed, train=False),
+                                       mesh)
+    elif config.eval.every_steps > 0:
+        raise ValueError("config.eval.every_steps > 0 needs a validation split: set data.validation_files "
+                         "or data.validation_fraction")
+    last_eval: dict[str, Any] = {}
+
+    def evaluate(state: TrainState, step_number: int) -> dict[str, float]:
+        scores = validation_scores(scorer, state.params, validation, config.eval.num_batches)
+        last_eval.update(step=step_number, scores=scores)
+        return comparison_metrics(scores)
+
+    def finish(state: TrainState) -> None:
+        """Normalise, evaluate the normalised model, draw the histogram, export."""
+        step_number = int(jax.device_get(state.step))
+        norm = Normalization()
+        ref = None
+        if config.normalize.reference != "none":
+            raw_ref, ref_stats = reference_scores(config, scorer, state.params, policy, tokenizer, mesh, data_dir,
+                                                  sample_rng)
+            norm = fit_normalization(raw_ref, unit_std=config.normalize.unit_std, reference=config.normalize.reference)
+            ref = norm.apply(raw_ref)
+            logging.info("normalisation on %d %s (%s): raw mean %.4g std %.4g -> gain %.4g bias %.4g", norm.count,
+                         norm.reference, ", ".join(f"{k} {v}" for k, v in ref_stats.items()), norm.raw_mean,
+                         norm.raw_std, norm.gain, norm.bias)
+        summary: dict[str, Any] = {"step": step_number, "normalization": norm.to_json()}
+        if ref is not None:
+            summary["normalization_data"] = ref_stats
+        if validation is not None:
+            raw = last_eval["scores"] if last_eval.get("step") == step_number else \
+                validation_scores(scorer, state.params, validation, config.eval.num_batches)
+            scores = ComparisonScores(norm.apply(raw.scores).astype(np.float32), raw.ranks, raw.valid)
+            summary["validation"] = comparison_metrics(scores)
+            if jax.process_index() == 0:
+                score_histogram(workdir.root / HISTOGRAM_FILE, scores, reference=ref,
+                                title=f"reward model scores, step {step_number} (normalised)")
+        if jax.process_index() == 0:
+            (workdir.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        if config.export:
+            params = _gather(state.params)
+            if jax.process_index() == 0:
+                tmp = workdir.export.with_name(workdir.export.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                export_reward_model(tmp, cfg, params, tokenizer, norm)
+                shutil.rmtree(workdir.export, ignore_errors=True)
+                tmp.rename(workdir.export)
+        elif jax.process_index() == 0:
+            save_normalization(workdir.root, norm, folded_into_params=False)
+
+    train_iterator = iter(loader)
+    try:
+        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir,
+                        step_fn=step_lib.compile_step(with_accuracy(step), shardings, mesh, rules),
+                        init_state=lambda: init_state(params, tx, shardings),
+                        abstract_state=abstract_state(tx, shapes, shardings), train_iterator=train_iterator,
+                        rng=train_rng, eval_fn=evaluate if config.eval.every_steps > 0 else None,
+                        export_fn=finish, name="reward")
+    finally:
+        train_iterator.close()

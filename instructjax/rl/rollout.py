@@ -1,0 +1,136 @@
+"""PPO rollouts: sample responses, then score them (reference logprobs, reward) in one compiled
+function; a rollout batch is a pytree of arrays (RLHF.md items 1-4, 12-13).
+
+    out = sample_responses(policy_cfg, policy_params, prompts, prompt_mask, rng=..., settings=...)
+    batch = score_rollout(...)(ref_params, reward_params, out)   # a `Rollout`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from instructjax import sampling
+from instructjax.losses import token_logprobs
+from instructjax.models import ModelConfig, Transformer
+from instructjax.rl.rewards import no_eos_penalty
+from instructjax.rewards.scoring import sequence_scores
+
+# reward_fn(reward_params, tokens [B, P+N], attention_mask [B, P+N], response_mask [B, N]) -> scores [B]
+RewardFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class Rollout:
+    """One batch of episodes: prompt (left-padded) + response (right-padded) rows."""
+
+    tokens: jax.Array  # int32 [B, P + N]: prompt then response tokens
+    attention_mask: jax.Array  # bool [B, P + N]: real prompt tokens and valid response tokens (EOS included)
+    response_mask: jax.Array  # bool [B, N]: valid response tokens, True up to and including EOS
+    sample_logprobs: jax.Array  # float32 [B, N]: logprobs at sampling time
+    ref_logprobs: jax.Array  # float32 [B, N]: reference model logprobs of the response tokens
+    scores: jax.Array  # float32 [B]: reward-model scores after the no-EOS penalty
+    raw_scores: jax.Array  # float32 [B]: reward-model scores before the penalty
+    ended: jax.Array  # bool [B]: the response produced EOS within the budget
+
+    @property
+    def prompt_len(self) -> int:
+        return self.tokens.shape[1] - self.response_mask.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How responses are sampled (RLHF.md item 12)."""
+
+    max_new_tokens: int = 64  # response budget
+    temperature: float = 1.0  # T; every logprob is log_softmax(logits / T) (item 2)
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    eos_id: Optional[int] = None  # ends a response
+    pad_id: int = 0  # fills responses after EOS (masked)
+    dtype: Optional[str] = None  # sampling compute dtype (None: the model's)
+    ignore_eos: bool = False  # force all max_new_tokens (benchmarks)
+
+
+def sample_responses(cfg: ModelConfig, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array, *,
+                     rng: jax.Array, settings: SamplingSettings, mesh: Optional[Mesh] = None) -> sampling.SampleOutput:
+    """Responses to left-padded prompts from the compiled sampler (no prompt bucketing: the rollout
+    keeps the loader's prompt length, so every iteration has the same shapes)."""
+    return sampling.generate(cfg, params, prompt_tokens, prompt_mask, rng=rng, max_new_tokens=settings.max_new_tokens,
+                             temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                             eos_id=settings.eos_id, pad_id=settings.pad_id, dtype=settings.dtype, prompt_bucket=None,
+                             ignore_eos=settings.ignore_eos, mesh=mesh)
+
+
+def response_positions(prompt_len: int, num_new: int, rows: int) -> jax.Array:
+    """int32 [B, N]: the model output index read for response token t is prompt_len + t - 1 (item 1)."""
+    return jnp.broadcast_to(jnp.arange(prompt_len - 1, prompt_len - 1 + num_new, dtype=jnp.int32), (rows, num_new))
+
+
+def response_logits(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
+                    num_new: int) -> jax.Array:
+    """float32 [B, N, V]: logits predicting each response token (dropout off, item 4)."""
+    rows, total = tokens.shape
+    return Transformer(cfg).apply({"params": params}, tokens, attention_mask=attention_mask, deterministic=True,
+                                  output_positions=response_positions(total - num_new, num_new, rows))
+
+
+def response_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
+                      response_mask: jax.Array, temperature: float) -> jax.Array:
+    """float32 [B, N]: log_softmax(logits / T) of each response token, 0 where masked."""
+    num_new = response_mask.shape[1]
+    logits = response_logits(cfg, params, tokens, attention_mask, num_new)
+    return jnp.where(response_mask, token_logprobs(logits, tokens[:, -num_new:], temperature), 0.0)
+
+
+def response_values(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
+                    response_mask: jax.Array) -> jax.Array:
+    """float32 [B, N]: a value model's scalar head at the state before each response token (items 1, 23)."""
+    rows, total = tokens.shape
+    num_new = response_mask.shape[1]
+    values = Transformer(cfg, head="scalar").apply(
+        {"params": params}, tokens, attention_mask=attention_mask, deterministic=True,
+        output_positions=response_positions(total - num_new, num_new, rows))
+    return jnp.where(response_mask, values.astype(jnp.float32), 0.0)
+
+
+def reward_model_fn(cfg: ModelConfig) -> RewardFn:
+    """The reward model's score at the last real token of prompt + response (EOS when present)."""
+    def reward_fn(params, tokens, attention_mask, response_mask):
+        del response_mask
+        return sequence_scores(cfg, params, tokens, attention_mask)
+    return reward_fn
+
+
+def token_count_reward(token_id: int) -> RewardFn:
+    """A synthetic reward for tests and demos: how often `token_id` appears in the valid response."""
+    def reward_fn(params, tokens, attention_mask, response_mask):
+        del params, attention_mask
+        response = tokens[:, -response_mask.shape[1]:]
+        return jnp.sum((response == token_id) & response_mask, axis=-1).astype(jnp.float32)
+    return reward_fn
+
+
+def assemble(out: sampling.SampleOutput) -> tuple[jax.Array, jax.Array]:
+    """(tokens, attention_mask) [B, P + N] of prompt + response rows."""
+    tokens = jnp.concatenate([out.prompt_tokens, out.tokens], axis=1)
+    return tokens, jnp.concatenate([out.prompt_mask, out.mask], axis=1)
+
+
+def make_scorer(ref_cfg: ModelConfig, reward_fn: RewardFn, *, temperature: float,
+                no_eos_penalty_value: Optional[float] = 1.0) -> Callable[[Any, Any, sampling.SampleOutput], Rollout]:
+    """A pure `score(ref_params, reward_params, sample_output) -> Rollout`: reference logprobs and
+    reward scores, with the no-EOS penalty (item 13; None disables it). Jit it (the trainer does)."""
+    def score(ref_params, reward_params, out: sampling.SampleOutput) -> Rollout:
+        tokens, attention_mask = assemble(out)
+        ref = response_logprobs(ref_cfg, ref_params, tokens, attention_mask, out.mask, temperature)
+        raw = reward_fn(reward_params, tokens, attention_mask, out.mask).astype(jnp.float32)
+        scores = raw if no_eos_penalty_value is None else no_eos_penalty(raw, out.ended, no_eos_penalty_value)
+        return Rollout(tokens=tokens, attention_mask=attention_mask, response_mask=out.mask,
+                       sample_logprobs=out.logprobs, ref_logprobs=ref, scores=scores, raw_scores=raw, ended=out.ended)
+    return score

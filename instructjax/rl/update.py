@@ -1,0 +1,249 @@
+"""The PPO update of one rollout batch, compiled as ONE jit (RLHF.md items 15-24): old logprobs and
+values recomputed with the training forward, per-token rewards, GAE, whitening, then
+`ppo_epochs` x `num_minibatches` x microbatch accumulation as nested `lax.scan`s (purejaxrl-style),
+with PPO-ptx gradients accumulated into the same policy update; the adaptive KL coefficient is
+updated in the same function.
+
+    update = make_ppo_update(policy_cfg, value_cfg, policy_tx, value_tx, PPOConfig(...))
+    state, metrics, per_minibatch = update(state, rollout, ptx_batch_or_None, rng)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from instructjax.losses import token_logprobs
+from instructjax.models import ModelConfig, Transformer
+from instructjax.rl.advantages import gae, masked_mean, whiten
+from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
+from instructjax.rl.rewards import token_rewards
+from instructjax.rl.rollout import Rollout, response_logits, response_values
+from instructjax.train.state import TrainState
+from instructjax.train.step import split_microbatches
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Settings of one PPO update (defaults: InstructGPT, RLHF.md table)."""
+
+    ppo_epochs: int = 1  # passes over the rollout batch (Ziegler: 4)
+    num_minibatches: int = 8  # minibatches per pass (512 episodes / 64)
+    microbatches: int = 1  # gradient accumulation inside each minibatch
+    clip_eps: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # value clip c
+    vf_coef: float = 1.0  # value-loss weight (separate value network: its own optimizer; 0.1 for a shared trunk)
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    temperature: float = 1.0  # sampling temperature, also in the training forward (item 2)
+    kl_kind: str = "k1"  # k1 | k2 | k3 per-token KL in the reward
+    whiten_rewards: bool = False  # reward whitening with shift_mean=False (item 18)
+    whiten_advantages: bool = True  # advantage whitening (item 18)
+    gamma_ptx: float = 0.0  # PPO-ptx coefficient (InstructGPT: 27.8); 0: plain PPO
+    adaptive_kl: bool = False  # Ziegler's adaptive controller instead of a fixed beta
+    kl_target: float = 6.0  # adaptive controller target KL (nats per episode)
+    kl_horizon: float = 10000.0  # adaptive controller horizon (episodes)
+
+
+@flax.struct.dataclass
+class PPOState:
+    """Everything a PPO iteration updates; a checkpoint holds exactly this."""
+
+    step: jax.Array  # int32 []: PPO iterations (rollout batches) done
+    policy: TrainState  # policy params + optimizer state
+    value: TrainState  # value-model params + optimizer state
+    kl_coef: jax.Array  # float32 []: the KL coefficient beta (the KL controller's state)
+
+
+def next_kl_coef(kl_coef: jax.Array, kl: jax.Array, n_steps: int, target: float, horizon: float) -> jax.Array:
+    """Ziegler's adaptive update, in-graph: beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)."""
+    error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
+    return kl_coef * (1.0 + error * n_steps / horizon)
+
+
+def ptx_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(targets, mask) [B, L] of packed pretraining rows: position i predicts token i + 1 of the same segment."""
+    tokens = batch["tokens"]
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    loss_mask = batch["loss_mask"].astype(bool)
+    mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
+    seg = batch["segment_ids"]
+    return targets, mask & jnp.concatenate([seg[:, 1:] == seg[:, :-1], jnp.zeros_like(seg[:, :1], bool)], axis=1)
+
+
+def ptx_logprob_sum(cfg: ModelConfig, params: Any, batch: dict) -> jax.Array:
+    """Sum of log pi(x) over the next-token targets of packed pretraining rows (item 24)."""
+    logits = Transformer(cfg).apply({"params": params}, batch["tokens"], batch["positions"], batch["attention_mask"],
+                                    segment_ids=batch["segment_ids"], deterministic=True)
+    targets, mask = ptx_targets(batch)
+    return jnp.sum(jnp.where(mask, token_logprobs(logits, targets), 0.0))
+
+
+def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: optax.GradientTransformation,
+                    value_tx: optax.GradientTransformation, config: PPOConfig):
+    """A pure `update(state, rollout, ptx_batch, rng) -> (state, metrics, per_minibatch)`.
+
+    `ptx_batch` (None when gamma_ptx is 0): packed pretraining rows [B_ptx, L] split evenly over the
+    minibatches (and microbatches). `metrics`: scalars of RLHF.md item 25; `per_minibatch`: [E, M]
+    arrays of the policy statistics in execution order (the first is the first minibatch of the
+    first epoch: ratio 1, approx KL 0, clip fraction 0).
+    """
+    c = config
+    if c.gamma_ptx < 0:
+        raise ValueError(f"gamma_ptx must be >= 0, got {c.gamma_ptx}")
+
+    def forward(policy_params, value_params, rollout: Rollout):
+        logits = response_logits(policy_cfg, policy_params, rollout.tokens, rollout.attention_mask,
+                                 rollout.response_mask.shape[1])
+        logp = token_logprobs(logits, rollout.tokens[:, -rollout.response_mask.shape[1]:], c.temperature)
+        logp = jnp.where(rollout.response_mask, logp, 0.0)
+        values = response_values(value_cfg, value_params, rollout.tokens, rollout.attention_mask,
+                                 rollout.response_mask)
+        return logits, logp, values
+
+    def micro_loss(params, micro: dict, totals: dict):
+        """Weighted so that the sum over a minibatch's microbatches is that minibatch's loss.
+
+        On the first minibatch of the first epoch the params are those of the recompute, so the old
+        logprobs / values are this forward's own (stop-gradient): bit-exact ratio 1 (item 21), where a
+        separately compiled forward differs by float reassociation (~1e-7).
+        """
+        policy_params, value_params = params
+        mask = micro["response_mask"]
+        _, logp, values = forward(policy_params, value_params, micro["rollout"])
+        fresh = totals["fresh"]
+        old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
+        old_values = jnp.where(fresh, jax.lax.stop_gradient(values), micro["old_values"])
+        pg, pg_stats = policy_loss(logp, old_logp, micro["advantages"], mask, c.clip_eps)
+        vf, vf_stats = value_loss(values, old_values, micro["returns"], mask, c.value_clip)
+        share = jnp.sum(mask) / jnp.maximum(totals["tokens"], 1.0)
+        loss = share * (pg + c.vf_coef * vf)
+        stats = {"pg_loss": pg, "value_loss": vf, **pg_stats, **vf_stats}
+        stats = {k: share * v for k, v in stats.items()}
+        if c.gamma_ptx > 0:
+            ptx = -ptx_logprob_sum(policy_cfg, policy_params, micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
+            loss = loss + c.gamma_ptx * ptx
+            stats["ptx_loss"] = ptx
+        return loss, stats
+
+    def minibatch_step(state: PPOState, minibatch: dict, microbatches: int, fresh: jax.Array):
+        totals = {"tokens": jnp.sum(minibatch["response_mask"]).astype(jnp.float32), "fresh": fresh}
+        if c.gamma_ptx > 0:
+            totals["ptx_tokens"] = jnp.sum(ptx_targets(minibatch["ptx"])[1]).astype(jnp.float32)
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        params = (state.policy.params, state.value.params)
+        if microbatches == 1:
+            (loss, stats), grads = grad_fn(params, minibatch, totals)
+        else:
+            micro = split_microbatches(minibatch, microbatches)
+
+            def body(carry, m):
+                (loss, stats), grads = grad_fn(params, m, totals)
+                return jax.tree.map(jnp.add, carry, (loss, stats, grads)), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(lambda m: grad_fn(params, m, totals), first)
+            (loss0, stats0), grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            (loss, stats, grads), _ = jax.lax.scan(body, (loss0, stats0, grads0), micro)
+        policy_grads, value_grads = grads
+        return loss, stats, policy_grads, value_grads
+
+    def update(state: PPOState, rollout: Rollout, ptx_batch: Optional[dict], rng: jax.Array):
+        mask = rollout.response_mask
+        rows = mask.shape[0]
+        if rows % c.num_minibatches:
+            raise ValueError(f"{rows} episodes do not split into {c.num_minibatches} minibatches")
+        mb_rows = rows // c.num_minibatches
+        if mb_rows % c.microbatches:
+            raise ValueError(f"minibatch of {mb_rows} episodes does not split into {c.microbatches} microbatches")
+        # item 21: old logprobs and values from the training forward of the current params
+        # in chunks of the microbatch size: the same shapes as the update's forward, so that the
+        # first minibatch's ratio is exactly 1
+        chunk = mb_rows // c.microbatches
+
+        def old_forward(part):
+            logits, logp, values = forward(state.policy.params, state.value.params, part)
+            return logp, values, entropy_from_logits(logits, c.temperature)
+
+        chunks = jax.tree.map(lambda x: x.reshape(rows // chunk, chunk, *x.shape[1:]), rollout)
+        old_logprobs, old_values, entropies = jax.tree.map(lambda x: x.reshape(rows, *x.shape[2:]),
+                                                           jax.lax.map(old_forward, chunks))
+        entropy = masked_mean(entropies, mask)
+        rewards, kl = token_rewards(rollout.scores, old_logprobs, rollout.ref_logprobs, mask, state.kl_coef, c.kl_kind)
+        if c.whiten_rewards:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        data = {"rollout": rollout, "response_mask": mask, "old_logprobs": old_logprobs, "old_values": old_values,
+                "advantages": advantages, "returns": returns}
+        ptx = None
+        if c.gamma_ptx > 0:
+            if ptx_batch is None:
+                raise ValueError("gamma_ptx > 0 needs a ptx_batch")
+            ptx_rows = ptx_batch["tokens"].shape[0]
+            if ptx_rows % (c.num_minibatches * c.microbatches):
+                raise ValueError(f"{ptx_rows} pretraining rows do not split into {c.num_minibatches} minibatches x "
+                                 f"{c.microbatches} microbatches")
+            ptx = jax.tree.map(lambda x: x.reshape(c.num_minibatches, ptx_rows // c.num_minibatches, *x.shape[1:]),
+                               ptx_batch)
+
+        def minibatch_body(state: PPOState, xs):
+            index, ptx_part, fresh = xs
+            minibatch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+            if ptx_part is not None:
+                minibatch["ptx"] = ptx_part
+            loss, stats, policy_grads, value_grads = minibatch_step(state, minibatch, c.microbatches, fresh)
+            stats["policy_grad_norm"] = optax.global_norm(policy_grads)
+            stats["value_grad_norm"] = optax.global_norm(value_grads)
+            stats["loss"] = loss
+            policy = apply(state.policy, policy_grads, policy_tx)
+            value = apply(state.value, value_grads, value_tx)
+            return state.replace(policy=policy, value=value), stats
+
+        def epoch_body(state: PPOState, xs):
+            key, epoch = xs
+            order = jax.random.permutation(key, rows).reshape(c.num_minibatches, mb_rows)
+            fresh = (epoch == 0) & (jnp.arange(c.num_minibatches) == 0)
+            return jax.lax.scan(minibatch_body, state, (order, ptx, fresh))
+
+        state, per_minibatch = jax.lax.scan(epoch_body, state,
+                                            (jax.random.split(rng, c.ppo_epochs), jnp.arange(c.ppo_epochs)))
+        episode_kl = jnp.sum(kl, axis=-1)  # k1 summed over each episode (item 16)
+        mean_kl = jnp.mean(episode_kl)
+        new_kl_coef = (next_kl_coef(state.kl_coef, mean_kl, rows, c.kl_target, c.kl_horizon) if c.adaptive_kl
+                       else state.kl_coef)
+        lengths = jnp.sum(mask, axis=-1)
+        metrics = {k: jnp.mean(v) for k, v in per_minibatch.items()}
+        metrics |= {
+            "score": jnp.mean(rollout.scores), "raw_score": jnp.mean(rollout.raw_scores), "kl": mean_kl,
+            "kl_coef": state.kl_coef, "entropy": entropy,
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "response_length": jnp.mean(lengths.astype(jnp.float32)),
+            "eos_fraction": jnp.mean(rollout.ended.astype(jnp.float32)),
+            "reward_total": jnp.mean(jnp.sum(rewards, axis=-1)),
+            "advantage_mean": masked_mean(advantages, mask), "returns_mean": masked_mean(returns, mask),
+            "values_mean": masked_mean(old_values, mask), "tokens": jnp.sum(lengths),
+        }
+        state = state.replace(step=state.step + 1, kl_coef=new_kl_coef)
+        return state, metrics, per_minibatch
+
+    return update
+
+
+def apply(train_state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
+    """One optax update of a `TrainState`."""
+    updates, opt_state = tx.update(grads, train_state.opt_state, train_state.params)
+    return TrainState(step=train_state.step + 1, params=optax.apply_updates(train_state.params, updates),
+                      opt_state=opt_state)
+
+
+def init_ppo_state(policy_params: Any, value_params: Any, policy_tx: optax.GradientTransformation,
+                   value_tx: optax.GradientTransformation, kl_coef: float) -> PPOState:
+    return PPOState(step=jnp.zeros((), jnp.int32), policy=TrainState.create(policy_params, policy_tx),
+                    value=TrainState.create(value_params, value_tx), kl_coef=jnp.asarray(kl_coef, jnp.float32))

@@ -1,0 +1,119 @@
+"""Config sections every trainer shares (ml_collections), and their conversion to library objects.
+
+Experiment configs (`experiments/configs/*.py`) start from `base_config()` and add their own
+sections; every field is declared here with a one-line comment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from instructjax import datasets, parallel
+from instructjax.data import LoaderConfig
+from instructjax.train.optim import OptimConfig
+
+INIT_SOURCES = ("random", "hf", "gguf", "default", "workdir")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Run length, batch, model initialisation, optimizer, mesh, checkpoints, logging, test hooks."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # seeds random init, dropout, data order and sampling
+    c.num_steps = 100  # optimizer steps; 0: derived from num_epochs
+    c.num_epochs = 0.0  # used when num_steps is 0: steps = ceil(num_epochs * train records / batch_size)
+    c.batch_size = 8  # global batch: rows over all devices and hosts
+    c.microbatches = 1  # gradient accumulation: the batch runs as this many microbatches inside one step
+    c.log_every_steps = 1  # metrics.jsonl / TensorBoard interval
+    c.export = True  # write WORKDIR/export (HF format with the tokenizer) at the end
+
+    c.init = ml_collections.ConfigDict()
+    c.init.source = "random"  # one of INIT_SOURCES: where the initial weights and tokenizer come from
+    c.init.path = ""  # HF directory ("hf"), GGUF file ("gguf") or an earlier stage's workdir ("workdir")
+    c.init.preset = "tiny"  # model preset of a random init (ij.models.PRESETS)
+    c.init.tokenizer = "tiny"  # tokenizer of a random init: "tiny" (ij.testing.tiny_tokenizer) or a directory
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision over float32 params
+    c.model.param_dtype = "float32"  # dtype of the trained (master) params and of the export
+    c.model.dropout_rate = 0.0  # residual dropout while training (InstructGPT SFT: 0.2)
+    c.model.attention_dropout = 0.0  # dropout on attention probabilities while training
+    c.model.remat_policy = "none"  # rematerialisation of each block: none | full | dots | dots_no_batch
+    c.model.scan_layers = False  # run the blocks with nn.scan (faster compiles of deep models)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-5  # peak learning rate
+    c.optim.schedule = "cosine"  # constant | linear | cosine (the last two decay to final_lr_fraction * lr)
+    c.optim.warmup_steps = 0  # linear warmup from 0 to lr
+    c.optim.final_lr_fraction = 0.1  # decay floor as a fraction of lr (InstructGPT: 10%)
+    c.optim.b1 = 0.9  # Adam beta1
+    c.optim.b2 = 0.95  # Adam beta2
+    c.optim.eps = 1e-8  # Adam epsilon
+    c.optim.weight_decay = 0.0  # decoupled weight decay (not applied to norms and biases)
+    c.optim.clip_norm = 1.0  # global gradient-norm clip; 0 disables
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.mesh_shape = (-1, 1, 1)  # sizes of the ('data', 'fsdp', 'tensor') axes; one -1 = the remaining devices
+    c.parallel.rules = parallel.DEFAULT_RULES  # logical axis name -> mesh axes, for params and activations
+    c.parallel.multi_host = False  # call jax.distributed.initialize() first (TPU pods, SLURM)
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100  # checkpoint interval (a checkpoint is also written after the last step)
+    c.checkpoint.keep = 3  # newest checkpoints kept
+    c.checkpoint.async_save = True  # write checkpoints in the background
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 0  # evaluation interval (also after the last step); 0: never evaluate
+
+    c.debug = ml_collections.ConfigDict()
+    c.debug.nan_at_step = -1  # test hook: multiply the loss of this step by NaN; -1 off
+    c.debug.step_delay_s = 0.0  # test hook: sleep after each step (time to kill a run mid-way)
+    return c
+
+
+def data_config(kind: str) -> ml_collections.ConfigDict:
+    """Which JSONL files to build (TFDS) and how the grain loader reads them."""
+    c = ml_collections.ConfigDict()
+    c.train_files = ()  # JSONL files of the train split; (): the shipped examples of this kind
+    c.validation_files = ()  # JSONL files of the validation split; (): use validation_fraction
+    c.validation_fraction = 0.2  # fraction of the train records held out when there are no validation_files
+    c.split_seed = 0  # seed of the validation draw
+    c.max_chars = 0  # records with more characters are skipped (counted); 0: no limit
+    c.name = kind  # name prefix of the built dataset
+    c.data_dir = ""  # where datasets are built; "": WORKDIR/data
+    c.num_threads = 2  # threads of the tokenizing map
+    c.prefetch = 64  # records read ahead by those threads
+    c.worker_count = 0  # grain worker processes for tokenizing; 0: in the training process
+    return c
+
+
+def optim_config(config: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:
+    """The optimizer of `config.optim`, decaying over `total_steps`."""
+    return OptimConfig(total_steps=total_steps, **config.optim)
+
+
+def dataset_config(data: ml_collections.ConfigDict, kind: str) -> datasets.DatasetConfig:
+    """The TFDS build of `data`'s files (no train files: the shipped examples of `kind`); given
+    validation files replace the held-out fraction."""
+    fraction = 0.0 if data.validation_files else data.validation_fraction
+    split = {"validation_files": tuple(data.validation_files), "validation_fraction": fraction,
+             "split_seed": data.split_seed, "max_chars": data.max_chars, "name": data.name}
+    if not data.train_files:
+        return datasets.example_config(kind, **split)
+    return datasets.DatasetConfig(kind=kind, train_files=tuple(data.train_files), **split)
+
+
+def loader_config(data: ml_collections.ConfigDict, batch_size: int, seed: int, *, train: bool) -> LoaderConfig:
+    """Training: shuffled, repeating forever. Evaluation: one pass in order, the last batch padded."""
+    return LoaderConfig(batch_size=batch_size, seed=seed, shuffle=train, num_epochs=None if train else 1,
+                        num_threads=data.num_threads, prefetch=data.prefetch, worker_count=data.worker_count)
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_records: int) -> int:
+    """`num_steps`, or when it is 0, enough steps for `num_epochs` passes over `num_records`."""
+    if config.num_steps > 0:
+        return config.num_steps
+    if config.num_epochs <= 0:
+        raise ValueError("config: set num_steps > 0 or num_epochs > 0")
+    return math.ceil(config.num_epochs * num_records / config.batch_size)

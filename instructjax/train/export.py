@@ -1,0 +1,34 @@
+"""Export of a trained model to a Hugging Face directory (config.json + safetensors + tokenizer)."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from typing import Any, Optional
+
+import jax
+from jax.experimental import multihost_utils
+
+from instructjax.checkpoints import save_hf
+from instructjax.models import ModelConfig
+from instructjax.tokenizers import Tokenizer
+
+
+def fetch(tree: Any) -> Any:
+    """Numpy copies of global arrays, gathered from every host when there are several."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: Optional[Tokenizer] = None) -> None:
+    """Gather `params` from all devices and hosts and write them with `save_hf` from process 0,
+    atomically: into `<path>.tmp`, then renamed over `path`."""
+    params = fetch(params)
+    if jax.process_index() != 0:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_hf(tmp, cfg, params, tokenizer=tokenizer)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)

@@ -1,0 +1,59 @@
+"""The model a run starts from: random, a Hugging Face directory, a GGUF file, the embedded default
+model or an earlier stage's workdir, with the run's dtype / dropout / remat / scan settings."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from instructjax import checkpoints, models, testing
+from instructjax.tokenizers import Tokenizer
+from instructjax.train.config import INIT_SOURCES
+from instructjax.train.workdir import Workdir
+
+
+def load_initial_model(init: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                       rng: jax.Array) -> tuple[models.ModelConfig, Any, Tokenizer]:
+    """(cfg, params, tokenizer) from `config.init`, with `config.model`'s overrides applied."""
+    cfg, params, tokenizer = _load(init, rng)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(f"init: the tokenizer has {tokenizer.vocab_size} ids, more than the model's "
+                         f"vocab_size {cfg.vocab_size}")
+    return with_overrides(cfg, params, model) + (tokenizer,)
+
+
+def with_overrides(cfg: models.ModelConfig, params: Any,
+                   model: ml_collections.ConfigDict) -> tuple[models.ModelConfig, Any]:
+    """`cfg` with the run's model settings; params cast to param_dtype and (un)stacked for scan_layers."""
+    if model.scan_layers and not cfg.scan_layers:
+        params = models.stack_layers(params)
+    elif cfg.scan_layers and not model.scan_layers:
+        params = models.unstack_layers(params)
+    cfg = cfg.replace(**model)
+    params = jax.tree.map(lambda x: np.asarray(x, dtype=jnp.dtype(cfg.param_dtype)), params)
+    return cfg, params
+
+
+def _load(init: ml_collections.ConfigDict, rng: jax.Array) -> tuple[models.ModelConfig, Any, Tokenizer]:
+    if init.source not in INIT_SOURCES:
+        raise ValueError(f"init.source={init.source!r}: expected one of {INIT_SOURCES}")
+    if init.source == "random":
+        cfg = models.get_preset(init.preset)
+        tokenizer = testing.tiny_tokenizer() if init.tokenizer == "tiny" else Tokenizer.from_pretrained(init.tokenizer)
+        return cfg, models.init_params(cfg, rng), tokenizer
+    if init.source == "default":
+        return checkpoints.load_default_model()
+    if not init.path:
+        raise ValueError(f"init.source={init.source!r} needs init.path")
+    if init.source == "gguf":
+        return checkpoints.load_gguf(init.path)
+    path = Workdir.at(init.path).export if init.source == "workdir" else pathlib.Path(init.path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"init.path: {path} is not a directory (init.source={init.source!r})")
+    cfg, params = checkpoints.load_hf(path)
+    return cfg, params, Tokenizer.from_pretrained(path)

@@ -1,0 +1,215 @@
+"""PPO / PPO-ptx (InstructGPT step 3) on the shared loop: `train_ppo(config, workdir)`.
+
+Each loop step is one PPO iteration: a batch of prompts -> responses from the compiled sampler ->
+reference logprobs and reward scores (one jit) -> the whole PPO update (one jit, see
+`instructjax.rl.update`). The checkpointed state (`ij.rl.PPOState`) holds the policy, the value
+model, both optimizer states and the KL coefficient; the data position covers the prompts and the
+pretraining text. The final policy is exported to WORKDIR/export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Union
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from instructjax import models, parallel
+from instructjax.data import PretrainingConfig, PromptConfig, pretraining_loader, prompt_loader
+from instructjax.rewards.io import load_reward_model
+from instructjax.rewards.scoring import reward_params_from_lm
+from instructjax.rl import rollout as rollout_lib
+from instructjax.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
+from instructjax.train import loop
+from instructjax.train.config import loader_config, optim_config
+from instructjax.train.export import export_model, fetch
+from instructjax.train.initial_model import load_initial_model
+from instructjax.train.inputs import build_dataset, check_batch_size
+from instructjax.train.optim import make_optimizer
+from instructjax.train.state import state_shardings
+from instructjax.train.workdir import Workdir
+
+REWARD_SOURCES = ("model", "random", "token_count")
+VALUE_INITS = ("reward", "policy")
+
+
+class PromptsAndText(grain.DatasetIterator):
+    """Prompt batches, each paired with a batch of pretraining rows (PPO-ptx); one checkpointable position."""
+
+    def __init__(self, prompts: grain.DatasetIterator, text: Optional[grain.DatasetIterator]):
+        super().__init__([prompts] + ([text] if text is not None else []))
+        self.prompts, self.text = prompts, text
+
+    @property
+    def stats(self) -> dict:
+        return self.prompts.stats
+
+    def __next__(self) -> dict:
+        return {"prompts": next(self.prompts), "ptx": None if self.text is None else next(self.text)}
+
+    def get_state(self) -> dict:
+        state = {"prompts": self.prompts.get_state()}
+        if self.text is not None:
+            state["ptx"] = self.text.get_state()
+        return state
+
+    def set_state(self, state: dict) -> None:
+        self.prompts.set_state(state["prompts"])
+        if self.text is not None:
+            self.text.set_state(state["ptx"])
+
+    def close(self) -> None:
+        for it in (self.prompts, self.text):
+            if it is not None and hasattr(it, "close"):
+                it.close()
+
+
+def ppo_config(config: ml_collections.ConfigDict) -> PPOConfig:
+    p = config.ppo
+    return PPOConfig(ppo_epochs=p.epochs, num_minibatches=p.num_minibatches, microbatches=config.microbatches,
+                     clip_eps=p.clip_eps, value_clip=p.value_clip, vf_coef=p.vf_coef, gamma=p.gamma, lam=p.lam,
+                     temperature=config.rollout.temperature, kl_kind=config.kl.estimator,
+                     whiten_rewards=p.whiten_rewards, whiten_advantages=p.whiten_advantages,
+                     gamma_ptx=config.ptx.gamma, adaptive_kl=config.kl.controller == "adaptive",
+                     kl_target=config.kl.target, kl_horizon=config.kl.horizon)
+
+
+def load_reward(config: ml_collections.ConfigDict, policy_cfg: models.ModelConfig, policy_params: Any,
+                rng: jax.Array):
+    """(reward_fn, reward params, reward cfg or None) of `config.reward`."""
+    r = config.reward
+    if r.source not in REWARD_SOURCES:
+        raise ValueError(f"reward.source={r.source!r}: expected one of {REWARD_SOURCES}")
+    if r.source == "token_count":
+        return rollout_lib.token_count_reward(r.token_id), None, None
+    if r.source == "random":
+        cfg = policy_cfg
+        return rollout_lib.reward_model_fn(cfg), reward_params_from_lm(cfg, policy_params, rng), cfg
+    if not r.path:
+        raise ValueError("reward.source='model' needs reward.path (a reward workdir or an exported reward model)")
+    rm = load_reward_model(r.path)
+    return rollout_lib.reward_model_fn(rm.cfg), rm.params, rm.cfg
+
+
+def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout, kl_coef: float, rows: int) -> None:
+    """A JSONL table of sample prompts, responses, scores and summed KL, one file per logged iteration."""
+    if jax.process_index() != 0:
+        return
+    tokens, attention, response_mask, scores, sample_lp, ref_lp = (np.asarray(x) for x in fetch(
+        (rollout.tokens, rollout.attention_mask, rollout.response_mask, rollout.scores, rollout.sample_logprobs,
+         rollout.ref_logprobs)))
+    num_new = response_mask.shape[1]
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / f"ppo_step_{step:06d}.jsonl", "w") as f:
+        for i in range(min(rows, tokens.shape[0])):
+            prompt = tokens[i, :-num_new][attention[i, :-num_new]].tolist()
+            response = tokens[i, -num_new:][response_mask[i]].tolist()
+            kl = float(np.sum((sample_lp[i] - ref_lp[i])[response_mask[i]]))
+            row = {"step": step, "prompt": tokenizer.decode(prompt), "response": tokenizer.decode(response),
+                   "score": float(scores[i]), "kl": kl, "kl_coef": kl_coef}
+            f.write(json.dumps(row) + "\n")
+
+
+def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> PPOState:
+    """PPO (PPO-ptx when ptx.gamma > 0) as `config` says (experiments/configs/ppo.py), in `workdir`.
+
+    Rerunning with the same config and workdir resumes from the latest checkpoint (policy, value
+    model, optimizer states, KL coefficient, data position) and gives the result of an
+    uninterrupted run. Returns the final `PPOState`.
+    """
+    parallel.initialize_distributed(config.parallel.multi_host)
+    workdir = Workdir.at(workdir)
+    workdir.write_config(config)
+    mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    rules = tuple(config.parallel.rules)
+    c = ppo_config(config)
+    check_batch_size(config.batch_size, c.num_minibatches * c.microbatches, mesh)
+    init_rng, reward_rng, value_rng, train_rng = jax.random.split(jax.random.key(config.seed), 4)
+    cfg, policy_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
+    reward_fn, reward_params, reward_cfg = load_reward(config, cfg, policy_params, reward_rng)
+    if config.value.init not in VALUE_INITS:
+        raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
+    if config.value.init == "reward" and reward_cfg is not None:
+        value_cfg, value_params = reward_cfg.replace(dtype=cfg.dtype), jax.tree.map(np.array, reward_params)
+    else:
+        value_cfg, value_params = cfg, reward_params_from_lm(cfg, policy_params, value_rng)
+    value_params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(cfg.param_dtype)), value_params)
+
+    prompts_data = build_dataset(config.data, "prompts", workdir.data)
+    prompt_cfg = PromptConfig(max_prompt_len=config.data.max_prompt_len, truncation=config.data.truncation,
+                              chat_template=config.data.chat_template)
+    prompts = prompt_loader(prompts_data.source("train"), tokenizer, prompt_cfg,
+                            loader_config(config.data, config.batch_size, config.seed, train=True), mesh)
+    text = None
+    if c.gamma_ptx > 0:
+        check_batch_size(config.ptx.batch_size, c.num_minibatches * c.microbatches, mesh, "ptx.batch_size")
+        text_data = build_dataset(config.ptx.data, "pretraining_text", workdir.data)
+        text = pretraining_loader(text_data.source("train"), tokenizer, PretrainingConfig(max_len=config.ptx.max_len),
+                                  loader_config(config.ptx.data, config.ptx.batch_size, config.seed, train=True), mesh)
+
+    num_steps = config.num_steps
+    policy_tx = make_optimizer(optim_config(config, num_steps * c.ppo_epochs * c.num_minibatches))
+    value_optim = config.optim.to_dict() | {"lr": config.value.lr}
+    value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}),
+                                           num_steps * c.ppo_epochs * c.num_minibatches))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), policy_params)
+    value_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), value_params)
+    policy_param_shardings = parallel.param_shardings(cfg, shapes, mesh, rules)
+    value_param_shardings = parallel.param_shardings(value_cfg, value_shapes, mesh, rules, head="scalar")
+    replicated = parallel.replicated(mesh)
+    shardings = PPOState(step=replicated, policy=state_shardings(policy_tx, shapes, policy_param_shardings, mesh),
+                         value=state_shardings(value_tx, value_shapes, value_param_shardings, mesh),
+                         kl_coef=replicated)
+    build_state = lambda p, v: init_ppo_state(p, v, policy_tx, value_tx, config.kl.init_coef)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            jax.eval_shape(build_state, shapes, value_shapes), shardings)
+
+    ref_params = jax.device_put(policy_params, policy_param_shardings)  # frozen reference = the initial policy
+    if reward_params is not None:
+        reward_params = jax.device_put(reward_params, parallel.param_shardings(reward_cfg, reward_params, mesh, rules,
+                                                                               head="scalar"))
+    eos = tokenizer.eos_id
+    settings = rollout_lib.SamplingSettings(max_new_tokens=config.rollout.max_new_tokens,
+                                            temperature=config.rollout.temperature, top_k=config.rollout.top_k,
+                                            top_p=config.rollout.top_p, eos_id=eos, pad_id=tokenizer.pad_id,
+                                            dtype=config.rollout.dtype or None)
+    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
+    score = jax.jit(rollout_lib.make_scorer(cfg, reward_fn, temperature=config.rollout.temperature,
+                                            no_eos_penalty_value=penalty))
+    update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c), donate_argnums=0,
+                     out_shardings=(shardings, replicated, replicated))
+
+    def step_fn(state: PPOState, batch: dict, rng: jax.Array):
+        sample_rng, update_rng = jax.random.split(rng)
+        prompt_batch = batch["prompts"]
+        with parallel.activation_sharding(mesh, rules):
+            out = rollout_lib.sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
+                                               rng=sample_rng, settings=settings, mesh=mesh)
+            rollout = score(ref_params, reward_params, out)
+            iteration = int(jax.device_get(state.step)) + 1
+            kl_coef = float(jax.device_get(state.kl_coef))
+            if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):
+                write_sample_table(workdir.samples, iteration, tokenizer, rollout, kl_coef, config.samples.rows)
+            state, metrics, _ = update(state, rollout, batch["ptx"], update_rng)
+        return state, metrics
+
+    def init_state() -> PPOState:
+        params = jax.device_put(policy_params, policy_param_shardings)
+        values = jax.device_put(value_params, value_param_shardings)
+        return jax.jit(build_state, out_shardings=shardings)(params, values)
+
+    def export(state: PPOState) -> None:
+        export_model(workdir.export, cfg, state.policy.params, tokenizer)
+
+    train_iterator = PromptsAndText(iter(prompts), None if text is None else iter(text))
+    try:
+        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir, step_fn=step_fn,
+                        init_state=init_state, abstract_state=abstract, train_iterator=train_iterator, rng=train_rng,
+                        export_fn=export if config.export else None, name="ppo")
+    finally:
+        train_iterator.close()

@@ -1,0 +1,167 @@
+"""Supervised fine-tuning (InstructGPT step 1): the loss on demonstrations and `train_sft`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from instructjax import datasets, parallel
+from instructjax.data import SFTConfig, sft_loader
+from instructjax.losses import token_logprobs
+from instructjax.models import ModelConfig, Transformer
+from instructjax.tokenizers import Tokenizer
+from instructjax.train import loop
+from instructjax.train import step as step_lib
+from instructjax.train.config import loader_config, num_train_steps, optim_config
+from instructjax.train.export import export_model
+from instructjax.train.initial_model import load_initial_model
+from instructjax.train.inputs import build_dataset, check_batch_size
+from instructjax.train.optim import learning_rate_schedule, make_optimizer
+from instructjax.train.samples import generate_responses, write_samples
+from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
+from instructjax.train.step import LossFn
+from instructjax.train.workdir import Workdir
+
+
+def shifted_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Targets and loss mask aligned with the logits: position i predicts token i + 1 (RLHF.md
+    item 1); the last position predicts nothing."""
+    tokens, loss_mask = batch["tokens"], batch["loss_mask"]
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
+    return targets, mask
+
+
+def sft_loss_fn(cfg: ModelConfig, *, deterministic: bool = False) -> LossFn:
+    """Summed token cross-entropy over the loss-mask targets (RLHF.md item 5), weight = their count.
+
+    Dropout (cfg.dropout_rate, cfg.attention_dropout) is active unless `deterministic`.
+    """
+    model = Transformer(cfg)
+
+    def loss_fn(params, batch: dict, rng: jax.Array):
+        logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["attention_mask"],
+                             segment_ids=batch["segment_ids"], deterministic=deterministic, rngs={"dropout": rng})
+        targets, mask = shifted_targets(batch)
+        nll = -token_logprobs(logits, targets)
+        weight = jnp.sum(mask, dtype=jnp.int32)
+        totals = {"tokens": jnp.sum(batch["attention_mask"], dtype=jnp.int32), "loss_tokens": weight}
+        return jnp.sum(jnp.where(mask, nll, 0.0)), {"weight": weight, "totals": totals}
+
+    return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSetup:
+    """What `train_sft` assembles once from the config: model, tokenizer, data, mesh, workdir."""
+
+    config: ml_collections.ConfigDict
+    workdir: Workdir
+    mesh: Mesh
+    rules: tuple
+    cfg: ModelConfig
+    tokenizer: Tokenizer
+    dataset: datasets.BuiltDataset
+    sft_config: SFTConfig
+
+
+def sft_data_config(data: ml_collections.ConfigDict) -> SFTConfig:
+    """The pipeline settings of `config.data`."""
+    return SFTConfig(max_len=data.max_len, truncation=data.truncation, loss_on=data.loss_on, pack=data.pack,
+                     chat_template=data.chat_template)
+
+
+def make_evaluator(setup: SFTSetup, params_shardings: Any, rng: jax.Array) -> loop.EvalFn:
+    """Validation loss / perplexity over `eval.num_batches` batches (0: all), and `eval.num_samples`
+    sampled answers to validation prompts written to WORKDIR/samples/step_<step>.txt."""
+    config, mesh = setup.config, setup.mesh
+    if "validation" not in setup.dataset.splits:
+        raise ValueError("config.eval.every_steps > 0 needs a validation split: set data.validation_files "
+                         "or data.validation_fraction")
+    check_batch_size(config.eval.batch_size, 1, mesh, "eval.batch_size")
+    source = setup.dataset.source("validation")
+    loader = sft_loader(source, setup.tokenizer, setup.sft_config,
+                        loader_config(config.data, config.eval.batch_size, config.seed, train=False), mesh)
+    loss_fn = sft_loss_fn(setup.cfg, deterministic=True)
+    sums = jax.jit(lambda params, batch: loss_fn(params, batch, jax.random.key(0)),
+                   in_shardings=(params_shardings, step_lib.batch_sharding(mesh)),
+                   out_shardings=parallel.replicated(mesh))
+    records = [datasets.decode("demonstrations", source[i]) for i in range(min(config.eval.num_samples, len(source)))]
+
+    def validation_loss(params) -> tuple[float, int]:
+        loss_sum, weight = 0.0, 0
+        it = iter(loader)
+        with parallel.activation_sharding(mesh, setup.rules):
+            for i, batch in enumerate(it):
+                if config.eval.num_batches and i == config.eval.num_batches:
+                    break
+                batch_loss, aux = jax.device_get(sums(params, batch))
+                loss_sum, weight = loss_sum + float(batch_loss), weight + int(aux["weight"])
+        it.close()
+        return loss_sum / max(weight, 1), weight
+
+    def evaluate(state: TrainState, step: int) -> dict[str, float]:
+        loss, weight = validation_loss(state.params)
+        if records:
+            prompts = [r["prompt"] for r in records]
+            responses = generate_responses(
+                setup.cfg, state.params, setup.tokenizer, prompts, chat_template=setup.sft_config.chat_template,
+                rng=jax.random.fold_in(rng, step), max_new_tokens=config.eval.max_new_tokens,
+                temperature=config.eval.temperature, mesh=mesh)
+            write_samples(setup.workdir.samples / f"step_{step:06d}.txt", step, prompts, responses,
+                          [r["response"] for r in records])
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "loss_tokens": weight}
+
+    return evaluate
+
+
+def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> TrainState:
+    """Supervised fine-tuning as `config` says (see experiments/configs/sft.py), in `workdir`.
+
+    Rerunning with the same config and workdir resumes from the latest checkpoint and gives the
+    result of an uninterrupted run. Returns the final train state; the model is exported to
+    WORKDIR/export (HF format with the tokenizer) when `config.export`.
+    """
+    parallel.initialize_distributed(config.parallel.multi_host)
+    workdir = Workdir.at(workdir)
+    workdir.write_config(config)
+    mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    check_batch_size(config.batch_size, config.microbatches, mesh)
+    init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+    cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
+    setup = SFTSetup(config=config, workdir=workdir, mesh=mesh, rules=tuple(config.parallel.rules), cfg=cfg,
+                     tokenizer=tokenizer, dataset=build_dataset(config.data, "demonstrations", workdir.data),
+                     sft_config=sft_data_config(config.data))
+
+    train_source = setup.dataset.source("train")
+    loader = sft_loader(train_source, tokenizer, setup.sft_config,
+                        loader_config(config.data, config.batch_size, config.seed, train=True), mesh)
+    num_steps = num_train_steps(config, len(train_source))
+    optim = optim_config(config, num_steps)
+    tx = make_optimizer(optim)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    params_shardings = parallel.param_shardings(cfg, shapes, mesh, setup.rules)
+    shardings = state_shardings(tx, shapes, params_shardings, mesh)
+    step = step_lib.make_train_step(sft_loss_fn(cfg), tx, num_microbatches=config.microbatches,
+                                    schedule=learning_rate_schedule(optim), nan_at_step=config.debug.nan_at_step)
+    eval_fn = make_evaluator(setup, params_shardings, sample_rng) if config.eval.every_steps > 0 else None
+
+    def export(state: TrainState) -> None:
+        export_model(workdir.export, cfg, state.params, tokenizer)
+
+    train_iterator = iter(loader)
+    try:
+        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir,
+                        step_fn=step_lib.compile_step(step, shardings, mesh, setup.rules),
+                        init_state=lambda: init_state(params, tx, shardings),
+                        abstract_state=abstract_state(tx, shapes, shardings), train_iterator=train_iterator,
+                        rng=train_rng, eval_fn=eval_fn, export_fn=export if config.export else None, name="sft")
+    finally:
+        train_iterator.close()

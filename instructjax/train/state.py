@@ -1,0 +1,53 @@
+"""The train state (step, params, optimizer state) as one pytree, and its shardings over a mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from instructjax import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step updates; a checkpoint holds exactly this."""
+
+    step: jax.Array  # int32 []: optimizer updates applied so far
+    params: Any  # model parameters (the float32 master copy under mixed precision)
+    opt_state: Any  # optax state of `tx`
+
+    @classmethod
+    def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _is_sharding(x: Any) -> bool:
+    return isinstance(x, NamedSharding)
+
+
+def state_shardings(tx: optax.GradientTransformation, params_shapes: Any, params_shardings: Any,
+                    mesh: Mesh) -> TrainState:
+    """Shardings of a `TrainState`: each copy of the params inside the optimizer state (Adam moments)
+    is laid out like the params; counters and other small leaves are replicated."""
+    opt_shapes = jax.eval_shape(tx.init, params_shapes)
+    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, params_shardings,
+                                          transform_non_params=lambda _: parallel.replicated(mesh),
+                                          is_leaf=_is_sharding)
+    return TrainState(step=parallel.replicated(mesh), params=params_shardings, opt_state=opt_shardings)
+
+
+def abstract_state(tx: optax.GradientTransformation, params_shapes: Any, shardings: TrainState) -> TrainState:
+    """`ShapeDtypeStruct`s (with shardings) of the state: the restore target of a checkpoint."""
+    shapes = jax.eval_shape(lambda p: TrainState.create(p, tx), params_shapes)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """A fresh state laid out over the mesh (params are placed first, the optimizer state built in place)."""
+    params = jax.device_put(params, shardings.params)
+    return jax.jit(lambda p: TrainState.create(p, tx), out_shardings=shardings)(params)

@@ -1,0 +1,109 @@
+"""The generic train step: weighted loss sums, gradient accumulation over microbatches in a
+`lax.scan`, one optax update; compiled with explicit shardings and a donated state.
+
+A trainer supplies a loss function `loss_fn(params, batch, rng) -> (loss_sum, aux)` that returns
+its loss *summed* over its units (tokens for SFT, prompts for the reward model) and
+`aux = {"weight": number of units, "totals": {name: summed count}}`. The step's loss is
+`sum(loss_sum) / sum(weight)` over all microbatches, so accumulation over microbatches gives the
+same gradient as one pass over the full batch (up to float summation order).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from instructjax import parallel
+from instructjax.train.state import TrainState
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
+
+
+def split_microbatches(batch: dict, num_microbatches: int) -> dict:
+    """[B, ...] -> [M, B / M, ...]; microbatch m holds rows m, M + m, 2M + m, ... so that each
+    device's rows split locally (the batch axis stays sharded, no data moves)."""
+    def split(x: jax.Array) -> jax.Array:
+        rows = x.shape[0]
+        if rows % num_microbatches:
+            raise ValueError(f"batch of {rows} rows does not split into {num_microbatches} microbatches")
+        x = jnp.swapaxes(x.reshape(rows // num_microbatches, num_microbatches, *x.shape[1:]), 0, 1)
+        return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+    return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Array,
+                         num_microbatches: int) -> tuple[Any, jax.Array, dict]:
+    """(gradient of the summed loss, summed loss, summed aux) over `num_microbatches` microbatches."""
+    def value_and_grad(micro: dict, key: jax.Array):
+        (loss_sum, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, key)
+        return grads, loss_sum, aux
+
+    if num_microbatches == 1:
+        return value_and_grad(batch, rng)
+    micro = split_microbatches(batch, num_microbatches)
+    keys = jax.random.split(rng, num_microbatches)
+
+    def body(carry, xs):
+        grads, loss_sum, aux = value_and_grad(*xs)
+        return jax.tree.map(jnp.add, carry, (grads, loss_sum, aux)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(value_and_grad, first, keys[0]))
+    (grads, loss_sum, aux), _ = jax.lax.scan(body, zeros, (micro, keys))
+    return grads, loss_sum, aux
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_microbatches: int = 1,
+                    schedule: optax.Schedule | None = None, nan_at_step: int = -1) -> StepFn:
+    """A pure `step(state, batch, rng) -> (state, metrics)`.
+
+    metrics: `loss` (sum / weight), `grad_norm` (global norm before clipping), `lr` (when
+    `schedule` is given) and every entry of `aux["totals"]` summed over the batch.
+    `nan_at_step` (a test hook; -1 = off): the loss of that step (1-based) is multiplied by NaN.
+    """
+    def poisoned(params, batch, rng, step):
+        loss_sum, aux = loss_fn(params, batch, rng)
+        return loss_sum * jnp.where(step == nan_at_step, jnp.nan, 1.0), aux
+
+    def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        this_step = state.step + 1
+        fn = loss_fn if nan_at_step < 0 else lambda p, b, r: poisoned(p, b, r, this_step)
+        grads, loss_sum, aux = accumulate_gradients(fn, state.params, batch, rng, num_microbatches)
+        weight = jnp.maximum(aux["weight"].astype(jnp.float32), 1.0)
+        grads = jax.tree.map(lambda g: g / weight, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss_sum / weight, "grad_norm": optax.global_norm(grads), **aux["totals"]}
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        return TrainState(step=this_step, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Every leaf of a batch split over the mesh's batch axes on its leading dim."""
+    return NamedSharding(mesh, P(parallel.BATCH_AXES))
+
+
+def compile_step(step: StepFn, state_shardings: TrainState, mesh: Mesh,
+                 rules=parallel.DEFAULT_RULES) -> StepFn:
+    """`jax.jit` of `step` with explicit in/out shardings and the state donated, traced under the
+    mesh and its logical-axis rules."""
+    replicated = parallel.replicated(mesh)
+    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+    def call(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        with parallel.activation_sharding(mesh, rules):
+            return jitted(state, batch, rng)
+
+    return call

@@ -1,0 +1,169 @@
+"""The tiny SFT preset end to end: the loss falls, the export loads in transformers, an exact resume
+after SIGKILL, the NaN guard, and the workdir's config check."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import instructjax as ij
+from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIG_FILE = REPO / "experiments" / "configs" / "sft.py"
+# A short version of the tiny preset: checkpoints at 6, 12, 18, 24 (the last 3 kept); evaluation at 16 and 24.
+OVERRIDES = {"num_steps": 24, "checkpoint.every_steps": 6, "eval.every_steps": 16, "eval.max_new_tokens": 8}
+
+
+def sft_config(preset="tiny", **overrides):
+    spec = importlib.util.spec_from_file_location("sft_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(preset)
+    for key, value in {**OVERRIDES, **overrides}.items():
+        section, _, field = key.rpartition(".")
+        setattr(config[section] if section else config, field, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One uninterrupted run of the tiny preset (in this process: 8 fake devices, data=8)."""
+    workdir = tmp_path_factory.mktemp("sft") / "run"
+    state = train_sft(sft_config(), workdir)
+    return workdir, state
+
+
+def deterministic(records):
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+
+def test_tiny_preset_learns_and_exports(tiny_run):
+    workdir, state = tiny_run
+    assert int(state.step) == 24
+    records = read_metrics(workdir / "metrics.jsonl")
+    train = [r["train/loss"] for r in records if "train/loss" in r]
+    evals = [r["eval/loss"] for r in records if "eval/loss" in r]
+    assert len(train) == 24 and len(evals) == 2
+    assert np.mean(train[-4:]) < np.mean(train[:4]) - 1.0, train
+    assert evals[1] < evals[0]
+    assert "perf/tokens_per_s" in records[-2] and records[-2]["data/records"] == 24 * 8
+    assert sorted(p.name for p in (workdir / "samples").iterdir()) == ["step_000016.txt", "step_000024.txt"]
+    assert "--- response ---" in (workdir / "samples" / "step_000024.txt").read_text()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["12", "18", "24"]
+    assert list((workdir / "tensorboard").iterdir())
+
+    cfg, params = ij.checkpoints.load_hf(workdir / "export")
+    np.testing.assert_array_equal(params["lm_head"], np.asarray(state.params["lm_head"]))
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.AutoModelForCausalLM.from_pretrained(workdir / "export", torch_dtype=torch.float32)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(workdir / "export")
+    tok = ij.testing.tiny_tokenizer()
+    text = tok.apply_chat_template([{"role": "user", "content": "What is 2 plus 2?"}])
+    ids = tok.encode(text)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits.numpy()
+    ours = ij.models.Transformer(cfg).apply({"params": params}, np.asarray([ids], np.int32))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_init_from_an_earlier_workdir(tiny_run):
+    workdir, state = tiny_run
+    config = sft_config(**{"init.source": "workdir", "init.path": str(workdir)})
+    cfg, params, tok = ij.train.load_initial_model(config.init, config.model, jax.random.key(0))
+    assert cfg.vocab_size == 320 and tok.eos_id == 2
+    jax.tree.map(np.testing.assert_array_equal, params, jax.device_get(state.params))
+
+
+def run_script(workdir, log, *extra, wait=True):
+    """experiments/sft.py on the shortened tiny preset; compiled programs are shared between runs
+    through JAX's persistent cache (next to the log)."""
+    cmd = [sys.executable, str(REPO / "experiments" / "sft.py"), f"--config={CONFIG_FILE}:tiny",
+           f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra]
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax_cache"),
+                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=stderr, stderr=stderr, env=env)
+    if wait:
+        assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+    return process
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
+    reference, _ = tiny_run
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.1"  # time to kill the run between checkpoints 6 and 12
+    process = run_script(workdir, tmp_path / "killed.log", slow, wait=False)
+    deadline = time.time() + 240
+    while not (workdir / "checkpoints" / "6").is_dir():
+        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "export").exists()
+    assert not (workdir / "checkpoints" / "24").exists()
+
+    run_script(workdir, tmp_path / "resumed.log", slow)
+    assert deterministic(read_metrics(workdir / "metrics.jsonl")) == \
+        deterministic(read_metrics(reference / "metrics.jsonl"))
+    _, params = ij.checkpoints.load_hf(workdir / "export")
+    _, want = ij.checkpoints.load_hf(reference / "export")
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert (workdir / "samples" / "step_000024.txt").read_text() == \
+        (reference / "samples" / "step_000024.txt").read_text()
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = sft_config(**{"debug.nan_at_step": 11, "checkpoint.every_steps": 4, "eval.every_steps": 0,
+                           "parallel.mesh_shape": (2, 2, 2)})  # checkpoints of data, fsdp and tensor shards
+    with pytest.raises(NonFiniteLossError, match=r"step 11: .*loss.*not finite.*last good checkpoint is step 8"):
+        train_sft(config, tmp_path)
+    assert not (tmp_path / "export").exists()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 11))
+    with Checkpointer(tmp_path / "checkpoints", keep=3) as checkpointer:
+        assert checkpointer.all_steps() == [4, 8]
+        raw = checkpointer.restore(8)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(raw["params"]))
+    assert int(raw["step"]) == 8
+
+
+def test_a_different_config_in_the_same_workdir_is_refused(tmp_path):
+    ij.train.Workdir.at(tmp_path).write_config(sft_config())
+    ij.train.Workdir.at(tmp_path).write_config(sft_config())  # same config: fine (resume)
+    with pytest.raises(ValueError, match=r"optim.lr: 0.003 -> 0.1.*fresh --workdir"):
+        ij.train.Workdir.at(tmp_path).write_config(sft_config(**{"optim.lr": 0.1}))
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.003
+
+
+def leaf_paths(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from leaf_paths(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def test_presets_declare_every_field_with_a_comment():
+    declared = set()
+    for path in (CONFIG_FILE, REPO / "instructjax" / "train" / "config.py"):
+        declared |= set(re.findall(r"^\s*(?:c|config)\.([\w.]+) = .*  # ", path.read_text(), re.M))
+    for preset in ("tiny", "smollm2"):
+        config = sft_config(preset)
+        undocumented = [p for p in leaf_paths(config) if not any(p == d or p.endswith("." + d) for d in declared)]
+        assert not undocumented
+    with pytest.raises(ValueError, match="unknown SFT preset"):
+        sft_config("huge")
