@@ -37,7 +37,7 @@ def ours(cfg, params, tokens, dtype, param_dtype, repeats):
 
 def theirs(model, tokens, mode, repeats):
     import torch
-    ids = torch.from_numpy(np.asarray(tokens)).long()
+    ids = torch.from_numpy(np.array(tokens)).long()
     m = model.to(torch.bfloat16) if mode == "bf16 weights" else model.float()
 
     def run():
@@ -62,7 +62,7 @@ def main():
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.length)), jnp.int32)
     with tempfile.TemporaryDirectory() as tmp:
         ij.checkpoints.save_hf(tmp, cfg, params)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32,
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
                                                                attn_implementation="sdpa")
     hf.eval()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, "
