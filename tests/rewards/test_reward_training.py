@@ -2,7 +2,6 @@
 it learns (validation accuracy > 0.9), normalises, exports (transformers agrees), and resumes
 exactly after SIGKILL."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,13 +12,13 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 import instructjax as ij
 from instructjax import rewards
 from instructjax.train import read_metrics
+from instructjax.testing.experiments import config_leaf_paths, load_experiment_config, without_timings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "reward.py"
@@ -27,14 +26,7 @@ LETTERS = "abcdefgh"
 
 
 def load_config(preset="tiny", **overrides):
-    spec = importlib.util.spec_from_file_location("reward_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        setattr(config[section] if section else config, field, value)
-    return config
+    return load_experiment_config("reward", preset, overrides)
 
 
 def write_synthetic(directory, seed=0, n_train=240, n_validation=64, n_demos=24):
@@ -160,10 +152,6 @@ def run_script(workdir, overrides, *extra, wait=True):
     return process
 
 
-def deterministic(records):
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
-
-
 def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
     reference, _, _, overrides = synthetic_run
     workdir = tmp_path / "run"
@@ -179,8 +167,8 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) < 40
 
     run_script(workdir, overrides, slow)
-    assert deterministic(read_metrics(workdir / "metrics.jsonl")) == \
-        deterministic(read_metrics(reference / "metrics.jsonl"))
+    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
+        without_timings(read_metrics(reference / "metrics.jsonl"))
     _, params = ij.checkpoints.load_hf(workdir / "export")
     _, want = ij.checkpoints.load_hf(reference / "export")
     jax.tree.map(np.testing.assert_array_equal, params, want)
@@ -188,20 +176,12 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
         assert (workdir / "export" / name).read_text() == (reference / "export" / name).read_text()
 
 
-def leaf_paths(config, prefix=""):
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from leaf_paths(value, f"{prefix}{key}.")
-        else:
-            yield prefix + key
-
-
 def test_presets_and_bad_settings():
     declared = set()
     for path in (CONFIG_FILE, REPO / "instructjax" / "train" / "config.py"):
         declared |= set(re.findall(r"^\s*(?:c|config)\.([\w.]+) = .*  # ", path.read_text(), re.M))
     for preset in ("tiny", "smollm2"):
-        undocumented = [p for p in leaf_paths(load_config(preset))
+        undocumented = [p for p in config_leaf_paths(load_config(preset))
                         if not any(p == d or p.endswith("." + d) for d in declared)]
         assert not undocumented
     config = load_config("smollm2")

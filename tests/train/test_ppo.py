@@ -1,7 +1,6 @@
 """The tiny PPO preset end to end on the shared loop (PPO-ptx on): item-25 metrics, sample tables,
 export, and an exact resume after SIGKILL."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -18,23 +17,18 @@ import pytest
 import instructjax as ij
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
+from instructjax.testing.experiments import config_leaf_paths, load_experiment_config, without_timings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "ppo.py"
 OVERRIDES = {"num_steps": 6, "checkpoint.every_steps": 2, "ptx.gamma": 0.5, "samples.every_steps": 3}
-LOGGED = ("score", "kl", "kl_coef", "entropy", "approx_kl", "clip_frac", "value_loss", "explained_variance",
-          "response_length", "eos_fraction", "ptx_loss", "loss")
 
 
 def ppo_config(preset="tiny", **overrides):
-    spec = importlib.util.spec_from_file_location("ppo_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
-    for key, value in {**OVERRIDES, **overrides}.items():
-        section, _, field = key.rpartition(".")
-        setattr(config[section] if section else config, field, value)
-    return config
+    return load_experiment_config("ppo", preset, {**OVERRIDES, **overrides})
+
+LOGGED = ("score", "kl", "kl_coef", "entropy", "approx_kl", "clip_frac", "value_loss", "explained_variance",
+          "response_length", "eos_fraction", "ptx_loss", "loss")
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +36,6 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ppo") / "run"
     state = train_ppo(ppo_config(), workdir)
     return workdir, state
-
-
-def deterministic(records):
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
 
 
 def test_tiny_preset_logs_samples_and_exports(tiny_run):
@@ -91,8 +81,8 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     assert not (workdir / "export").exists()
     assert not (workdir / "checkpoints" / "6").exists()
     run_script(workdir, tmp_path / "resumed.log", slow)
-    assert deterministic(read_metrics(workdir / "metrics.jsonl")) == \
-        deterministic(read_metrics(reference / "metrics.jsonl"))
+    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
+        without_timings(read_metrics(reference / "metrics.jsonl"))
     _, params = ij.checkpoints.load_hf(workdir / "export")
     _, want = ij.checkpoints.load_hf(reference / "export")
     jax.tree.map(np.testing.assert_array_equal, params, want)
@@ -103,15 +93,8 @@ def test_presets_declare_every_field_with_a_comment():
     for path in (CONFIG_FILE, REPO / "instructjax" / "train" / "config.py"):
         declared |= set(re.findall(r"^\s*(?:c|config)\.([\w.]+) = .*  # ", path.read_text(), re.M))
 
-    def leaves(config, prefix=""):
-        for key, value in config.items():
-            if hasattr(value, "items"):
-                yield from leaves(value, prefix + key + ".")
-            else:
-                yield prefix + key
-
     for preset in ("tiny", "smollm2", "instructgpt"):
-        undocumented = [p for p in leaves(ppo_config(preset)) if not any(p == d or p.endswith("." + d)
+        undocumented = [p for p in config_leaf_paths(ppo_config(preset)) if not any(p == d or p.endswith("." + d)
                                                                          for d in declared)]
         assert not undocumented, (preset, undocumented)
     with pytest.raises(ValueError, match="unknown ppo preset"):

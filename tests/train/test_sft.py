@@ -1,7 +1,6 @@
 """The tiny SFT preset end to end: the loss falls, the export loads in transformers, an exact resume
 after SIGKILL, the NaN guard, and the workdir's config check."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,12 +11,12 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
+from instructjax.testing.experiments import config_leaf_paths, load_experiment_config, without_timings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "sft.py"
@@ -26,14 +25,7 @@ OVERRIDES = {"num_steps": 24, "checkpoint.every_steps": 6, "eval.every_steps": 1
 
 
 def sft_config(preset="tiny", **overrides):
-    spec = importlib.util.spec_from_file_location("sft_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
-    for key, value in {**OVERRIDES, **overrides}.items():
-        section, _, field = key.rpartition(".")
-        setattr(config[section] if section else config, field, value)
-    return config
+    return load_experiment_config("sft", preset, {**OVERRIDES, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +34,6 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sft") / "run"
     state = train_sft(sft_config(), workdir)
     return workdir, state
-
-
-def deterministic(records):
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
 
 
 def test_tiny_preset_learns_and_exports(tiny_run):
@@ -116,8 +104,8 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
     assert not (workdir / "checkpoints" / "24").exists()
 
     run_script(workdir, tmp_path / "resumed.log", slow)
-    assert deterministic(read_metrics(workdir / "metrics.jsonl")) == \
-        deterministic(read_metrics(reference / "metrics.jsonl"))
+    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
+        without_timings(read_metrics(reference / "metrics.jsonl"))
     _, params = ij.checkpoints.load_hf(workdir / "export")
     _, want = ij.checkpoints.load_hf(reference / "export")
     jax.tree.map(np.testing.assert_array_equal, params, want)
@@ -149,21 +137,13 @@ def test_a_different_config_in_the_same_workdir_is_refused(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.003
 
 
-def leaf_paths(config, prefix=""):
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from leaf_paths(value, f"{prefix}{key}.")
-        else:
-            yield prefix + key
-
-
 def test_presets_declare_every_field_with_a_comment():
     declared = set()
     for path in (CONFIG_FILE, REPO / "instructjax" / "train" / "config.py"):
         declared |= set(re.findall(r"^\s*(?:c|config)\.([\w.]+) = .*  # ", path.read_text(), re.M))
     for preset in ("tiny", "smollm2"):
         config = sft_config(preset)
-        undocumented = [p for p in leaf_paths(config) if not any(p == d or p.endswith("." + d) for d in declared)]
+        undocumented = [p for p in config_leaf_paths(config) if not any(p == d or p.endswith("." + d) for d in declared)]
         assert not undocumented
     with pytest.raises(ValueError, match="unknown SFT preset"):
         sft_config("huge")

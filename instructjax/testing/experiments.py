@@ -1,0 +1,38 @@
+"""Helpers for tests of the experiment scripts: load a preset with overrides, compare runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from typing import Iterator
+
+import ml_collections
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
+
+
+def load_experiment_config(stage: str, preset: str = "tiny", overrides: dict | None = None
+                           ) -> ml_collections.ConfigDict:
+    """`experiments/configs/{stage}.py:{preset}` with dotted-key overrides ("optim.lr": 0.1)."""
+    spec = importlib.util.spec_from_file_location(f"{stage}_config", CONFIGS / f"{stage}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(preset)
+    for key, value in (overrides or {}).items():
+        section, _, field = key.rpartition(".")
+        setattr(config[section] if section else config, field, value)
+    return config
+
+
+def without_timings(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records minus the wall-clock `perf/*` entries, for comparing two runs."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+
+def config_leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+    """Dotted paths of every leaf field of a config."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from config_leaf_paths(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
