@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import signal
+import subprocess
+import time
 from typing import Iterator
 
 import ml_collections
@@ -36,3 +39,13 @@ def config_leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> It
             yield from config_leaf_paths(value, f"{prefix}{key}.")
         else:
             yield prefix + key
+
+
+def kill_after_checkpoint(process: subprocess.Popen, checkpoint_dir: pathlib.Path, timeout_s: float) -> None:
+    """SIGKILL a running experiment as soon as `checkpoint_dir` exists (a crash mid-run, for resume tests)."""
+    deadline = time.time() + timeout_s
+    while not checkpoint_dir.is_dir():
+        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()

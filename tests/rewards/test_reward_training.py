@@ -6,10 +6,8 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -18,7 +16,8 @@ import pytest
 import instructjax as ij
 from instructjax import rewards
 from instructjax.train import read_metrics
-from instructjax.testing.experiments import config_leaf_paths, load_experiment_config, without_timings
+from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
+                                              without_timings)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "reward.py"
@@ -157,12 +156,7 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=0.2"  # the steps after checkpoint 10 take seconds: time to kill
     process = run_script(workdir, overrides, slow, wait=False)
-    deadline = time.time() + 240
-    while not (workdir / "checkpoints" / "10").is_dir():
-        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    kill_after_checkpoint(process, workdir / "checkpoints" / "10", timeout_s=240)
     assert not (workdir / "export").exists()
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) < 40
 

@@ -5,10 +5,8 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -17,7 +15,8 @@ import pytest
 import instructjax as ij
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
-from instructjax.testing.experiments import config_leaf_paths, load_experiment_config, without_timings
+from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
+                                              without_timings)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "ppo.py"
@@ -72,12 +71,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=1.0"  # time to kill the run between checkpoints 2 and 4
     process = run_script(workdir, tmp_path / "killed.log", slow, wait=False)
-    deadline = time.time() + 300
-    while not (workdir / "checkpoints" / "2").is_dir():
-        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(process, workdir / "checkpoints" / "2", timeout_s=300)
     assert not (workdir / "export").exists()
     assert not (workdir / "checkpoints" / "6").exists()
     run_script(workdir, tmp_path / "resumed.log", slow)

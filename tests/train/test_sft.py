@@ -5,10 +5,8 @@ import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -16,7 +14,8 @@ import pytest
 
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
-from instructjax.testing.experiments import config_leaf_paths, load_experiment_config, without_timings
+from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
+                                              without_timings)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "sft.py"
@@ -94,12 +93,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=0.1"  # time to kill the run between checkpoints 6 and 12
     process = run_script(workdir, tmp_path / "killed.log", slow, wait=False)
-    deadline = time.time() + 240
-    while not (workdir / "checkpoints" / "6").is_dir():
-        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_checkpoint(process, workdir / "checkpoints" / "6", timeout_s=240)
     assert not (workdir / "export").exists()
     assert not (workdir / "checkpoints" / "24").exists()
 
