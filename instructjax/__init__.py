@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
-from instructjax import checkpoints, data, datasets, losses, models, parallel, rewards, rl, sampling, tokenizers, train
+from instructjax import (checkpoints, data, datasets, evaluation, labelers, losses, models, parallel, pipeline, rewards, rl,
+                         sampling, tasks, tokenizers, train)
 
-__all__ = ["checkpoints", "data", "datasets", "losses", "models", "parallel", "rewards", "rl", "sampling", "tokenizers", "train"]
+__all__ = ["checkpoints", "data", "datasets", "evaluation", "labelers", "losses", "models", "parallel", "pipeline",
+           "rewards", "rl", "sampling", "tasks", "tokenizers", "train"]

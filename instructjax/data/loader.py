@@ -49,12 +49,12 @@ def new_tally() -> dict[str, int]:
 
 
 class _TallyIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int]):
+    def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], num_records: int):
         super().__init__(parent)
-        self._tally = tally
+        self._tally, self._num_records = tally, num_records
 
     def __next__(self) -> dict[str, np.ndarray]:
-        while True:
+        for _ in range(max(self._num_records, 1)):
             item: Tokenized = next(self._parent)
             self._tally["records"] += 1
             self._tally["truncated"] += int(item.truncated)
@@ -62,6 +62,8 @@ class _TallyIterator(grain.DatasetIterator):
                 return item.element
             key = f"dropped_{item.dropped}"
             self._tally[key] = self._tally.get(key, 0) + 1
+        raise ValueError(f"{self._num_records} records in a row were dropped, a whole epoch's worth "
+                         f"(counts so far: {self._tally}): raise the length limits or use truncation")
 
     def get_state(self) -> dict[str, Any]:
         return {"parent": self._parent.get_state(), "tally": dict(self._tally)}
@@ -75,12 +77,12 @@ class _TallyIterator(grain.DatasetIterator):
 class Tally(grain.IterDataset):
     """Passes on the elements of `Tokenized` items and counts the truncated and dropped ones."""
 
-    def __init__(self, parent: grain.IterDataset, tally: dict[str, int]):
+    def __init__(self, parent: grain.IterDataset, tally: dict[str, int], num_records: int):
         super().__init__(parent)
-        self._tally = tally
+        self._tally, self._num_records = tally, num_records
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _TallyIterator(self._parent.__iter__(), self._tally)
+        return _TallyIterator(self._parent.__iter__(), self._tally, self._num_records)
 
 
 class BatchIterator(grain.DatasetIterator):
@@ -127,7 +129,8 @@ def host_batch_size(config: LoaderConfig) -> int:
 
 
 def sharded_records(source: Sequence[Any] | grain.MapDataset, kind: str, config: LoaderConfig) -> grain.MapDataset:
-    """Decoded records of this host for every epoch: shuffled globally by seed, then split evenly.
+    """Decoded records of this host for one epoch: shuffled globally by seed, then split evenly
+    (`tokenized_stream` repeats them for the configured epochs).
 
     Each epoch drops `len % process_count` records (different ones each epoch when shuffled) so
     that every host sees the same number of records.
@@ -139,19 +142,20 @@ def sharded_records(source: Sequence[Any] | grain.MapDataset, kind: str, config:
     ds = ds[: len(ds) - len(ds) % count][index::count]
     if not len(ds):
         raise ValueError(f"no records for process {index} of {count} (the source has {len(source)})")
-    return ds.repeat(config.num_epochs).map(functools.partial(features.decode, kind))
+    return ds.map(functools.partial(features.decode, kind))
 
 
 def tokenized_stream(records: grain.MapDataset, tokenize: Callable[[dict[str, Any]], Tokenized],
                      config: LoaderConfig, tally: dict[str, int]) -> grain.IterDataset:
-    """Records mapped by `tokenize` on threads (and worker processes), rejected ones counted and dropped."""
-    ds = records.map(tokenize).to_iter_dataset(
+    """One epoch's `records` repeated for `config.num_epochs`, mapped by `tokenize` on threads (and
+    worker processes); rejected ones counted and dropped, an error when a whole epoch's are."""
+    ds = records.repeat(config.num_epochs).map(tokenize).to_iter_dataset(
         grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch))
     if config.worker_count:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; notebooks and tests never parse them
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))
-    return Tally(ds, tally)
+    return Tally(ds, tally, len(records))
 
 
 def batched(ds: grain.IterDataset, config: LoaderConfig) -> grain.IterDataset:

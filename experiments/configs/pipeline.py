@@ -1,0 +1,159 @@
+"""InstructGPT pipeline configs: `tiny` (random tiny model, the whole pipeline in about a minute;
+tests and notebooks), `quick` (`make demo`: SmolLM2-135M-Instruct, about 20 minutes on a 2-core
+CPU), `full` (a longer run of the same) and `hf` (an HF checkpoint directory given on the command line).
+
+    python experiments/pipeline.py --config=experiments/configs/pipeline.py:quick --workdir=runs/demo
+    python experiments/pipeline.py --config=experiments/configs/pipeline.py:hf --workdir=runs/qwen \\
+        --config.init.path=/path/to/hf_dir
+
+The stage sections `sft`, `reward` and `ppo` are the configs of experiments/configs/{sft,reward,ppo}.py;
+the pipeline fills in their data files and initial checkpoints from the earlier stages.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from instructjax.tasks import FAMILIES
+
+PRESETS = ("tiny", "quick", "full", "hf")
+# Families a ~64-token answer can meet (the long-form ones need more tokens than the demo samples).
+SHORT_FAMILIES = ("max_words", "min_words", "max_sentences", "lowercase", "uppercase", "no_commas", "end_phrase",
+                  "quoted", "include_keywords", "avoid_words", "title")
+
+
+def _stage_config(stage: str, preset: str) -> ml_collections.ConfigDict:
+    path = pathlib.Path(__file__).with_name(f"{stage}.py")
+    spec = importlib.util.spec_from_file_location(f"instructjax_{stage}_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def _sampling(k: int, temperature: float, max_new_tokens: int, batch_size: int) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.k = k  # completions per prompt
+    c.temperature = temperature  # sampling temperature (0: greedy)
+    c.top_p = 1.0  # nucleus sampling; 1.0: off
+    c.max_new_tokens = max_new_tokens  # response budget
+    c.batch_size = batch_size  # prompts per compiled sampling call
+    c.dtype = ""  # sampling compute dtype; "": the model's
+    return c
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in PRESETS:
+        raise ValueError(f"unknown pipeline preset {arg!r}: expected one of {PRESETS}")
+    real = arg != "tiny"
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # seeds the task prompts, every sampling stage and (via the stage configs) training
+
+    config.init = ml_collections.ConfigDict()  # the initial model (the same fields as a stage's init)
+    config.init.source = "default" if real else "random"  # random | hf | gguf | default | workdir
+    config.init.path = ""  # HF directory or GGUF file for source hf / gguf
+    config.init.preset = "tiny"  # model preset of a random init
+    config.init.tokenizer = "tiny"  # tokenizer of a random init
+
+    config.task = ml_collections.ConfigDict()  # the default task: instructions with verifiable constraints
+    config.task.seed = 0  # seed of the prompt templates
+    config.task.num_sft = 256  # training prompts for demonstrations (rejection sampling)
+    config.task.num_reward = 256  # training prompts for comparisons
+    config.task.num_ppo = 512  # training prompts for PPO
+    config.task.num_validation = 64  # validation prompts
+    config.task.num_test = 240  # held-out test prompts (topics disjoint from training)
+    config.task.families = SHORT_FAMILIES if real else FAMILIES  # constraint families drawn
+    config.task.max_constraints = 2  # constraints per prompt (1 or 2)
+
+    config.demonstrations = _sampling(k=8, temperature=0.8, max_new_tokens=64, batch_size=32)
+    config.demonstrations.files = ()  # JSONL demonstrations of your own; (): rejection sampling by the labeler
+    config.demonstrations.require_pass = True  # keep a prompt's best sample only if it meets every constraint
+
+    config.comparisons = _sampling(k=4, temperature=1.0, max_new_tokens=64, batch_size=32)
+
+    config.ptx_corpus = ml_collections.ConfigDict()  # pretraining text for PPO-ptx
+    config.ptx_corpus.source = "stdlib"  # stdlib: docstrings of Python's standard library | none
+    config.ptx_corpus.max_records = 4000  # docstrings kept; 0: all
+    config.ptx_corpus.min_chars = 200  # shorter docstrings are skipped
+
+    config.evaluation = _sampling(k=1, temperature=0.0, max_new_tokens=64, batch_size=48)
+    config.evaluation.report_samples = 12  # test prompts shown side by side in report.md
+
+    stage_preset = "smollm2" if real else "tiny"
+    config.sft = _stage_config("sft", stage_preset)
+    config.reward = _stage_config("reward", stage_preset)
+    config.ppo = _stage_config("ppo", stage_preset)
+    for stage in (config.sft, config.reward, config.ppo):
+        stage.seed = config.get_ref("seed")
+        stage.export = True  # later stages read each stage's export
+
+    if arg == "tiny":
+        config.task.num_sft, config.task.num_reward, config.task.num_ppo = 32, 32, 32
+        config.task.num_validation, config.task.num_test = 8, 16
+        config.demonstrations.k, config.demonstrations.max_new_tokens = 2, 16
+        config.demonstrations.require_pass = False
+        config.demonstrations.batch_size = config.comparisons.batch_size = config.evaluation.batch_size = 16
+        config.comparisons.max_new_tokens = config.evaluation.max_new_tokens = 16
+        config.ptx_corpus.max_records = 64
+        config.sft.num_steps, config.reward.num_steps, config.ppo.num_steps = 8, 8, 2
+        config.sft.eval.every_steps = config.reward.eval.every_steps = 0
+        config.reward.normalize.max_examples = 16
+        config.ppo.reward.source = "model"
+        config.ppo.rollout.penalize_no_eos = True
+        config.ppo.value.init = "reward"
+        config.ppo.ptx.gamma = 1.0
+        config.ppo.samples.every_steps = 1
+        config.ppo.data.max_prompt_len = 320  # byte-level tokenizer: a token per character
+        config.sft.data.max_len = config.reward.data.max_len = 400
+    else:
+        _real_model_settings(config, arg)
+    return config
+
+
+def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
+    """SmolLM2-sized settings: bf16 compute, short answers, a few minutes per training stage."""
+    if arg == "hf":
+        config.init.source = "hf"
+    for c in (config.demonstrations, config.comparisons, config.evaluation):
+        c.dtype = "bfloat16"
+    sft, reward, ppo = config.sft, config.reward, config.ppo
+    sft.num_steps, sft.num_epochs = 0, 2.0
+    sft.batch_size, sft.microbatches = 16, 1
+    sft.optim.lr = 2e-5
+    sft.model.dropout_rate = 0.0
+    sft.data.max_len = 160
+    sft.eval.every_steps = 0
+    sft.checkpoint.every_steps = 20
+
+    reward.num_steps, reward.num_epochs = 0, 1.0
+    reward.batch_size, reward.microbatches = 8, 1
+    reward.model.scan_layers = False
+    reward.optim.lr = 2e-5
+    reward.data.max_len = 144
+    reward.data.validation_fraction = 0.1
+    reward.eval.every_steps = 20
+    reward.checkpoint.every_steps = 20
+    reward.normalize.max_examples = 128
+    reward.normalize.batch_size = 32
+
+    ppo.num_steps = 16
+    ppo.batch_size = 32
+    ppo.ppo.num_minibatches = 2
+    ppo.optim.lr = 1e-5
+    ppo.value.lr = 1e-5
+    ppo.rollout.max_new_tokens = 64
+    ppo.rollout.dtype = "bfloat16"
+    ppo.data.max_prompt_len = 128
+    ppo.ptx.gamma = 1.0
+    ppo.ptx.batch_size = 8
+    ppo.ptx.max_len = 128
+    ppo.checkpoint.every_steps = 4
+    ppo.samples.every_steps = 4
+    if arg == "full":
+        config.task.num_sft = config.task.num_reward = 1024
+        config.task.num_ppo = 2048
+        config.task.num_test = 500
+        sft.num_epochs = 3.0
+        ppo.num_steps = 64
+        ppo.batch_size = 64
+        ppo.ppo.num_minibatches = 4

@@ -1,0 +1,31 @@
+"""The InstructGPT pipeline as one job (what `make demo` runs):
+
+    python experiments/pipeline.py --config=experiments/configs/pipeline.py:quick --workdir=runs/demo
+
+Stages, one subfolder of the workdir each: task, demonstrations, sft, comparisons, reward, ppo,
+evaluation; the report is WORKDIR/report.md. Rerunning the same command skips finished stages and
+resumes the interrupted one.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import instructjax as ij
+
+_CONFIG = config_flags.DEFINE_config_file("config", None,
+                                          "pipeline config file (experiments/configs/pipeline.py:<preset>)",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "directory of the run: one subfolder per stage, report.md")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    ij.train.quiet_library_logs()
+    ij.pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
+    print(f"report: {_WORKDIR.value}/report.md")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,74 @@
+"""Rates with 95% intervals, constraint pass rates by family, and win rates by a labeler."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from instructjax.labelers import Labeler
+from instructjax.tasks import TaskPrompt
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+    """A proportion with its Wilson score interval (95%)."""
+
+    successes: float
+    total: int
+
+    @property
+    def value(self) -> float:
+        return self.successes / self.total if self.total else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """Wilson score interval: well behaved near 0 and 1 and for small totals."""
+        if not self.total:
+            return float("nan"), float("nan")
+        n, p = self.total, self.value
+        centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+        half = Z95 / (1 + Z95 ** 2 / n) * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n))
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        return f"{100 * self.value:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (n={self.total})"
+
+
+def pass_rates(prompts: Sequence[TaskPrompt], responses: Sequence[str]) -> dict[str, Rate]:
+    """Per constraint family (each constraint instance counts once) and `overall` (a prompt passes
+    when all its constraints hold: IFEval's prompt-level strict accuracy)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    passed: dict[str, list[bool]] = {}
+    overall = []
+    for prompt, response in zip(prompts, responses):
+        checks = [(c.family, c.check(response)) for c in prompt.constraints]
+        for family, ok in checks:
+            passed.setdefault(family, []).append(ok)
+        overall.append(all(ok for _, ok in checks))
+    rates = {family: Rate(sum(v), len(v)) for family, v in sorted(passed.items())}
+    rates["overall"] = Rate(sum(overall), len(overall))
+    return rates
+
+
+def win_rate(labeler: Labeler, prompts: Sequence[str], ours: Sequence[str], theirs: Sequence[str]) -> Rate:
+    """How often the labeler ranks `ours` above `theirs` (a tie counts one half)."""
+    wins = 0.0
+    for prompt, a, b in zip(prompts, ours, theirs, strict=True):
+        rank_a, rank_b = labeler.rank(prompt, [a, b])
+        wins += 1.0 if rank_a < rank_b else 0.5 if rank_a == rank_b else 0.0
+    return Rate(wins, len(prompts))
+
+
+def mean_and_interval(x: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its normal 95% interval."""
+    x = np.asarray(x, np.float64)
+    if x.size < 2:
+        return float(x.mean()) if x.size else float("nan"), float("nan")
+    return float(x.mean()), float(Z95 * x.std(ddof=1) / math.sqrt(x.size))

@@ -1,0 +1,58 @@
+"""Measurements of a policy's responses: reward-model scores and KL to a reference policy."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from instructjax.data.render import completion_ids, prompt_ids
+from instructjax.evaluation.generation import SamplingConfig, prompt_batches, sample_batch
+from instructjax.models import ModelConfig
+from instructjax.rewards.io import RewardModel
+from instructjax.rl.rollout import assemble, response_logprobs
+from instructjax.tokenizers import Prompt, Tokenizer
+
+
+def reward_scores(rm: RewardModel, tokenizer: Tokenizer, prompts: Sequence[Prompt], responses: Sequence[str], *,
+                  batch_size: int = 16, chat_template: bool = True) -> np.ndarray:
+    """float32 [N]: the reward model's (normalised) score of each prompt + response + EOS."""
+    rows = [prompt_ids(tokenizer, p, chat_template, f"prompt {i}") + completion_ids(tokenizer, r)
+            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
+    width = max(map(len, rows))
+    scores = []
+    for begin in range(0, len(rows), batch_size):
+        chunk = rows[begin:begin + batch_size]
+        chunk += [chunk[-1]] * (batch_size - len(chunk))
+        tokens, mask = np.zeros((batch_size, width), np.int32), np.zeros((batch_size, width), bool)
+        for i, r in enumerate(chunk):
+            tokens[i, :len(r)], mask[i, :len(r)] = r, True
+        scores.append(np.asarray(rm.score(tokens, mask), np.float32))
+    return np.concatenate(scores)[:len(rows)]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "ref_cfg", "temperature"))
+def _summed_kl(cfg, params, ref_cfg, ref_params, tokens, attention, response_mask, temperature):
+    logprobs = response_logprobs(cfg, params, tokens, attention, response_mask, temperature)
+    ref_logprobs = response_logprobs(ref_cfg, ref_params, tokens, attention, response_mask, temperature)
+    return (logprobs - ref_logprobs).sum(-1)
+
+
+def kl_to_reference(cfg: ModelConfig, params: Any, ref_cfg: ModelConfig, ref_params: Any, tokenizer: Tokenizer,
+                    prompts: Sequence[Prompt], config: SamplingConfig, rng: jax.Array) -> np.ndarray:
+    """float32 [N * k]: KL(policy || reference) of each sampled response, estimated as the sum over its
+    tokens of log pi(y_t) - log pi_ref(y_t) under log_softmax(logits / T) (RLHF.md items 2, 14)."""
+    out = []
+    with tqdm(total=len(prompts), desc="KL to reference", unit="prompt", leave=False) as bar:
+        for begin, real, tokens, mask in prompt_batches(tokenizer, prompts, config):
+            sample = sample_batch(cfg, params, tokenizer, tokens, mask, config,
+                                  jax.random.fold_in(rng, begin // config.batch_size))
+            full, attention = assemble(sample)
+            kl = _summed_kl(cfg, params, ref_cfg, ref_params, full, attention, sample.mask, config.temperature)
+            out.append(np.asarray(kl, np.float32)[:real * config.k])
+            bar.update(real)
+    return np.concatenate(out)

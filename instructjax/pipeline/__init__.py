@@ -1,0 +1,10 @@
+"""The InstructGPT pipeline as one job: task data, demonstrations, SFT, comparisons, reward model,
+PPO, evaluation and report (experiments/pipeline.py).
+
+    summaries = ij.pipeline.run_pipeline(config, "runs/demo")   # config: experiments/configs/pipeline.py
+"""
+
+from instructjax.pipeline.run import run_pipeline
+from instructjax.pipeline.stages import POLICIES, STAGES, task_files
+
+__all__ = ["POLICIES", "STAGES", "run_pipeline", "task_files"]

@@ -1,0 +1,42 @@
+"""`run_pipeline(config, workdir)`: the InstructGPT stages in order, one subfolder each; a rerun
+skips finished stages (their `stage.json` exists) and resumes the interrupted one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Union
+
+import ml_collections
+
+from instructjax.pipeline.files import write_json
+from instructjax.pipeline.stages import STAGES
+from instructjax.train.workdir import Workdir
+
+DONE_FILE = "stage.json"
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> dict[str, Any]:
+    """Run (or finish) every stage of `config` (experiments/configs/pipeline.py) in `workdir`;
+    returns each stage's summary, the evaluation's included. The report is WORKDIR/report.md."""
+    root = pathlib.Path(workdir)
+    Workdir.at(root).write_config(config)  # a rerun must use the same config
+    config = config.copy_and_resolve_references()  # the stages fill in paths between stages
+    summaries = {}
+    for name, stage in STAGES.items():
+        done = root / name / DONE_FILE
+        if done.exists():
+            summaries[name] = json.loads(done.read_text())["summary"]
+            logging.info("pipeline: stage %s already done", name)
+            continue
+        print(f"== pipeline stage: {name}", flush=True)
+        start = time.perf_counter()
+        summary = stage(config, root)
+        seconds = time.perf_counter() - start
+        write_json(done, {"summary": summary, "seconds": seconds})
+        print(f"== {name} done in {seconds:.0f} s", flush=True)
+        summaries[name] = summary
+    return summaries

@@ -1,0 +1,80 @@
+"""The whole InstructGPT pipeline on the tiny preset: every stage runs, the report is written, a
+rerun skips finished stages, and an interrupted sampling stage resumes with the same samples."""
+
+import json
+import time
+
+import jax
+import pytest
+
+import instructjax as ij
+from instructjax.pipeline.files import sample_to_file
+from instructjax.testing.experiments import load_experiment_config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    config = load_experiment_config("pipeline", "tiny")
+    start = time.perf_counter()
+    summaries = ij.pipeline.run_pipeline(config, workdir)
+    return workdir, config, summaries, time.perf_counter() - start
+
+
+def test_tiny_pipeline_runs_every_stage_in_under_3_minutes(finished_run):
+    workdir, _, summaries, seconds = finished_run
+    assert seconds < 180
+    assert list(summaries) == list(ij.pipeline.STAGES)
+    for stage in ij.pipeline.STAGES:
+        assert (workdir / stage / "stage.json").is_file()
+    for stage in ("sft", "reward", "ppo"):
+        assert (workdir / stage / "export" / "config.json").is_file()
+    evaluation = summaries["evaluation"]
+    assert evaluation["num_test_prompts"] == 16
+    assert set(evaluation["models"]) == set(ij.pipeline.POLICIES)
+    for result in evaluation["models"].values():
+        overall = result["pass_rates"]["overall"]
+        assert overall["total"] == 16 and 0.0 <= overall["low"] <= overall["value"] <= overall["high"] <= 1.0
+    assert summaries["task"]["pretraining_texts"] == 64
+
+
+def test_report_has_tables_plots_and_samples(finished_run):
+    workdir, *_ = finished_run
+    report = (workdir / "report.md").read_text()
+    for heading in ("## Constraint pass rate", "## Policies", "## PPO", "## Sample responses", "Win rate of PPO",
+                    "KL(PPO || SFT)"):
+        assert heading in report
+    for plot in ("report_ppo.png", "report_reward_model.png", "report_pass_rates.png"):
+        assert plot in report and (workdir / plot).stat().st_size > 1000
+    comparisons = [json.loads(line) for line in open(workdir / "comparisons" / "comparisons.jsonl")]
+    assert comparisons and all(len(r["completions"]) == len(r["ranking"]) >= 2 for r in comparisons)
+
+
+def test_rerun_skips_finished_stages(finished_run):
+    workdir, config, summaries, _ = finished_run
+    start = time.perf_counter()
+    again = ij.pipeline.run_pipeline(config, workdir)
+    assert time.perf_counter() - start < 5
+    assert again == json.loads(json.dumps(summaries))
+
+
+def test_rerun_with_another_config_is_refused(finished_run):
+    workdir, config, *_ = finished_run
+    changed = load_experiment_config("pipeline", "tiny", {"task.num_test": 17})
+    with pytest.raises(ValueError, match="task.num_test"):
+        ij.pipeline.run_pipeline(changed, workdir)
+
+
+def test_sampling_stage_resumes_after_a_torn_write(finished_run, tmp_path):
+    workdir, config, *_ = finished_run
+    cfg, params = ij.checkpoints.load_hf(workdir / "sft" / "export")
+    tokenizer = ij.tokenizers.Tokenizer.from_pretrained(workdir / "sft" / "export")
+    prompts = [f"prompt number {i}" for i in range(10)]
+    sampling = ij.evaluation.SamplingConfig(k=2, max_new_tokens=6, temperature=1.0, batch_size=4)
+    whole = sample_to_file(tmp_path / "whole.jsonl", cfg, params, tokenizer, prompts, sampling, jax.random.key(3), "t")
+    lines = (tmp_path / "whole.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # batches of 4, 4, 2 prompts
+    (tmp_path / "cut.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing batch 2
+    resumed = sample_to_file(tmp_path / "cut.jsonl", cfg, params, tokenizer, prompts, sampling, jax.random.key(3), "t")
+    assert resumed.texts == whole.texts
+    assert (resumed.ended == whole.ended).all() and (resumed.lengths == whole.lengths).all()
