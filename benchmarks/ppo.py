@@ -1,21 +1,31 @@
-"""One PPO iteration on SmolLM2-135M, broken down into generation, scoring and update seconds.
+"""One PPO iteration on SmolLM2-135M, instructjax against TRL 1.12.0's PPO (`trl.experimental.ppo`,
+the last TRL with a PPO trainer), broken down into generation, scoring and update seconds.
 
-    python benchmarks/ppo.py [--prompts 64 --prompt-len 64 --new-tokens 64 --minibatches 4 --dtype bfloat16]
+    make .venv-trl112        # once: trl==1.12.0, torch 2.13.0 (CPU) etc. in their own virtualenv
+    python benchmarks/ppo.py # full size (= make bench-ppo): 64 prompts x 64 tokens, 64 new tokens, bf16
+    python benchmarks/ppo.py --prompts 8 --new-tokens 8 --iterations 2    # smoke size
 
-Settings of the issue: 64 prompts of 64 tokens (the shipped prompts in ChatML, left-padded or cut
-from the left), 64 new tokens forced (EOS ignored), 1 epoch, 4 minibatches. Policy and reference:
-the embedded SmolLM2-135M-Instruct; reward and value models: its trunk with a fresh scalar head
-(the same sizes as a trained RM). The first iteration (compilation) is reported separately; the
-median of the following iterations is the measurement.
-
-Not done yet: the TRL side (TRL's PPO trainer exists only in trl==1.12.0, `trl.experimental.ppo`,
-which needs its own virtualenv; reference figure in ../shared/BENCHMARKS.md: 0.77 episodes/s).
+Ours runs in this process, TRL in a subprocess with the .venv-trl112 python (benchmarks/ppo_trl.py),
+one after the other. Same model on both sides: the embedded SmolLM2-135M-Instruct as policy and
+reference (written with `save_hf` for TRL); reward and value model: its trunk with the same fresh
+scalar head (exported as `LlamaForSequenceClassification`). Same prompts of exactly `--prompt-len`
+real tokens (the shipped ones in ChatML, each preceded by earlier ones), `--new-tokens` forced (EOS
+ignored: our sampler's `ignore_eos`, TRL with no stop token), 1 epoch, `--minibatches` minibatches,
+one rollout batch of all prompts, `--threads` torch threads. Precision, bf16 on both sides: our
+policy and value model compute in bf16 over f32 master weights, reference and reward model are
+kept in bf16 (`frozen_model`); TRL gets `ACCELERATE_MIXED_PRECISION=bf16` (its `bf16=True` alone has
+no effect), f32 policy / value weights, bf16 reference / reward weights, and its generation wrapped
+in bf16 autocast (TRL itself would generate in f32 on CPU: `--trl-f32-generation`). The first
+iteration (our compilation, TRL's warm-up) is reported apart; the median of the following
+iterations is the measurement.
 """
 
 import argparse
 import json
 import os
 import platform
+import subprocess
+import tempfile
 import time
 
 import jax
@@ -26,17 +36,25 @@ import optax
 import instructjax as ij
 from instructjax import datasets
 from instructjax.data import render
+from instructjax.rewards.io import export_reward_model
 from instructjax.rewards.scoring import reward_params_from_lm
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHASES = ("generate_s", "score_s", "update_s", "total_s")
 
-def prompt_batch(tokenizer, rows, length):
+
+def prompt_rows(tokenizer, rows, length):
+    """`rows` prompts of exactly `length` real tokens (no padding on either side): each shipped prompt in
+    ChatML, preceded by the ones before it and cut from the left."""
     records = [json.loads(line) for line in open(os.path.join(datasets.EXAMPLES_DIR, "prompts.jsonl"))]
-    ids = [render.prompt_ids(tokenizer, records[i % len(records)]["prompt"], True)[-length:] for i in range(rows)]
-    tokens = np.full((rows, length), tokenizer.pad_id, np.int32)
-    mask = np.zeros((rows, length), bool)
-    for i, row in enumerate(ids):
-        tokens[i, length - len(row):], mask[i, length - len(row):] = row, True
-    return jnp.asarray(tokens), jnp.asarray(mask)
+    rendered = [render.prompt_ids(tokenizer, r["prompt"], True) for r in records]
+    out = []
+    for i in range(rows):
+        ids, j = [], i
+        while len(ids) < length:
+            ids, j = rendered[j % len(rendered)] + ids, j - 1
+        out.append(ids[-length:])
+    return out
 
 
 def timed(fn):
@@ -45,44 +63,105 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def ours(args, cfg, params, reward_params, tokens, mask, eos_id, pad_id):
+    """Per-iteration seconds of sample -> score -> update (the steps of `train_ppo`)."""
+    tx = optax.adam(1e-6, b1=0.9, b2=0.95)
+    if args.value == "shared":
+        value_cfg, value_tx = None, None
+        state = ij.rl.init_ppo_state(ij.rl.add_value_head(cfg, params, jax.random.key(1)), None, tx, None, 0.02)
+    else:
+        value_cfg, value_tx = cfg, tx
+        state = ij.rl.init_ppo_state(params, reward_params, tx, tx, 0.02)
+    ref_cfg, ref = ij.rl.frozen_model(cfg, params, args.dtype)
+    rm_cfg, rm = ij.rl.frozen_model(cfg, reward_params, args.dtype)
+    ref, rm = jax.device_put((ref, rm))
+    settings = ij.rl.SamplingSettings(max_new_tokens=args.new_tokens, eos_id=eos_id, pad_id=pad_id, ignore_eos=True)
+    score = jax.jit(ij.rl.make_scorer(ref_cfg, ij.rl.reward_model_fn(rm_cfg), temperature=1.0))
+    config = ij.rl.PPOConfig(num_minibatches=args.minibatches, vf_coef=0.1 if args.value == "shared" else 1.0)
+    update = jax.jit(ij.rl.make_ppo_update(cfg, value_cfg, tx, value_tx, config), donate_argnums=0)
+    results = []
+    for i in range(args.iterations):
+        out, t_gen = timed(lambda: ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
+                                                          rng=jax.random.key(i), settings=settings))
+        batch, t_score = timed(lambda: score(ref, rm, out))
+        (state, _, _), t_update = timed(lambda: update(state, batch, None, jax.random.key(i)))
+        results.append(dict(zip(PHASES, (t_gen, t_score, t_update, t_gen + t_score + t_update))))
+        print(f"instructjax iteration {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()), flush=True)
+    return results
+
+
+def theirs(args, cfg, params, reward_params, tokenizer, prompt_ids, tmp):
+    """Per-iteration seconds of TRL's PPOTrainer on the same models and prompts (a .venv-trl112 subprocess)."""
+    policy_dir, reward_dir, prompts = (os.path.join(tmp, name) for name in ("policy", "reward", "prompts.json"))
+    ij.checkpoints.save_hf(policy_dir, cfg, params, tokenizer=tokenizer)
+    export_reward_model(reward_dir, cfg, reward_params, tokenizer)
+    with open(prompts, "w") as f:
+        json.dump(prompt_ids, f)
+    cmd = [args.trl_python, os.path.join(REPO, "benchmarks", "ppo_trl.py"), "--policy", policy_dir,
+           "--reward", reward_dir, "--prompts", prompts, "--new-tokens", str(args.new_tokens),
+           "--minibatches", str(args.minibatches), "--iterations", str(args.iterations),
+           "--threads", str(args.threads)] + (["--f32-generation"] if args.trl_f32_generation else [])
+    env = os.environ | {"TRL_EXPERIMENTAL_SILENCE": "1",
+                        "ACCELERATE_MIXED_PRECISION": "bf16" if args.dtype == "bfloat16" else "no"}
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for i, r in enumerate(result["iterations"]):
+        print(f"TRL iteration {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+    return result
+
+
+def summary(name, results, episodes):
+    """Median of the iterations after the first, and episodes/s."""
+    steady = results[1:] or results
+    median = {k: float(np.median([r[k] for r in steady])) for k in PHASES}
+    median["episodes_per_s"] = episodes / median["total_s"]
+    print(f"{name:12s} " + "  ".join(f"{k} {median[k]:7.2f}" for k in PHASES) +
+          f"  episodes/s {median['episodes_per_s']:.3f}  (first iteration {results[0]['total_s']:.1f} s)")
+    return median
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--minibatches", type=int, default=4)
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--iterations", type=int, default=3, help="the first one is warm-up / compilation")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--value", default="separate", choices=("separate", "shared"),
+                        help="our value model: a separate network (as TRL) or a head on the policy trunk")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (TRL side)")
+    parser.add_argument("--trl-python", default=os.path.join(REPO, ".venv-trl112", "bin", "python"))
+    parser.add_argument("--trl-f32-generation", action="store_true", help="TRL generates in f32, as it ships")
+    parser.add_argument("--skip-trl", action="store_true")
     args = parser.parse_args()
 
+    ij.train.quiet_library_logs()
     cfg, params, tokenizer = ij.checkpoints.load_default_model()
     cfg = cfg.replace(dtype=args.dtype)
     reward_params = reward_params_from_lm(cfg, params, jax.random.key(1))
-    tx = optax.adam(1e-6, b1=0.9, b2=0.95)
-    state = ij.rl.init_ppo_state(params, reward_params, tx, tx, 0.02)
-    ref = jax.device_put(params)
-    rm = jax.device_put(reward_params)
-    tokens, mask = prompt_batch(tokenizer, args.prompts, args.prompt_len)
-    settings = ij.rl.SamplingSettings(max_new_tokens=args.new_tokens, eos_id=tokenizer.eos_id,
-                                      pad_id=tokenizer.pad_id, ignore_eos=True)
-    score = jax.jit(ij.rl.make_scorer(cfg, ij.rl.reward_model_fn(cfg), temperature=1.0))
-    update = jax.jit(ij.rl.make_ppo_update(cfg, cfg, tx, tx, ij.rl.PPOConfig(num_minibatches=args.minibatches)),
-                     donate_argnums=0)
-    results = []
-    for i in range(args.iterations):
-        out, t_gen = timed(lambda: ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
-                                                          rng=jax.random.key(i), settings=settings))
-        batch, t_score = timed(lambda: score(ref, rm, out))
-        (state, metrics, _), t_update = timed(lambda: update(state, batch, None, jax.random.key(i)))
-        total = t_gen + t_score + t_update
-        results.append({"generate_s": t_gen, "score_s": t_score, "update_s": t_update, "total_s": total,
-                        "episodes_per_s": args.prompts / total})
-        print(f"iteration {i}{' (compilation included)' if i == 0 else ''}: " +
-              ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()), flush=True)
-    steady = results[1:] or results
-    median = {k: float(np.median([r[k] for r in steady])) for k in steady[0]}
-    print(json.dumps({"device": jax.devices()[0].device_kind, "host": platform.processor() or platform.machine(),
-                      "settings": vars(args), "first_iteration": results[0], "median": median}, indent=2))
+    prompt_ids = prompt_rows(tokenizer, args.prompts, args.prompt_len)
+    tokens = jnp.asarray(prompt_ids, jnp.int32)
+    mask = jnp.ones(tokens.shape, bool)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+          f"({jax.devices()[0].device_kind}); settings: {json.dumps(vars(args))}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        trl = None if args.skip_trl else theirs(args, cfg, params, reward_params, tokenizer, prompt_ids, tmp)
+    results = {"instructjax": ours(args, cfg, params, reward_params, tokens, mask, tokenizer.eos_id,
+                                   tokenizer.pad_id)}
+    if trl is not None:
+        print(f"TRL {trl['trl']}, transformers {trl['transformers']}, torch {trl['torch']}; its rollout batches "
+              f"(prompt, response tokens): {trl['prompt_and_response_tokens']}, pad id {trl['pad_id']}")
+        results["TRL PPO"] = trl["iterations"]
+    print(f"\nPPO iteration, {args.prompts} prompts x {args.prompt_len} tokens, {args.new_tokens} new tokens, "
+          f"1 epoch, {args.minibatches} minibatches, {args.dtype}; median of {args.iterations - 1} iterations "
+          "after the first, seconds:")
+    medians = {name: summary(name, r, args.prompts) for name, r in results.items()}
+    first, steady = results["instructjax"][0]["total_s"], medians["instructjax"]["total_s"]
+    print(f"instructjax compilation (first iteration - median): {first - steady:.1f} s")
+    if trl is not None:
+        ratio = medians["instructjax"]["episodes_per_s"] / medians["TRL PPO"]["episodes_per_s"]
+        print(f"speed-up instructjax / TRL (episodes/s): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

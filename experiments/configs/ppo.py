@@ -43,10 +43,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.reward.source = "model"  # model (reward.path) | random (tiny tests) | token_count (synthetic)
     config.reward.path = ""  # a reward workdir or an exported reward model
     config.reward.token_id = 0  # token_count: the token whose occurrences in the response are the score
+    config.reward.dtype = ""  # frozen reward model's params and compute dtype (bfloat16); "": the policy's
+
+    config.reference = ml_collections.ConfigDict()
+    config.reference.dtype = ""  # frozen reference model's params and compute dtype; "": the policy's
 
     config.value = ml_collections.ConfigDict()
-    config.value.init = "reward"  # separate value network from the reward model (InstructGPT) | policy trunk + new head
-    config.value.lr = 1e-5  # value-model learning rate (InstructGPT: 9e-6)
+    # value.init: "reward": a separate value network initialised from the reward model (InstructGPT);
+    # "policy": a separate copy of the policy trunk with a fresh scalar head; "shared": a fresh scalar head
+    # on the policy's own trunk (Ziegler), trained with the policy optimizer (set ppo.vf_coef=0.1, item 20)
+    config.value.init = "reward"  # reward | policy | shared (see above)
+    config.value.lr = 1e-5  # separate value network's learning rate (InstructGPT: 9e-6); shared: optim.lr
 
     config.kl = ml_collections.ConfigDict()
     config.kl.controller = "fixed"  # fixed (InstructGPT) | adaptive (Ziegler et al.)
@@ -60,7 +67,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.ppo.num_minibatches = 8  # minibatches per pass (512 / 64 in InstructGPT)
     config.ppo.clip_eps = 0.2  # policy ratio clip
     config.ppo.value_clip = 0.2  # value clip
-    config.ppo.vf_coef = 1.0  # value-loss weight (the value network has its own optimizer)
+    config.ppo.vf_coef = 1.0  # value-loss weight; 1: separate value network (own optimizer); 0.1 with "shared"
     config.ppo.gamma = 1.0  # GAE discount
     config.ppo.lam = 0.95  # GAE lambda
     config.ppo.whiten_advantages = True  # advantage whitening over the batch's valid tokens

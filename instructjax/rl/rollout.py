@@ -1,8 +1,10 @@
 """PPO rollouts: sample responses, then score them (reference logprobs, reward) in one compiled
-function; a rollout batch is a pytree of arrays (RLHF.md items 1-4, 12-13).
+function; a rollout batch is a pytree of arrays (RLHF.md items 1-4, 12-13). Also the forwards the
+update reads responses with, and the two ways of holding a model: a value head on the policy trunk
+(`add_value_head`) and frozen models kept in their compute dtype (`frozen_model`).
 
     out = sample_responses(policy_cfg, policy_params, prompts, prompt_mask, rng=..., settings=...)
-    batch = score_rollout(...)(ref_params, reward_params, out)   # a `Rollout`
+    batch = make_scorer(...)(ref_params, reward_params, out)   # a `Rollout`
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from instructjax import sampling
 from instructjax.losses import token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.rl.rewards import no_eos_penalty
-from instructjax.rewards.scoring import sequence_scores
+from instructjax.rewards.scoring import init_score_head, sequence_scores
+
+VALUE_HEAD = "score_head"  # params key of a value head on the policy trunk (the name a scalar Transformer uses)
 
 # reward_fn(reward_params, tokens [B, P+N], attention_mask [B, P+N], response_mask [B, N]) -> scores [B]
 RewardFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -72,12 +76,19 @@ def response_positions(prompt_len: int, num_new: int, rows: int) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(prompt_len - 1, prompt_len - 1 + num_new, dtype=jnp.int32), (rows, num_new))
 
 
+def response_outputs(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array, num_new: int,
+                     head: str = "lm", return_hidden: bool = False):
+    """The model's `head` output [B, N, ...] at the state before each response token (dropout off, items 1, 4)."""
+    rows, total = tokens.shape
+    return Transformer(cfg, head=head).apply({"params": params}, tokens, attention_mask=attention_mask,
+                                             deterministic=True, return_hidden=return_hidden,
+                                             output_positions=response_positions(total - num_new, num_new, rows))
+
+
 def response_logits(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
                     num_new: int) -> jax.Array:
-    """float32 [B, N, V]: logits predicting each response token (dropout off, item 4)."""
-    rows, total = tokens.shape
-    return Transformer(cfg).apply({"params": params}, tokens, attention_mask=attention_mask, deterministic=True,
-                                  output_positions=response_positions(total - num_new, num_new, rows))
+    """float32 [B, N, V]: logits predicting each response token."""
+    return response_outputs(cfg, params, tokens, attention_mask, num_new)
 
 
 def response_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
@@ -91,12 +102,37 @@ def response_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, attentio
 def response_values(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
                     response_mask: jax.Array) -> jax.Array:
     """float32 [B, N]: a value model's scalar head at the state before each response token (items 1, 23)."""
-    rows, total = tokens.shape
-    num_new = response_mask.shape[1]
-    values = Transformer(cfg, head="scalar").apply(
-        {"params": params}, tokens, attention_mask=attention_mask, deterministic=True,
-        output_positions=response_positions(total - num_new, num_new, rows))
+    values = response_outputs(cfg, params, tokens, attention_mask, response_mask.shape[1], head="scalar")
     return jnp.where(response_mask, values.astype(jnp.float32), 0.0)
+
+
+def add_value_head(cfg: ModelConfig, lm_params: dict, rng: jax.Array) -> dict:
+    """Policy params with a fresh scalar value head on the trunk (item 23, Ziegler): one network, two heads.
+    The LM ignores the head's params, so sampling and PPO-ptx take these params as they are."""
+    return {**lm_params, VALUE_HEAD: init_score_head(cfg, rng)}
+
+
+def lm_params(params: dict) -> dict:
+    """The language model of policy params, without a value head (for export)."""
+    return {k: v for k, v in params.items() if k != VALUE_HEAD}
+
+
+def response_logits_and_values(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
+                               response_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(logits float32 [B, N, V], values float32 [B, N]) of a policy with a value head (`add_value_head`):
+    ONE trunk forward, the LM head and the value head both read from its final hidden states."""
+    logits, hidden = response_outputs(cfg, params, tokens, attention_mask, response_mask.shape[1],
+                                      return_hidden=True)
+    head = params[VALUE_HEAD]
+    values = jnp.einsum("bnd,d->bn", hidden.astype(jnp.float32), head["kernel"][:, 0].astype(jnp.float32))
+    return logits, jnp.where(response_mask, values + head["bias"][0].astype(jnp.float32), 0.0)
+
+
+def frozen_model(cfg: ModelConfig, params: Any, dtype: str = "") -> tuple[ModelConfig, Any]:
+    """A frozen model (reference, reward) kept in `dtype` ("": its compute dtype): the config computing in
+    that dtype and the params cast to it once (a scalar head stays float32), not on every call."""
+    cfg = cfg.replace(dtype=dtype or cfg.dtype)
+    return cfg, sampling._cast_params(params, jnp.dtype(cfg.dtype))  # the sampler's one-time cast
 
 
 def reward_model_fn(cfg: ModelConfig) -> RewardFn:

@@ -2,7 +2,8 @@
 values recomputed with the training forward, per-token rewards, GAE, whitening, then
 `ppo_epochs` x `num_minibatches` x microbatch accumulation as nested `lax.scan`s (purejaxrl-style),
 with PPO-ptx gradients accumulated into the same policy update; the adaptive KL coefficient is
-updated in the same function.
+updated in the same function. The value model is a separate network with its own optimizer, or a
+value head on the policy trunk (`value_cfg = value_tx = None`) trained with the policy (item 23).
 
     update = make_ppo_update(policy_cfg, value_cfg, policy_tx, value_tx, PPOConfig(...))
     state, metrics, per_minibatch = update(state, rollout, ptx_batch_or_None, rng)
@@ -23,7 +24,7 @@ from instructjax.models import ModelConfig, Transformer
 from instructjax.rl.advantages import gae, masked_mean, whiten
 from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from instructjax.rl.rewards import token_rewards
-from instructjax.rl.rollout import Rollout, response_logits, response_values
+from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
 from instructjax.train.state import TrainState
 from instructjax.train.step import split_microbatches
 
@@ -37,7 +38,7 @@ class PPOConfig:
     microbatches: int = 1  # gradient accumulation inside each minibatch
     clip_eps: float = 0.2  # policy ratio clip
     value_clip: float = 0.2  # value clip c
-    vf_coef: float = 1.0  # value-loss weight (separate value network: its own optimizer; 0.1 for a shared trunk)
+    vf_coef: float = 1.0  # value-loss weight (separate value network: its own optimizer; shared trunk: 0.1, item 20)
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
     temperature: float = 1.0  # sampling temperature, also in the training forward (item 2)
@@ -56,7 +57,7 @@ class PPOState:
 
     step: jax.Array  # int32 []: PPO iterations (rollout batches) done
     policy: TrainState  # policy params + optimizer state
-    value: TrainState  # value-model params + optimizer state
+    value: Optional[TrainState]  # value-model params + optimizer state; None: value head on the policy trunk
     kl_coef: jax.Array  # float32 []: the KL coefficient beta (the KL controller's state)
 
 
@@ -84,9 +85,13 @@ def ptx_logprob_sum(cfg: ModelConfig, params: Any, batch: dict) -> jax.Array:
     return jnp.sum(jnp.where(mask, token_logprobs(logits, targets), 0.0))
 
 
-def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: optax.GradientTransformation,
-                    value_tx: optax.GradientTransformation, config: PPOConfig):
+def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], policy_tx: optax.GradientTransformation,
+                    value_tx: Optional[optax.GradientTransformation], config: PPOConfig):
     """A pure `update(state, rollout, ptx_batch, rng) -> (state, metrics, per_minibatch)`.
+
+    `value_cfg` and `value_tx` None: the value head is on the policy trunk (policy params from
+    `ij.rl.add_value_head`, `state.value` None): one forward per minibatch gives logprobs and values,
+    and `policy loss + vf_coef * value loss` is one update of the policy optimizer.
 
     `ptx_batch` (None when gamma_ptx is 0): packed pretraining rows [B_ptx, L] split evenly over the
     minibatches (and microbatches). `metrics`: scalars of RLHF.md item 25; `per_minibatch`: [E, M]
@@ -96,15 +101,25 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: 
     c = config
     if c.gamma_ptx < 0:
         raise ValueError(f"gamma_ptx must be >= 0, got {c.gamma_ptx}")
+    shared = value_cfg is None
+    if shared != (value_tx is None):
+        raise ValueError("value_cfg and value_tx: both set (separate value network) or both None (value head on "
+                         "the policy trunk)")
 
-    def forward(policy_params, value_params, rollout: Rollout):
-        logits = response_logits(policy_cfg, policy_params, rollout.tokens, rollout.attention_mask,
-                                 rollout.response_mask.shape[1])
-        logp = token_logprobs(logits, rollout.tokens[:, -rollout.response_mask.shape[1]:], c.temperature)
-        logp = jnp.where(rollout.response_mask, logp, 0.0)
-        values = response_values(value_cfg, value_params, rollout.tokens, rollout.attention_mask,
-                                 rollout.response_mask)
+    def forward(params, rollout: Rollout):
+        policy_params, value_params = params
+        tokens, attention_mask, mask = rollout.tokens, rollout.attention_mask, rollout.response_mask
+        if shared:
+            logits, values = response_logits_and_values(policy_cfg, policy_params, tokens, attention_mask, mask)
+        else:
+            logits = response_logits(policy_cfg, policy_params, tokens, attention_mask, mask.shape[1])
+            values = response_values(value_cfg, value_params, tokens, attention_mask, mask)
+        logp = jnp.where(mask, token_logprobs(logits, tokens[:, -mask.shape[1]:], c.temperature), 0.0)
         return logits, logp, values
+
+    def trained_params(state: PPOState):
+        """(policy params, value params or None): what the loss differentiates."""
+        return state.policy.params, None if shared else state.value.params
 
     def micro_loss(params, micro: dict, totals: dict):
         """Weighted so that the sum over a minibatch's microbatches is that minibatch's loss.
@@ -113,9 +128,8 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: 
         logprobs / values are this forward's own (stop-gradient): bit-exact ratio 1 (item 21), where a
         separately compiled forward differs by float reassociation (~1e-7).
         """
-        policy_params, value_params = params
         mask = micro["response_mask"]
-        _, logp, values = forward(policy_params, value_params, micro["rollout"])
+        _, logp, values = forward(params, micro["rollout"])
         fresh = totals["fresh"]
         old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
         old_values = jnp.where(fresh, jax.lax.stop_gradient(values), micro["old_values"])
@@ -126,7 +140,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: 
         stats = {"pg_loss": pg, "value_loss": vf, **pg_stats, **vf_stats}
         stats = {k: share * v for k, v in stats.items()}
         if c.gamma_ptx > 0:
-            ptx = -ptx_logprob_sum(policy_cfg, policy_params, micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
+            ptx = -ptx_logprob_sum(policy_cfg, params[0], micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
             loss = loss + c.gamma_ptx * ptx
             stats["ptx_loss"] = ptx
         return loss, stats
@@ -136,7 +150,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: 
         if c.gamma_ptx > 0:
             totals["ptx_tokens"] = jnp.sum(ptx_targets(minibatch["ptx"])[1]).astype(jnp.float32)
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-        params = (state.policy.params, state.value.params)
+        params = trained_params(state)
         if microbatches == 1:
             (loss, stats), grads = grad_fn(params, minibatch, totals)
         else:
@@ -167,7 +181,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: 
         chunk = mb_rows // c.microbatches
 
         def old_forward(part):
-            logits, logp, values = forward(state.policy.params, state.value.params, part)
+            logits, logp, values = forward(trained_params(state), part)
             return logp, values, entropy_from_logits(logits, c.temperature)
 
         chunks = jax.tree.map(lambda x: x.reshape(rows // chunk, chunk, *x.shape[1:]), rollout)
@@ -200,11 +214,12 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: ModelConfig, policy_tx: 
                 minibatch["ptx"] = ptx_part
             loss, stats, policy_grads, value_grads = minibatch_step(state, minibatch, c.microbatches, fresh)
             stats["policy_grad_norm"] = optax.global_norm(policy_grads)
-            stats["value_grad_norm"] = optax.global_norm(value_grads)
             stats["loss"] = loss
-            policy = apply(state.policy, policy_grads, policy_tx)
-            value = apply(state.value, value_grads, value_tx)
-            return state.replace(policy=policy, value=value), stats
+            state = state.replace(policy=apply(state.policy, policy_grads, policy_tx))
+            if not shared:
+                stats["value_grad_norm"] = optax.global_norm(value_grads)
+                state = state.replace(value=apply(state.value, value_grads, value_tx))
+            return state, stats
 
         def epoch_body(state: PPOState, xs):
             key, epoch = xs
@@ -244,6 +259,8 @@ def apply(train_state: TrainState, grads: Any, tx: optax.GradientTransformation)
 
 
 def init_ppo_state(policy_params: Any, value_params: Any, policy_tx: optax.GradientTransformation,
-                   value_tx: optax.GradientTransformation, kl_coef: float) -> PPOState:
+                   value_tx: Optional[optax.GradientTransformation], kl_coef: float) -> PPOState:
+    """A fresh state; `value_params` None: the value head is on the policy trunk (in `policy_params`)."""
+    value = None if value_params is None else TrainState.create(value_params, value_tx)
     return PPOState(step=jnp.zeros((), jnp.int32), policy=TrainState.create(policy_params, policy_tx),
-                    value=TrainState.create(value_params, value_tx), kl_coef=jnp.asarray(kl_coef, jnp.float32))
+                    value=value, kl_coef=jnp.asarray(kl_coef, jnp.float32))

@@ -3,8 +3,9 @@
 Each loop step is one PPO iteration: a batch of prompts -> responses from the compiled sampler ->
 reference logprobs and reward scores (one jit) -> the whole PPO update (one jit, see
 `instructjax.rl.update`). The checkpointed state (`ij.rl.PPOState`) holds the policy, the value
-model, both optimizer states and the KL coefficient; the data position covers the prompts and the
-pretraining text. The final policy is exported to WORKDIR/export.
+model (or a value head on the policy trunk), the optimizer states and the KL coefficient; the data
+position covers the prompts and the pretraining text. The final policy LM is exported to
+WORKDIR/export.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from instructjax.train.state import state_shardings
 from instructjax.train.workdir import Workdir
 
 REWARD_SOURCES = ("model", "random", "token_count")
-VALUE_INITS = ("reward", "policy")
+VALUE_INITS = ("reward", "policy", "shared")
 
 
 class PromptsAndText(grain.DatasetIterator):
@@ -81,19 +82,52 @@ def ppo_config(config: ml_collections.ConfigDict) -> PPOConfig:
 
 def load_reward(config: ml_collections.ConfigDict, policy_cfg: models.ModelConfig, policy_params: Any,
                 rng: jax.Array):
-    """(reward_fn, reward params, reward cfg or None) of `config.reward`."""
+    """(reward cfg, reward params) of `config.reward`, as loaded; (None, None) for a synthetic reward."""
     r = config.reward
     if r.source not in REWARD_SOURCES:
         raise ValueError(f"reward.source={r.source!r}: expected one of {REWARD_SOURCES}")
     if r.source == "token_count":
-        return rollout_lib.token_count_reward(r.token_id), None, None
+        return None, None
     if r.source == "random":
-        cfg = policy_cfg
-        return rollout_lib.reward_model_fn(cfg), reward_params_from_lm(cfg, policy_params, rng), cfg
+        return policy_cfg, reward_params_from_lm(policy_cfg, policy_params, rng)
     if not r.path:
         raise ValueError("reward.source='model' needs reward.path (a reward workdir or an exported reward model)")
     rm = load_reward_model(r.path)
-    return rollout_lib.reward_model_fn(rm.cfg), rm.params, rm.cfg
+    return rm.cfg, rm.params
+
+
+def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, policy_params: Any, reward_cfg,
+               reward_params: Any, rng: jax.Array):
+    """(value cfg, value params, policy params) of `config.value.init`: a separate network from the
+    reward model ("reward") or the policy trunk ("policy"), or (None, None, the policy params with a
+    value head added) for a value head on the policy trunk ("shared")."""
+    if config.value.init not in VALUE_INITS:
+        raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
+    if config.value.init == "shared":
+        return None, None, rollout_lib.add_value_head(cfg, policy_params, rng)
+    if config.value.init == "reward" and reward_cfg is not None:
+        value_cfg, value_params = reward_cfg.replace(dtype=cfg.dtype), reward_params
+    else:
+        value_cfg, value_params = cfg, reward_params_from_lm(cfg, policy_params, rng)
+    return value_cfg, jax.tree.map(lambda x: np.asarray(x, jnp.dtype(cfg.param_dtype)), value_params), policy_params
+
+
+def reward_function(config: ml_collections.ConfigDict, cfg: models.ModelConfig, reward_cfg, reward_params: Any):
+    """(reward_fn, reward params): a reward model kept frozen in `reward.dtype` ("": the policy's compute dtype)."""
+    if reward_cfg is None:
+        return rollout_lib.token_count_reward(config.reward.token_id), None
+    reward_cfg, reward_params = rollout_lib.frozen_model(reward_cfg, reward_params, config.reward.dtype or cfg.dtype)
+    return rollout_lib.reward_model_fn(reward_cfg), reward_params
+
+
+def policy_param_shardings(cfg: models.ModelConfig, shapes: Any, mesh, rules) -> Any:
+    """Shardings of the policy params; a value head on the trunk is laid out like a reward model's head."""
+    shardings = parallel.param_shardings(cfg, rollout_lib.lm_params(shapes), mesh, rules)
+    if rollout_lib.VALUE_HEAD not in shapes:
+        return shardings
+    axes = models.param_logical_axes(cfg, "scalar")[rollout_lib.VALUE_HEAD]
+    return {**shardings, rollout_lib.VALUE_HEAD: parallel.logical_shardings(axes, shapes[rollout_lib.VALUE_HEAD],
+                                                                            mesh, rules)}
 
 
 def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout, kl_coef: float, rows: int) -> None:
@@ -130,15 +164,12 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     c = ppo_config(config)
     check_batch_size(config.batch_size, c.num_minibatches * c.microbatches, mesh)
     init_rng, reward_rng, value_rng, train_rng = jax.random.split(jax.random.key(config.seed), 4)
-    cfg, policy_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
-    reward_fn, reward_params, reward_cfg = load_reward(config, cfg, policy_params, reward_rng)
-    if config.value.init not in VALUE_INITS:
-        raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
-    if config.value.init == "reward" and reward_cfg is not None:
-        value_cfg, value_params = reward_cfg.replace(dtype=cfg.dtype), jax.tree.map(np.array, reward_params)
-    else:
-        value_cfg, value_params = cfg, reward_params_from_lm(cfg, policy_params, value_rng)
-    value_params = jax.tree.map(lambda x: np.asarray(x, jnp.dtype(cfg.param_dtype)), value_params)
+    cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
+    reward_cfg, reward_params = load_reward(config, cfg, initial_params, reward_rng)
+    value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params,
+                                                        value_rng)
+    reward_fn, reward_params = reward_function(config, cfg, reward_cfg, reward_params)
+    ref_cfg, ref_params = rollout_lib.frozen_model(cfg, initial_params, config.reference.dtype)
 
     prompts_data = build_dataset(config.data, "prompts", workdir.data)
     prompt_cfg = PromptConfig(max_prompt_len=config.data.max_prompt_len, truncation=config.data.truncation,
@@ -153,23 +184,25 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                                   loader_config(config.ptx.data, config.ptx.batch_size, config.seed, train=True), mesh)
 
     num_steps = config.num_steps
-    policy_tx = make_optimizer(optim_config(config, num_steps * c.ppo_epochs * c.num_minibatches))
-    value_optim = config.optim.to_dict() | {"lr": config.value.lr}
-    value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}),
-                                           num_steps * c.ppo_epochs * c.num_minibatches))
+    num_updates = num_steps * c.ppo_epochs * c.num_minibatches
+    policy_tx = make_optimizer(optim_config(config, num_updates))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), policy_params)
-    value_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), value_params)
-    policy_param_shardings = parallel.param_shardings(cfg, shapes, mesh, rules)
-    value_param_shardings = parallel.param_shardings(value_cfg, value_shapes, mesh, rules, head="scalar")
+    policy_shardings = policy_param_shardings(cfg, shapes, mesh, rules)
     replicated = parallel.replicated(mesh)
-    shardings = PPOState(step=replicated, policy=state_shardings(policy_tx, shapes, policy_param_shardings, mesh),
-                         value=state_shardings(value_tx, value_shapes, value_param_shardings, mesh),
-                         kl_coef=replicated)
+    value_tx = value_shapes = value_param_shardings = value_state_shardings = None
+    if value_cfg is not None:  # a separate value network with its own optimizer
+        value_optim = config.optim.to_dict() | {"lr": config.value.lr}
+        value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}), num_updates))
+        value_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), value_params)
+        value_param_shardings = parallel.param_shardings(value_cfg, value_shapes, mesh, rules, head="scalar")
+        value_state_shardings = state_shardings(value_tx, value_shapes, value_param_shardings, mesh)
+    shardings = PPOState(step=replicated, policy=state_shardings(policy_tx, shapes, policy_shardings, mesh),
+                         value=value_state_shardings, kl_coef=replicated)
     build_state = lambda p, v: init_ppo_state(p, v, policy_tx, value_tx, config.kl.init_coef)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             jax.eval_shape(build_state, shapes, value_shapes), shardings)
 
-    ref_params = jax.device_put(policy_params, policy_param_shardings)  # frozen reference = the initial policy
+    ref_params = jax.device_put(ref_params, parallel.param_shardings(cfg, ref_params, mesh, rules))
     if reward_params is not None:
         reward_params = jax.device_put(reward_params, parallel.param_shardings(reward_cfg, reward_params, mesh, rules,
                                                                                head="scalar"))
@@ -179,7 +212,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                                             top_p=config.rollout.top_p, eos_id=eos, pad_id=tokenizer.pad_id,
                                             dtype=config.rollout.dtype or None)
     penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
-    score = jax.jit(rollout_lib.make_scorer(cfg, reward_fn, temperature=config.rollout.temperature,
+    score = jax.jit(rollout_lib.make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
                                             no_eos_penalty_value=penalty))
     update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c), donate_argnums=0,
                      out_shardings=(shardings, replicated, replicated))
@@ -199,12 +232,12 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         return state, metrics
 
     def init_state() -> PPOState:
-        params = jax.device_put(policy_params, policy_param_shardings)
-        values = jax.device_put(value_params, value_param_shardings)
+        params = jax.device_put(policy_params, policy_shardings)
+        values = None if value_params is None else jax.device_put(value_params, value_param_shardings)
         return jax.jit(build_state, out_shardings=shardings)(params, values)
 
     def export(state: PPOState) -> None:
-        export_model(workdir.export, cfg, state.policy.params, tokenizer)
+        export_model(workdir.export, cfg, rollout_lib.lm_params(state.policy.params), tokenizer)
 
     train_iterator = PromptsAndText(iter(prompts), None if text is None else iter(text))
     try:

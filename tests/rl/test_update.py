@@ -1,5 +1,6 @@
 """The compiled PPO update (RLHF.md items 19-24): ratio exactly 1 on the first minibatch, microbatch
-accumulation, PPO-ptx gradients, sharded equals single-device, and learning on a synthetic reward."""
+accumulation, PPO-ptx gradients, sharded equals single-device, and learning on a synthetic reward,
+with a separate value network and with a value head on the policy trunk (item 23)."""
 
 import functools
 
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from instructjax import models, parallel, rl
 from instructjax.train.state import state_shardings
@@ -30,6 +32,12 @@ def models_params(seed=0):
     return models.init_params(CFG, k1), models.init_params(CFG, k2, head="scalar")
 
 
+@functools.lru_cache(maxsize=None)
+def shared_params(seed=0):
+    """The policy of `models_params` with a value head on its trunk."""
+    return rl.add_value_head(CFG, models_params(seed)[0], jax.random.key(seed + 7))
+
+
 def rollout_batch(policy, rows=16, new=8, seed=0, eos_id=3):
     tokens, mask = prompts(rows, seed=seed)
     settings = rl.SamplingSettings(max_new_tokens=new, temperature=1.0, eos_id=eos_id, pad_id=0)
@@ -38,17 +46,21 @@ def rollout_batch(policy, rows=16, new=8, seed=0, eos_id=3):
     return score(policy, None, out)
 
 
-def make(config, policy_tx=None, value_tx=None, kl_coef=0.05):
-    """(initial state, jitted update)."""
+def make(config, policy_tx=None, value_tx=None, kl_coef=0.05, shared=False):
+    """(initial state, jitted update); `shared`: the value head on the policy trunk, no value network."""
     policy, value = models_params()
     policy_tx = policy_tx or optax.adam(1e-3)
+    if shared:
+        state = rl.init_ppo_state(shared_params(), None, policy_tx, None, kl_coef)
+        return state, jax.jit(rl.make_ppo_update(CFG, None, policy_tx, None, config))
     value_tx = value_tx or optax.adam(1e-3)
     state = rl.init_ppo_state(policy, value, policy_tx, value_tx, kl_coef)
     return state, jax.jit(rl.make_ppo_update(CFG, CFG, policy_tx, value_tx, config))
 
 
-def test_first_minibatch_has_ratio_one():
-    state, update = make(rl.PPOConfig(ppo_epochs=2, num_minibatches=4))
+@pytest.mark.parametrize("shared", [False, True], ids=["separate_value", "shared_trunk"])
+def test_first_minibatch_has_ratio_one(shared):
+    state, update = make(rl.PPOConfig(ppo_epochs=2, num_minibatches=4), shared=shared)
     batch = rollout_batch(state.policy.params)
     new_state, metrics, per_mb = update(state, batch, None, jax.random.key(1))
     assert per_mb["ratio"].shape == (2, 4)
@@ -57,6 +69,10 @@ def test_first_minibatch_has_ratio_one():
     assert float(per_mb["clip_frac"][0, 0]) == 0.0
     assert float(per_mb["approx_kl"][1, 3]) > 0.0  # later minibatches see the updated policy
     assert int(new_state.step) == 1 and int(new_state.policy.step) == 8
+    assert (new_state.value is None) == shared
+    if shared:  # the value loss trained the value head through the policy optimizer
+        head = rl.VALUE_HEAD
+        assert not np.allclose(new_state.policy.params[head]["kernel"], state.policy.params[head]["kernel"])
     for key in ("score", "kl", "kl_coef", "entropy", "approx_kl", "clip_frac", "value_loss", "explained_variance",
                 "response_length", "eos_fraction", "pg_loss", "loss"):
         assert np.isfinite(float(metrics[key])), key
@@ -121,10 +137,11 @@ def test_ptx_gradient_is_added_to_the_ppo_gradient():
                  plain.policy.params, ptx.policy.params, manual)
 
 
-def run_ppo(kl_coef, iterations, seed=0):
+def run_ppo(kl_coef, iterations, seed=0, shared=False):
     """Sample -> score -> update for `iterations` rollout batches; returns per-iteration metrics."""
     tx = optax.adam(3e-3)
-    state, update = make(rl.PPOConfig(num_minibatches=2, ppo_epochs=2), tx, optax.adam(3e-3), kl_coef=kl_coef)
+    config = rl.PPOConfig(num_minibatches=2, ppo_epochs=2, vf_coef=0.1 if shared else 1.0)
+    state, update = make(config, tx, optax.adam(3e-3), kl_coef=kl_coef, shared=shared)
     settings = rl.SamplingSettings(max_new_tokens=8, temperature=1.0, eos_id=None, pad_id=0)
     score = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(TARGET), temperature=1.0, no_eos_penalty_value=None))
     ref = models_params()[0]
@@ -139,11 +156,15 @@ def run_ppo(kl_coef, iterations, seed=0):
     return history
 
 
-def test_learning_on_a_synthetic_reward():
-    history = run_ppo(kl_coef=0.01, iterations=25)
+def assert_learns(history):
     first = np.mean([h["score"] for h in history[:3]])
     last = np.mean([h["score"] for h in history[-3:]])
     assert last > first + 1.0, (first, last)
+
+
+def test_learning_on_a_synthetic_reward():
+    history = run_ppo(kl_coef=0.01, iterations=25)
+    assert_learns(history)
     assert all(np.isfinite(h["kl"]) for h in history)
     strong = run_ppo(kl_coef=2.0, iterations=25)
     assert abs(strong[-1]["kl"]) < 0.5 * history[-1]["kl"], (strong[-1]["kl"], history[-1]["kl"])
@@ -179,3 +200,21 @@ def test_sharded_update_equals_single_device():
                  jax.device_get(want.value.params))
     for key in ("score", "kl", "pg_loss", "value_loss", "approx_kl"):
         np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=1e-3, atol=1e-5)
+
+
+def test_shared_value_head_learns_on_a_synthetic_reward():
+    history = run_ppo(kl_coef=0.01, iterations=25, shared=True)
+    assert_learns(history)
+    assert history[-1]["explained_variance"] > history[0]["explained_variance"]
+
+
+def test_shared_forward_reads_both_heads_from_one_trunk():
+    params = shared_params()
+    batch = rollout_batch(models_params()[0])
+    logits, values = rl.response_logits_and_values(CFG, params, batch.tokens, batch.attention_mask,
+                                                   batch.response_mask)
+    num_new = batch.response_mask.shape[1]
+    want_logits = rl.rollout.response_logits(CFG, rl.lm_params(params), batch.tokens, batch.attention_mask, num_new)
+    want_values = rl.response_values(CFG, params, batch.tokens, batch.attention_mask, batch.response_mask)
+    np.testing.assert_array_equal(logits, want_logits)
+    np.testing.assert_allclose(values, want_values, atol=1e-5)

@@ -1,10 +1,12 @@
 """The tiny PPO preset end to end on the shared loop (PPO-ptx on): item-25 metrics, sample tables,
-export, and an exact resume after SIGKILL."""
+export, and an exact resume after SIGKILL; a value head on the policy trunk with bf16 frozen models."""
 
 import json
+import logging
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 import instructjax as ij
+from instructjax import rl
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
 from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
@@ -80,6 +83,30 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     _, params = ij.checkpoints.load_hf(workdir / "export")
     _, want = ij.checkpoints.load_hf(reference / "export")
     jax.tree.map(np.testing.assert_array_equal, params, want)
+
+
+def test_shared_value_head_with_bf16_frozen_models_exports_the_lm_and_resumes(tmp_path, caplog):
+    """value.init="shared", reference and reward model in bf16: no value network in the state, the
+    export is the policy LM alone, and a run resumed from checkpoint 2 ends as the uninterrupted one."""
+    config = ppo_config(**{"value.init": "shared", "ppo.vf_coef": 0.1, "reward.source": "random",
+                           "reference.dtype": "bfloat16", "reward.dtype": "bfloat16", "num_steps": 4,
+                           "samples.every_steps": 0})
+    workdir = tmp_path / "run"
+    state = train_ppo(config, workdir)
+    assert state.value is None and rl.VALUE_HEAD in state.policy.params
+    records = read_metrics(workdir / "metrics.jsonl")
+    assert all(np.isfinite(r["train/value_loss"]) and np.isfinite(r["train/score"]) for r in records)
+    _, exported = ij.checkpoints.load_hf(workdir / "export")
+    final = jax.device_get(state.policy.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), exported, rl.lm_params(final))
+
+    shutil.rmtree(workdir / "checkpoints" / "4")  # as if killed between checkpoints 2 and 4
+    shutil.rmtree(workdir / "export")
+    with caplog.at_level(logging.INFO):
+        resumed = train_ppo(config, workdir)
+    assert f"resumed from {workdir / 'checkpoints'}/2" in caplog.text
+    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == without_timings(records)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.policy.params), final)
 
 
 def test_presets_declare_every_field_with_a_comment():
