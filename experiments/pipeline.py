@@ -23,7 +23,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     ij.train.quiet_library_logs()
-    ij.pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
+    try:
+        ij.pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
+    except ij.pipeline.LabelingNeeded as waiting:  # comparisons.labeler='human': a person ranks first
+        print(waiting)
+        return 3
     print(f"report: {_WORKDIR.value}/report.md")
 
 

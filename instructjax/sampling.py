@@ -66,6 +66,7 @@ class _Settings:
     cache_dtype: str
     batch_axes: tuple
     stream: bool
+    samples_per_prompt: int = 1  # > 1: prompts are prefilled once, their cache repeated for each sample
 
 
 def bucket_length(length: int, multiple: int = 64, minimum: int = 8) -> int:
@@ -222,6 +223,16 @@ def _prefill(cfg, head, params, tokens, mask, max_len, cache_dtype, mesh, batch_
     return out[:, 0], _constrain_cache(cache, mesh, batch_axes)
 
 
+def _repeat_rows(tree, n: int):
+    """Each row of a prefill's outputs or cache repeated n times (prompt-major), along the batch axis
+    (axis 1 of layer-stacked [L, B, ...] cache arrays, axis 0 otherwise; scalars are shared)."""
+    def repeat(x):
+        if not x.ndim:  # shared scalars (the cache's write index)
+            return x
+        return jnp.repeat(x, n, axis=1 if x.ndim == 5 else 0)
+    return jax.tree.map(repeat, tree)
+
+
 def _decode(cfg, head, params, tokens, cache, mesh, batch_axes):
     out, cache = Transformer(cfg, head=head).apply({"params": params}, tokens[:, None], cache=cache)
     return out[:, 0], _constrain_cache(cache, mesh, batch_axes)
@@ -241,15 +252,24 @@ def _generate_jit(params, prompt_tokens, prompt_mask, keys, stop_ids, row_valid,
     params = _cast_params(params, dtype)
     prompt_tokens = _constrain(prompt_tokens, mesh, rows_spec)
     prompt_mask = _constrain(prompt_mask, mesh, rows_spec)
+    n = s.samples_per_prompt
 
-    logits, cache = _prefill(cfg, "lm", params, prompt_tokens, prompt_mask, max_len, s.cache_dtype, mesh, axes)
+    def prefill(cfg, head, params):
+        out, cache = _prefill(cfg, head, params, prompt_tokens, prompt_mask, max_len, s.cache_dtype, mesh, axes)
+        if n > 1:
+            out, cache = _repeat_rows((out, cache), n)
+        return _constrain(out, mesh, rows_spec), _constrain_cache(cache, mesh, axes)
+
+    logits, cache = prefill(cfg, "lm", params)
     with_values = value_cfg is not None
     if with_values:
         value_cfg = value_cfg.replace(dtype=s.dtype)
         value_params = _cast_params(value_params, dtype)
-        value, value_cache = _prefill(value_cfg, "scalar", value_params, prompt_tokens, prompt_mask, max_len,
-                                      s.cache_dtype, mesh, axes)
-    else:
+        value, value_cache = prefill(value_cfg, "scalar", value_params)
+    if n > 1:
+        prompt_tokens, prompt_mask = _repeat_rows((prompt_tokens, prompt_mask), n)
+        num_rows *= n
+    if not with_values:
         value, value_cache = jnp.zeros((num_rows,), jnp.float32), None
 
     stops = jnp.asarray(s.eos_ids, jnp.int32)
@@ -385,10 +405,8 @@ def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.A
         stop_ids = jnp.asarray(stop_ids, jnp.int32)
         if stop_ids.ndim != 2 or stop_ids.shape[0] != prompt_tokens.shape[0]:
             raise ValueError(f"stop_ids must be [B={prompt_tokens.shape[0]}, S], got {stop_ids.shape}")
-    if n > 1:
-        prompt_tokens, prompt_mask = jnp.repeat(prompt_tokens, n, 0), jnp.repeat(prompt_mask, n, 0)
-        stop_ids = None if stop_ids is None else jnp.repeat(stop_ids, n, 0)
-    num_rows = prompt_tokens.shape[0]
+    num_prompts = prompt_tokens.shape[0]
+    num_rows = num_prompts * n
     keys = row_keys(rng, num_rows)
     row_valid = jnp.ones((num_rows,), bool)
     if value_params is not None:
@@ -398,8 +416,15 @@ def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.A
     if batch_axes is None:
         batch_axes = tuple(a for a in BATCH_AXES if mesh is not None and a in mesh.axis_names)
     batch_axes = tuple(batch_axes)
+    shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in batch_axes]))
+    # n samples of a prompt share its prefill (the cache is repeated inside the jit) when the prompts
+    # split evenly over the mesh; otherwise the prompts are repeated first.
+    prefill_once = n > 1 and num_prompts % shards == 0
+    if n > 1 and not prefill_once:
+        prompt_tokens, prompt_mask = jnp.repeat(prompt_tokens, n, 0), jnp.repeat(prompt_mask, n, 0)
+    if n > 1 and stop_ids is not None:
+        stop_ids = jnp.repeat(stop_ids, n, 0)
     if mesh is not None:
-        shards = int(np.prod([mesh.shape[a] for a in batch_axes]))
         if num_rows % shards:
             raise ValueError(f"{num_rows} rows do not divide over mesh axes {batch_axes} of size {shards}")
         rows = NamedSharding(mesh, PartitionSpec(batch_axes))
@@ -424,7 +449,8 @@ def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.A
     settings = _Settings(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
                          top_p=float(top_p), eos_ids=_normalise_eos(eos_id), pad_id=int(pad_id),
                          ignore_eos=bool(ignore_eos), dtype=dtype, cache_dtype=str(jnp.dtype(cache_dtype)),
-                         batch_axes=batch_axes, stream=stream is not None)
+                         batch_axes=batch_axes, stream=stream is not None,
+                         samples_per_prompt=n if prefill_once else 1)
     call = functools.partial(_generate_jit, params, prompt_tokens, prompt_mask, keys, stop_ids, row_valid,
                              value_params, cfg=cfg, value_cfg=value_cfg, settings=settings, mesh=mesh)
     if padded_rows:

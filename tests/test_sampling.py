@@ -321,6 +321,9 @@ def test_sharded_generate_equals_unsharded(tiny_params):
     np.testing.assert_array_equal(sharded.mask, single.mask)
     np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-5)
     np.testing.assert_allclose(sharded.values, single.values, atol=1e-5)
+    # 4 prompts do not split over 8 devices but their 8 samples do: prompts are repeated before the prefill
+    half = sampling.generate(TINY, tiny_params, tokens[4:], mask[4:], mesh=mesh, **kw)
+    np.testing.assert_array_equal(half.tokens, sampling.generate(TINY, tiny_params, tokens[4:], mask[4:], **kw).tokens)
     with pytest.raises(ValueError, match="divide"):
         sampling.generate(TINY, tiny_params, tokens[:3], mask[:3], mesh=mesh, **kw)
 

@@ -70,6 +70,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.demonstrations.require_pass = True  # keep a prompt's best sample only if it meets every constraint
 
     config.comparisons = _sampling(k=4, temperature=1.0, max_new_tokens=64, batch_size=32)
+    config.comparisons.labeler = "task"  # task: the default task's labeler | human: experiments/label.py
 
     config.ptx_corpus = ml_collections.ConfigDict()  # pretraining text for PPO-ptx
     config.ptx_corpus.source = "stdlib"  # stdlib: docstrings of Python's standard library | none
@@ -140,7 +141,8 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.batch_size = 32
     ppo.ppo.num_minibatches = 2
     ppo.optim.lr = 1e-5
-    ppo.value.lr = 1e-5
+    ppo.value.init = "shared"  # a value head on the policy trunk: one network to update (half the work)
+    ppo.ppo.vf_coef = 0.1
     ppo.rollout.max_new_tokens = 64
     ppo.rollout.dtype = "bfloat16"
     ppo.data.max_prompt_len = 128

@@ -43,17 +43,17 @@ class Completions:
 
 def prompt_batches(tokenizer: Tokenizer, prompts: Sequence[Prompt], config: SamplingConfig,
                    start: int = 0) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """(first index, real rows, tokens [batch_size, P], mask) of left-padded prompt batches from `start`;
-    the last batch is filled up with copies of its last prompt (fixed shapes: one compilation)."""
+    """(first index, real rows, tokens [batch_size, P], mask) of left-padded prompt batches from `start`,
+    all of one width P; the last batch is filled up with copies of its last prompt (fixed shapes)."""
     if start % config.batch_size:
         raise ValueError(f"start={start} must be a multiple of batch_size={config.batch_size}")
     pad = tokenizer.pad_id or 0
+    ids = [prompt_ids(tokenizer, p, config.chat_template, f"prompt {i}") for i, p in enumerate(prompts)]
+    width = sampling.bucket_length(max(map(len, ids), default=1), 16)  # one width for all batches: one compilation
     for begin in range(start, len(prompts), config.batch_size):
-        rows = [prompt_ids(tokenizer, p, config.chat_template, f"prompt {begin + i}")
-                for i, p in enumerate(prompts[begin:begin + config.batch_size])]
+        rows = ids[begin:begin + config.batch_size]
         real = len(rows)
         rows += [rows[-1]] * (config.batch_size - real)
-        width = max(len(r) for r in rows)
         tokens, mask = np.full((len(rows), width), pad, np.int32), np.zeros((len(rows), width), bool)
         for i, r in enumerate(rows):
             tokens[i, width - len(r):], mask[i, width - len(r):] = r, True
@@ -65,7 +65,8 @@ def sample_batch(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, tokens: np
     """`ij.sampling.generate` with the settings of `config` and the tokenizer's EOS and pad ids."""
     return sampling.generate(cfg, params, tokens, mask, rng=rng, max_new_tokens=config.max_new_tokens,
                              temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id or 0, n=config.k, dtype=config.dtype)
+                             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id or 0, n=config.k, dtype=config.dtype,
+                             prompt_bucket=None)
 
 
 def iter_completions(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompts: Sequence[Prompt],

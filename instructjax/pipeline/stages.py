@@ -130,28 +130,47 @@ def sft_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str
     return {"export": str(root / "sft" / "export")}
 
 
+class LabelingNeeded(RuntimeError):
+    """The comparisons stage waits for a person to rank the candidates (comparisons.labeler='human')."""
+
+
 def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """4. Comparisons: K samples per RM prompt from the SFT policy, ranked by the labeler."""
+    """4. Comparisons: K samples per RM prompt from the SFT policy (`candidates.jsonl`), ranked by the
+    task's labeler, or by a person with experiments/label.py (labeler 'human': the stage stops until
+    every candidate set is ranked, then a rerun goes on)."""
     c, folder = config.comparisons, root / "comparisons"
+    if c.labeler not in ("task", "human"):
+        raise ValueError(f"comparisons.labeler={c.labeler!r}: expected 'task' or 'human'")
     prompts = tasks.read_records(task_files(root)["reward"])
     cfg, params, tokenizer = _policy(root, "sft")
     samples = sample_to_file(folder / "samples.jsonl", cfg, params, tokenizer, [p.prompt for p in prompts],
                              sampling_config(c), jax.random.key(config.seed + 2), desc="comparisons: K samples")
-    labeler = labelers.ConstraintLabeler(prompts)
-    records, skipped = [], {"fewer_than_2_distinct": 0, "all_tied": 0}
-    for prompt, completions in zip(prompts, samples.texts):
-        distinct = labelers.unique_completions(completions)
-        if len(distinct) < 2:
-            skipped["fewer_than_2_distinct"] += 1
-            continue
-        record = labelers.rank_to_comparison(prompt.prompt, distinct, labeler.rank(prompt.prompt, distinct))
-        if record is None:
-            skipped["all_tied"] += 1
-            continue
-        records.append(record)
+    candidates = [{"prompt": p.prompt, "completions": labelers.unique_completions(texts)}
+                  for p, texts in zip(prompts, samples.texts)]
+    rankable = [r for r in candidates if len(r["completions"]) >= 2]
+    write_jsonl(folder / "candidates.jsonl", rankable)
+    skipped = {"fewer_than_2_distinct": len(candidates) - len(rankable), "all_tied": 0}
+    if c.labeler == "human":
+        answers = folder / "human.jsonl"
+        done = sum(1 for line in open(answers) if line.strip()) if answers.exists() else 0
+        if done < len(rankable):
+            raise LabelingNeeded(
+                f"{done} of {len(rankable)} candidate sets ranked. Rank them, then rerun the pipeline:\n"
+                f"  python experiments/label.py --samples={folder / 'candidates.jsonl'} --output={answers}")
+        records = [json.loads(line) for line in open(answers) if line.strip()]
+    else:
+        labeler = labelers.ConstraintLabeler(prompts)
+        records = []
+        for r in rankable:
+            record = labelers.rank_to_comparison(r["prompt"], r["completions"],
+                                                 labeler.rank(r["prompt"], r["completions"]))
+            if record is None:
+                skipped["all_tied"] += 1
+            else:
+                records.append(record)
     count = write_jsonl(folder / "comparisons.jsonl", records)
     logging.info("comparisons: %d records from %d prompts (skipped: %s)", count, len(prompts), skipped)
-    return {"prompts": len(prompts), "records": count, "skipped": skipped,
+    return {"prompts": len(prompts), "records": count, "skipped": skipped, "labeler": c.labeler,
             "pairs": int(sum(_ordered_pairs(r["ranking"]) for r in records))}
 
 

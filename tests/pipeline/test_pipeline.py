@@ -2,12 +2,14 @@
 rerun skips finished stages, and an interrupted sampling stage resumes with the same samples."""
 
 import json
+import shutil
 import time
 
 import jax
 import pytest
 
 import instructjax as ij
+from instructjax.pipeline import stages
 from instructjax.pipeline.files import sample_to_file
 from instructjax.testing.experiments import load_experiment_config
 
@@ -78,3 +80,20 @@ def test_sampling_stage_resumes_after_a_torn_write(finished_run, tmp_path):
     resumed = sample_to_file(tmp_path / "cut.jsonl", cfg, params, tokenizer, prompts, sampling, jax.random.key(3), "t")
     assert resumed.texts == whole.texts
     assert (resumed.ended == whole.ended).all() and (resumed.lengths == whole.lengths).all()
+
+
+def test_human_labeler_waits_for_the_labeling_tool_then_uses_its_answers(finished_run, tmp_path):
+    workdir, *_ = finished_run
+    for stage in ("task", "demonstrations", "sft"):
+        shutil.copytree(workdir / stage, tmp_path / stage)
+    config = load_experiment_config("pipeline", "tiny", {"comparisons.labeler": "human"})
+    with pytest.raises(ij.pipeline.LabelingNeeded, match="experiments/label.py"):
+        ij.pipeline.run_pipeline(config, tmp_path)
+    candidates = tmp_path / "comparisons" / "candidates.jsonl"
+    answers = iter(["b a"] * 1000)  # a person who always prefers the second completion
+    ij.labelers.label_session(candidates, tmp_path / "comparisons" / "human.jsonl",
+                              input_fn=lambda _: next(answers), print_fn=lambda *a, **k: None)
+    summary = stages.comparisons_stage(config.copy_and_resolve_references(), tmp_path)
+    records = [json.loads(line) for line in open(tmp_path / "comparisons" / "comparisons.jsonl")]
+    assert summary["labeler"] == "human" and summary["records"] == len(records) > 0
+    assert all(r["ranking"][1] == 0 for r in records)
