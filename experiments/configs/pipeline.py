@@ -68,6 +68,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.demonstrations = _sampling(k=8, temperature=0.8, max_new_tokens=64, batch_size=32)
     config.demonstrations.files = ()  # JSONL demonstrations of your own; (): rejection sampling by the labeler
     config.demonstrations.require_pass = True  # keep a prompt's best sample only if it meets every constraint
+    config.demonstrations.require_eos = True  # pick among the samples that ended with EOS (finished answers)
 
     config.comparisons = _sampling(k=4, temperature=1.0, max_new_tokens=64, batch_size=32)
     config.comparisons.labeler = "task"  # task: the default task's labeler | human: experiments/label.py
@@ -92,7 +93,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.task.num_sft, config.task.num_reward, config.task.num_ppo = 32, 32, 32
         config.task.num_validation, config.task.num_test = 8, 16
         config.demonstrations.k, config.demonstrations.max_new_tokens = 2, 16
-        config.demonstrations.require_pass = False
+        config.demonstrations.require_pass = config.demonstrations.require_eos = False
         config.demonstrations.batch_size = config.comparisons.batch_size = config.evaluation.batch_size = 16
         config.comparisons.max_new_tokens = config.evaluation.max_new_tokens = 16
         config.ptx_corpus.max_records = 64
@@ -129,6 +130,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     reward.num_steps, reward.num_epochs = 0, 1.0
     reward.batch_size, reward.microbatches = 8, 1
     reward.model.scan_layers = False
+    reward.model.frozen_layers = 20  # train the top 10 blocks and the head: the backward costs a third
     reward.optim.lr = 2e-5
     reward.data.max_len = 144
     reward.data.validation_fraction = 0.1
@@ -141,6 +143,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.batch_size = 32
     ppo.ppo.num_minibatches = 2
     ppo.optim.lr = 1e-5
+    ppo.model.frozen_layers = 20  # update the top 10 blocks, the (tied) embeddings and the value head
     ppo.value.init = "shared"  # a value head on the policy trunk: one network to update (half the work)
     ppo.ppo.vf_coef = 0.1
     ppo.rollout.max_new_tokens = 64

@@ -48,6 +48,7 @@ class ModelConfig:
     attention_dropout: float = 0.0  # dropout on attention probabilities
     remat_policy: str = "none"  # one of REMAT_POLICIES: rematerialisation of each block
     scan_layers: bool = False  # stack the blocks with nn.scan (params get a leading layer axis)
+    frozen_layers: int = 0  # training: no gradient reaches the embeddings' lookup and the first N blocks
     initializer_range: float = 0.02  # std of the normal init of random weights
 
     def __post_init__(self):
@@ -55,6 +56,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.arch={self.arch!r}: expected one of {ARCHITECTURES}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
+        if not 0 <= self.frozen_layers <= self.num_layers:
+            raise ValueError(f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..{self.num_layers}")
+        if self.frozen_layers and self.scan_layers:
+            raise ValueError("ModelConfig.frozen_layers needs scan_layers=False (the blocks are unrolled)")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for key, allowed in (("norm", ("rms", "layer")), ("activation", ("silu", "gelu_tanh")),

@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructjax.models.config import ModelConfig
+from instructjax.models.matmul import BATCHED_CONTRACTION, CONTRACTION, contract
 
 NEG_INF = float(np.finfo(np.float32).min)
-REMAT_POLICIES = {
+REMAT_POLICIES = {  # every matmul of a block is a `contract`, saved by name (see instructjax.models.matmul)
     "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots": jax.checkpoint_policies.save_only_these_names(CONTRACTION, BATCHED_CONTRACTION),
+    "dots_no_batch": jax.checkpoint_policies.save_only_these_names(CONTRACTION),
 }
 
 
@@ -133,8 +134,10 @@ class Projection(nn.Module):
         kernel = self.param("kernel", _init(self.cfg, self.axes), self.shape, pdtype)
         # accumulate in f32 and round once: XLA:CPU then runs bf16 weights natively instead of
         # converting every weight to f32 on every call (5x slower bf16 decoding)
-        y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in,
-                          preferred_element_type=jnp.float32).astype(dtype)
+        batch, contracted = "abcdefgh"[:x.ndim - self.n_in], "ijkl"[:self.n_in]
+        features = "uvwxyz"[:len(self.shape) - self.n_in]
+        y = contract(f"{batch}{contracted},{contracted}{features}->{batch}{features}", x, kernel,
+                     dtype).astype(dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:]),
                               self.shape[self.n_in:], pdtype)
@@ -183,16 +186,13 @@ class Attention(nn.Module):
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
         kv_spec = "bskd" if cache_kv is None else "bksd"
-        scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q.astype(k.dtype), k, preferred_element_type=jnp.float32)
-        scores = scores * (cfg.head_dim ** -0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
+        # the matmuls' natural output orders (no transposed copy of the scores), attention in k's dtype
+        scores = contract(f"btkgd,{kv_spec}->bktgs", q, k, k.dtype) * (cfg.head_dim ** -0.5)
+        scores = jnp.where(mask[:, None, :, None, :], scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         if cfg.attention_dropout > 0:
             probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
-        if cache_kv is None:
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-        else:  # the matmul's natural output order, then the (small) transpose
-            out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).transpose(0, 3, 1, 2, 4)
+        out = contract(f"bktgs,{kv_spec}->bktgd", probs, v, v.dtype).transpose(0, 2, 1, 3, 4)
         out = out.astype(dtype).reshape(b, t, cfg.num_heads, cfg.head_dim)
         out = Projection(cfg, (cfg.num_heads, cfg.head_dim, cfg.d_model), ("heads", "head_dim", "embed"), n_in=2,
                          use_bias=cfg.out_bias, name="o")(out)
@@ -321,17 +321,19 @@ class Transformer(nn.Module):
                     layer_carry, i, mask, positions, cache_index)
                 new_k.append(layer_k)
                 new_v.append(layer_v)
+                if i + 1 == cfg.frozen_layers:  # XLA drops the backward of everything below
+                    x = jax.lax.stop_gradient(x)
             carry = (x, tuple(new_k), tuple(new_v))
         x = Norm(cfg, name="final_norm")(carry[0])
         if output_positions is not None:  # head (and returned hidden) only at these indices [B, K] of T
             x = jnp.take_along_axis(x, output_positions[..., None].astype(jnp.int32), axis=1)
 
         if self.head == "lm":
-            if cfg.tie_embeddings:
-                kernel = embed.embedding.T
+            if cfg.tie_embeddings:  # contracted as stored: a transposed bf16 embedding breaks XLA:CPU's backward
+                out = contract("btd,vd->btv", x, embed.embedding, dtype)
             else:
                 kernel = self.param("lm_head", _init(cfg, ("embed", "vocab")), (cfg.d_model, cfg.vocab_size), pdtype)
-            out = jnp.einsum("btd,dv->btv", x, kernel.astype(dtype), preferred_element_type=jnp.float32)
+                out = contract("btd,dv->btv", x, kernel, dtype)
         elif self.head == "scalar":
             out = nn.Dense(1, dtype=jnp.float32, param_dtype=pdtype, name="score_head",
                            kernel_init=_init(cfg, ("embed", None), std=(cfg.d_model + 1) ** -0.5),

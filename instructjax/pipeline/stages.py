@@ -86,7 +86,8 @@ def _best_of_k(labeler: labelers.Labeler, prompt: tasks.TaskPrompt, completions:
 
 def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """2. Demonstrations: the user's files, or rejection sampling: K samples of the initial model per
-    SFT prompt, the labeler's best kept (only when it meets every constraint, if `require_pass`)."""
+    SFT prompt, the labeler's best kept (only when it meets every constraint, if `require_pass`;
+    among the samples that ended with EOS, if `require_eos`)."""
     c, folder = config.demonstrations, root / "demonstrations"
     if c.files:
         return {"source": "files", "files": list(c.files)}
@@ -96,7 +97,9 @@ def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) 
                              sampling_config(c), jax.random.key(config.seed + 1), desc="demonstrations: best of K")
     labeler = labelers.ConstraintLabeler(prompts)
     records, failed = [], 0
-    for prompt, completions in zip(prompts, samples.texts):
+    for prompt, completions, ended in zip(prompts, samples.texts, samples.ended):
+        if c.require_eos:  # a demonstration is a finished answer, not one cut off by the budget
+            completions = [t for t, e in zip(completions, ended) if e]
         completions = labelers.unique_completions(completions)
         if not completions:
             failed += 1
@@ -110,9 +113,9 @@ def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) 
         raise ValueError(f"demonstrations: none of the {len(prompts)} prompts' best-of-{c.k} samples met its "
                          "constraints; raise demonstrations.k or set demonstrations.require_pass=False")
     count = write_jsonl(folder / "demonstrations.jsonl", records)
-    logging.info("demonstrations: kept %d of %d prompts (%d had no non-empty sample meeting every constraint)", count,
+    logging.info("demonstrations: kept %d of %d prompts (%d had no usable sample)", count,
                  len(prompts), failed)
-    return {"source": "best_of_k", "k": c.k, "prompts": len(prompts), "kept": count, "no_pass_or_empty": failed,
+    return {"source": "best_of_k", "k": c.k, "prompts": len(prompts), "kept": count, "not_kept": failed,
             "eos_rate": float(samples.ended.mean())}
 
 

@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.attention_dropout = 0.0  # dropout on attention probabilities while training
     c.model.remat_policy = "none"  # rematerialisation of each block: none | full | dots | dots_no_batch
     c.model.scan_layers = False  # run the blocks with nn.scan (faster compiles of deep models)
+    c.model.frozen_layers = 0  # train only the blocks above the first N (and the heads); 0: all
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-5  # peak learning rate

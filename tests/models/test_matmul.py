@@ -1,0 +1,100 @@
+"""Mixed-precision contractions: bf16 gradients match plain bf16 autodiff, float32 is untouched."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from instructjax import parallel
+from instructjax.models import Transformer, get_preset, init_params, stack_layers
+from instructjax.models import transformer as transformer_module
+from instructjax.models.matmul import contract
+
+GPT2_TINY = get_preset("tiny").replace(arch="gpt2", norm="layer", activation="gelu_tanh", position="learned",
+                                       qkv_bias=True, out_bias=True, tie_embeddings=True, max_len=64)
+CONFIGS = {"llama": get_preset("tiny"), "gpt2_tied": GPT2_TINY,
+           "llama_scan_remat": get_preset("tiny").replace(scan_layers=True, remat_policy="dots")}
+
+
+def plain_contract(spec, x, w, dtype):
+    """The contraction without the custom gradient: autodiff runs the backward on the float32 cotangent."""
+    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def loss_and_grads(cfg, params, monkeypatch=None, mesh=None):
+    """Mean next-token cross-entropy of a random batch [8, 12] and its gradient, sharded over `mesh` if given."""
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, 256, (8, 12)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, cfg.vocab_size, (8, 12)), jnp.int32)
+    if monkeypatch is not None:
+        monkeypatch.setattr(transformer_module, "contract", plain_contract)
+
+    def loss(p, tokens):
+        logp = jax.nn.log_softmax(Transformer(cfg).apply({"params": p}, tokens), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+
+    if mesh is None:
+        return jax.jit(jax.value_and_grad(loss))(params, tokens)
+    shardings = parallel.param_shardings(cfg, params, mesh)
+    params, tokens = jax.device_put(params, shardings), jax.device_put(tokens, parallel.batch_sharding(mesh))
+    with parallel.activation_sharding(mesh):
+        return jax.jit(jax.value_and_grad(loss), out_shardings=(parallel.replicated(mesh), shardings))(params, tokens)
+
+
+def flat(tree):
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)]).astype(np.float64)
+
+
+def assert_close_in_bf16(grads, ref_grads):
+    g, ref = flat(grads), flat(ref_grads)
+    assert np.linalg.norm(g - ref) / np.linalg.norm(ref) < 0.02
+    assert g @ ref / (np.linalg.norm(g) * np.linalg.norm(ref)) > 0.999
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_bf16_gradients_match_plain_bf16_autodiff(name, monkeypatch):
+    cfg = CONFIGS[name].replace(dtype="bfloat16")
+    params = init_params(cfg.replace(scan_layers=False), jax.random.key(0))
+    if cfg.scan_layers:
+        params = stack_layers(params)
+    loss, grads = loss_and_grads(cfg, params)
+    ref_loss, ref_grads = loss_and_grads(cfg, params, monkeypatch)
+    assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)  # float32
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    assert_close_in_bf16(grads, ref_grads)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.parametrize("name", ["llama", "gpt2_tied"])
+def test_bf16_gradients_sharded_equal_one_device(name):
+    cfg = CONFIGS[name].replace(dtype="bfloat16")
+    params = init_params(cfg, jax.random.key(0))
+    loss, grads = loss_and_grads(cfg, params, mesh=parallel.make_mesh((2, 2, 2)))
+    ref_loss, ref_grads = loss_and_grads(cfg, params)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-3)
+    assert_close_in_bf16(grads, ref_grads)
+
+
+def test_float32_is_the_plain_einsum(monkeypatch):
+    cfg = get_preset("tiny")
+    params = init_params(cfg, jax.random.key(0))
+    loss, grads = loss_and_grads(cfg, params)
+    ref_loss, ref_grads = loss_and_grads(cfg, params, monkeypatch)
+    assert float(loss) == float(ref_loss)
+    jax.tree.map(np.testing.assert_array_equal, grads, ref_grads)
+
+
+def test_contract_gradients_are_bf16_matmuls_accumulated_in_float32():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 5, 4, 8)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((4, 8, 6)), jnp.float32)
+    spec = "abij,iju->abu"
+    y, vjp = jax.vjp(lambda x, w: contract(spec, x, w, jnp.bfloat16), x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    dx, dw = vjp(g)
+    assert y.dtype == jnp.float32 and dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+    g16, w16 = (np.asarray(a.astype(jnp.bfloat16), np.float64) for a in (g, w))
+    x64 = np.asarray(x, np.float64)
+    np.testing.assert_allclose(y, np.einsum(spec, x64, w16), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, np.einsum("abij,abu->iju", x64, g16), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx, np.float64), np.einsum("abu,iju->abij", g16, w16), rtol=1e-2, atol=1e-2)
