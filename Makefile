@@ -28,8 +28,9 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+# The InstructGPT pipeline on SmolLM2-135M-Instruct; rerunning resumes (runs/demo/report.md at the end).
 demo: $(VENV)/.installed
-	$(PY) experiments/demo.py
+	$(PY) experiments/pipeline.py --config=experiments/configs/pipeline.py:quick --workdir=runs/demo
 
 # pytest exits 5 when it collects no test: that fails the target like any other error.
 # The notebooks run too (nbmake executes them on the tiny presets).

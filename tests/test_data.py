@@ -206,6 +206,14 @@ def test_prompts_are_left_padded_with_their_text():
     assert it.stats == {"records": 2, "truncated": 1}
 
 
+def test_a_repeating_loader_that_drops_every_record_fails_instead_of_hanging():
+    records = [{"prompt": "x" * 50, "source": f"mem:{i}"} for i in range(3)]
+    loader = data.prompt_loader(records, TOK, data.PromptConfig(max_prompt_len=20),
+                                dataclasses.replace(in_order(2), num_epochs=None))
+    with pytest.raises(ValueError, match="whole epoch"):
+        next(iter(loader))
+
+
 def test_pretraining_rows_are_full_and_reassemble_the_text():
     records = [{"text": f"Passage {i}: " + "abc " * i, "source": f"mem:{i}"} for i in range(12)]
     batches = list(data.pretraining_loader(records, TOK, data.PretrainingConfig(max_len=32), in_order(2)))

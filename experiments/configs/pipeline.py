@@ -61,7 +61,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.task.num_reward = 256  # training prompts for comparisons
     config.task.num_ppo = 512  # training prompts for PPO
     config.task.num_validation = 64  # validation prompts
-    config.task.num_test = 240  # held-out test prompts (topics disjoint from training)
+    config.task.num_test = 200  # held-out test prompts (topics disjoint from training)
     config.task.families = SHORT_FAMILIES if real else FAMILIES  # constraint families drawn
     config.task.max_constraints = 2  # constraints per prompt (1 or 2)
 
@@ -72,13 +72,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     config.comparisons = _sampling(k=4, temperature=1.0, max_new_tokens=64, batch_size=32)
     config.comparisons.labeler = "task"  # task: the default task's labeler | human: experiments/label.py
+    config.comparisons.quality_decimals = 1  # task labeler: quality compared at this rounding (ties below it)
 
     config.ptx_corpus = ml_collections.ConfigDict()  # pretraining text for PPO-ptx
     config.ptx_corpus.source = "stdlib"  # stdlib: docstrings of Python's standard library | none
     config.ptx_corpus.max_records = 4000  # docstrings kept; 0: all
     config.ptx_corpus.min_chars = 200  # shorter docstrings are skipped
 
-    config.evaluation = _sampling(k=1, temperature=0.0, max_new_tokens=64, batch_size=48)
+    config.evaluation = _sampling(k=1, temperature=0.0, max_new_tokens=64, batch_size=40)
     config.evaluation.report_samples = 12  # test prompts shown side by side in report.md
 
     stage_preset = "smollm2" if real else "tiny"
@@ -131,7 +132,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     reward.batch_size, reward.microbatches = 8, 1
     reward.model.scan_layers = False
     reward.model.frozen_layers = 20  # train the top 10 blocks and the head: the backward costs a third
-    reward.optim.lr = 2e-5
+    reward.optim.lr = 5e-5
     reward.data.max_len = 144
     reward.data.validation_fraction = 0.1
     reward.eval.every_steps = 20

@@ -39,7 +39,8 @@ def unique_completions(completions: Iterable[str]) -> list[str]:
 class ConstraintLabeler:
     """Ranks by the number of the prompt's constraints a completion obeys, then by `quality`."""
 
-    def __init__(self, prompts: Iterable[TaskPrompt]):
+    def __init__(self, prompts: Iterable[TaskPrompt], quality_decimals: int = QUALITY_DECIMALS):
+        self.quality_decimals = quality_decimals  # coarser: more ties, only clear quality gaps rank
         self._prompts: dict[str, TaskPrompt] = {}
         for p in prompts:
             if self._prompts.setdefault(p.prompt, p) != p:
@@ -54,10 +55,10 @@ class ConstraintLabeler:
                            f"pass the user message text of one of them") from None
 
     def score(self, prompt: str, completion: str) -> tuple[int, float]:
-        """(constraints obeyed, quality rounded to QUALITY_DECIMALS): larger is better."""
+        """(constraints obeyed, quality rounded to `quality_decimals`): larger is better."""
         task = self.task(prompt)
         obeyed = sum(c.check(completion) for c in task.constraints)
-        return obeyed, round(quality(task, completion), QUALITY_DECIMALS)
+        return obeyed, round(quality(task, completion), self.quality_decimals)
 
     def rank(self, prompt: str, completions: Sequence[str]) -> list[int]:
         """Dense ranks of `completions` by `score`: 0 = best, equal scores tie."""

@@ -162,7 +162,7 @@ def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> 
                 f"  python experiments/label.py --samples={folder / 'candidates.jsonl'} --output={answers}")
         records = [json.loads(line) for line in open(answers) if line.strip()]
     else:
-        labeler = labelers.ConstraintLabeler(prompts)
+        labeler = labelers.ConstraintLabeler(prompts, quality_decimals=c.quality_decimals)
         records = []
         for r in rankable:
             record = labelers.rank_to_comparison(r["prompt"], r["completions"],

@@ -90,7 +90,9 @@ def test_human_labeler_waits_for_the_labeling_tool_then_uses_its_answers(finishe
     with pytest.raises(ij.pipeline.LabelingNeeded, match="experiments/label.py"):
         ij.pipeline.run_pipeline(config, tmp_path)
     candidates = tmp_path / "comparisons" / "candidates.jsonl"
-    answers = iter(["b a"] * 1000)  # a person who always prefers the second completion
+    # a person who always puts the second completion first, then the others in order
+    sizes = [len(json.loads(line)["completions"]) for line in open(candidates)]
+    answers = iter(" ".join(["b", "a", *"cdefgh"[:k - 2]]) for k in sizes)
     ij.labelers.label_session(candidates, tmp_path / "comparisons" / "human.jsonl",
                               input_fn=lambda _: next(answers), print_fn=lambda *a, **k: None)
     summary = stages.comparisons_stage(config.copy_and_resolve_references(), tmp_path)
