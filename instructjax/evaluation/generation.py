@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from instructjax import sampling
 from instructjax.data.render import prompt_ids
 from instructjax.models import ModelConfig
+from instructjax.rewards.references import left_padded
 from instructjax.tokenizers import Prompt, Tokenizer
 
 
@@ -47,17 +48,11 @@ def prompt_batches(tokenizer: Tokenizer, prompts: Sequence[Prompt], config: Samp
     all of one width P; the last batch is filled up with copies of its last prompt (fixed shapes)."""
     if start % config.batch_size:
         raise ValueError(f"start={start} must be a multiple of batch_size={config.batch_size}")
-    pad = tokenizer.pad_id or 0
     ids = [prompt_ids(tokenizer, p, config.chat_template, f"prompt {i}") for i, p in enumerate(prompts)]
     width = sampling.bucket_length(max(map(len, ids), default=1), 16)  # one width for all batches: one compilation
     for begin in range(start, len(prompts), config.batch_size):
         rows = ids[begin:begin + config.batch_size]
-        real = len(rows)
-        rows += [rows[-1]] * (config.batch_size - real)
-        tokens, mask = np.full((len(rows), width), pad, np.int32), np.zeros((len(rows), width), bool)
-        for i, r in enumerate(rows):
-            tokens[i, width - len(r):], mask[i, width - len(r):] = r, True
-        yield begin, real, tokens, mask
+        yield (begin, len(rows), *left_padded(rows, config.batch_size, tokenizer.pad_id or 0, width))
 
 
 def sample_batch(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, tokens: np.ndarray, mask: np.ndarray,
@@ -87,16 +82,3 @@ def iter_completions(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompt
             yield Completions(begin, [texts[i * config.k:(i + 1) * config.k] for i in range(real)],
                               ended.reshape(real, config.k), out_mask.sum(1).reshape(real, config.k))
             bar.update(real)
-
-
-def complete(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompts: Sequence[Prompt], config: SamplingConfig,
-             rng: jax.Array, desc: str = "sampling") -> Completions:
-    """All completions of `prompts` at once (see `iter_completions`)."""
-    texts, ended, lengths = [], [], []
-    for batch in iter_completions(cfg, params, tokenizer, prompts, config, rng, desc=desc):
-        texts += batch.texts
-        ended.append(batch.ended)
-        lengths.append(batch.lengths)
-    empty = np.zeros((0, config.k))
-    return Completions(0, texts, np.concatenate(ended or [empty.astype(bool)]),
-                       np.concatenate(lengths or [empty.astype(int)]))

@@ -35,9 +35,10 @@ class Rate:
         half = Z95 / (1 + Z95 ** 2 / n) * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n))
         return max(0.0, centre - half), min(1.0, centre + half)
 
-    def __str__(self) -> str:
+    def to_json(self) -> dict[str, float]:
+        """value, the interval's low and high ends, successes and total."""
         low, high = self.interval
-        return f"{100 * self.value:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (n={self.total})"
+        return {"value": self.value, "low": low, "high": high, "successes": self.successes, "total": self.total}
 
 
 def pass_rates(prompts: Sequence[TaskPrompt], responses: Sequence[str]) -> dict[str, Rate]:

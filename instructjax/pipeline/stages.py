@@ -21,6 +21,7 @@ from instructjax.evaluation.report import write_report
 from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
 from instructjax.rewards.io import load_reward_model
 from instructjax.rewards.trainer import SUMMARY_FILE, train_reward_model
+from instructjax.tokenizers import Tokenizer
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.ppo import train_ppo
 from instructjax.train.sft import train_sft
@@ -73,7 +74,6 @@ def _initial_model(config: ml_collections.ConfigDict):
 
 def _policy(root: pathlib.Path, stage: str):
     """(cfg, params, tokenizer) of a finished training stage's export."""
-    from instructjax.tokenizers import Tokenizer
     export = root / stage / "export"
     cfg, params = checkpoints.load_hf(export)
     return cfg, params, Tokenizer.from_pretrained(export)
@@ -224,7 +224,7 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
         responses[name] = [t[0] for t in out.texts]
         scores = reward_scores(rm, tokenizer, texts, responses[name], batch_size=c.batch_size)
         results[name] = {
-            "pass_rates": {k: _rate_json(v) for k, v in metrics.pass_rates(prompts, responses[name]).items()},
+            "pass_rates": {k: v.to_json() for k, v in metrics.pass_rates(prompts, responses[name]).items()},
             "reward": metrics.mean_and_interval(scores), "length": float(out.lengths.mean()),
             "eos_rate": float(out.ended.mean())}
     kl_sampling = SamplingConfig(k=1, max_new_tokens=c.max_new_tokens, temperature=config.ppo.rollout.temperature,
@@ -232,9 +232,8 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     kl = kl_to_reference(*models["ppo"], *models["sft"], tokenizer, texts, kl_sampling, jax.random.key(config.seed + 4))
     summary = {
         "num_test_prompts": len(prompts), "models": results,
-        "win_rate_ppo_vs_sft": _rate_json(metrics.win_rate(labeler, texts, responses["ppo"], responses["sft"])),
-        "win_rate_sft_vs_initial": _rate_json(metrics.win_rate(labeler, texts, responses["sft"],
-                                                               responses["initial"])),
+        "win_rate_ppo_vs_sft": metrics.win_rate(labeler, texts, responses["ppo"], responses["sft"]).to_json(),
+        "win_rate_sft_vs_initial": metrics.win_rate(labeler, texts, responses["sft"], responses["initial"]).to_json(),
         "kl_ppo_to_sft": metrics.mean_and_interval(kl),
         "reward_model": json.loads((root / "reward" / SUMMARY_FILE).read_text()).get("validation", {}),
     }
@@ -243,11 +242,6 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
                                            for i, t in enumerate(texts)))
     write_report(root, summary, prompts, responses, num_samples=c.report_samples)
     return summary
-
-
-def _rate_json(rate: metrics.Rate) -> dict[str, Any]:
-    low, high = rate.interval
-    return {"value": rate.value, "low": low, "high": high, "successes": rate.successes, "total": rate.total}
 
 
 STAGES = {"task": task_stage, "demonstrations": demonstrations_stage, "sft": sft_stage,

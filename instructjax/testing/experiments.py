@@ -9,7 +9,12 @@ import subprocess
 import time
 from typing import Iterator
 
+import jax
 import ml_collections
+import numpy as np
+
+from instructjax import checkpoints
+from instructjax.train.metrics import read_metrics
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
@@ -30,6 +35,15 @@ def load_experiment_config(stage: str, preset: str = "tiny", overrides: dict | N
 def without_timings(records: list[dict]) -> list[dict]:
     """metrics.jsonl records minus the wall-clock `perf/*` entries, for comparing two runs."""
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+
+def assert_same_run(workdir: pathlib.Path, reference: pathlib.Path) -> None:
+    """Two runs logged the same metrics (wall-clock timings aside) and exported identical params."""
+    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
+        without_timings(read_metrics(reference / "metrics.jsonl"))
+    _, params = checkpoints.load_hf(workdir / "export")
+    _, want = checkpoints.load_hf(reference / "export")
+    jax.tree.map(np.testing.assert_array_equal, params, want)
 
 
 def config_leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:

@@ -9,15 +9,14 @@ import re
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 import instructjax as ij
 from instructjax import rewards
 from instructjax.train import read_metrics
-from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
-                                              without_timings)
+from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
+                                              load_experiment_config)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "reward.py"
@@ -161,11 +160,7 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) < 40
 
     run_script(workdir, overrides, slow)
-    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
-        without_timings(read_metrics(reference / "metrics.jsonl"))
-    _, params = ij.checkpoints.load_hf(workdir / "export")
-    _, want = ij.checkpoints.load_hf(reference / "export")
-    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert_same_run(workdir, reference)
     for name in (rewards.NORMALIZATION_FILE, "config.json"):
         assert (workdir / "export" / name).read_text() == (reference / "export" / name).read_text()
 

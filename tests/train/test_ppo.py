@@ -18,8 +18,8 @@ import instructjax as ij
 from instructjax import rl
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
-from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
-                                              without_timings)
+from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
+                                              load_experiment_config, without_timings)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "ppo.py"
@@ -78,11 +78,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     assert not (workdir / "export").exists()
     assert not (workdir / "checkpoints" / "6").exists()
     run_script(workdir, tmp_path / "resumed.log", slow)
-    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
-        without_timings(read_metrics(reference / "metrics.jsonl"))
-    _, params = ij.checkpoints.load_hf(workdir / "export")
-    _, want = ij.checkpoints.load_hf(reference / "export")
-    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert_same_run(workdir, reference)
 
 
 def test_shared_value_head_with_bf16_frozen_models_exports_the_lm_and_resumes(tmp_path, caplog):

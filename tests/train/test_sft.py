@@ -14,8 +14,8 @@ import pytest
 
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
-from instructjax.testing.experiments import (config_leaf_paths, kill_after_checkpoint, load_experiment_config,
-                                              without_timings)
+from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
+                                              load_experiment_config)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "sft.py"
@@ -98,11 +98,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
     assert not (workdir / "checkpoints" / "24").exists()
 
     run_script(workdir, tmp_path / "resumed.log", slow)
-    assert without_timings(read_metrics(workdir / "metrics.jsonl")) == \
-        without_timings(read_metrics(reference / "metrics.jsonl"))
-    _, params = ij.checkpoints.load_hf(workdir / "export")
-    _, want = ij.checkpoints.load_hf(reference / "export")
-    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert_same_run(workdir, reference)
     assert (workdir / "samples" / "step_000024.txt").read_text() == \
         (reference / "samples" / "step_000024.txt").read_text()
 
