@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import flops
 import instructjax as ij
 from instructjax import datasets
 from instructjax.data import render
@@ -103,6 +104,8 @@ def theirs(args, cfg, params, reward_params, tokenizer, prompt_ids, tmp):
            "--threads", str(args.threads)] + (["--f32-generation"] if args.trl_f32_generation else [])
     env = os.environ | {"TRL_EXPERIMENTAL_SILENCE": "1",
                         "ACCELERATE_MIXED_PRECISION": "bf16" if args.dtype == "bfloat16" else "no"}
+    if not args.trl_default_malloc:  # the allocator settings this process runs with (ij.cpu_runtime)
+        env |= ij.cpu_runtime.MALLOC_ENVIRONMENT
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for i, r in enumerate(result["iterations"]):
@@ -133,6 +136,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch threads (TRL side)")
     parser.add_argument("--trl-python", default=os.path.join(REPO, ".venv-trl112", "bin", "python"))
     parser.add_argument("--trl-f32-generation", action="store_true", help="TRL generates in f32, as it ships")
+    parser.add_argument("--trl-default-malloc", action="store_true",
+                        help="TRL without the glibc malloc settings of ij.cpu_runtime (ours keeps them)")
     parser.add_argument("--skip-trl", action="store_true")
     args = parser.parse_args()
 
@@ -162,6 +167,22 @@ def main():
     if trl is not None:
         ratio = medians["instructjax"]["episodes_per_s"] / medians["TRL PPO"]["episodes_per_s"]
         print(f"speed-up instructjax / TRL (episodes/s): {ratio:.2f}x")
+    print_flop_bound(cfg, args, medians)
+
+
+def print_flop_bound(cfg, args, medians):
+    """The iteration's matmul FLOPs at the bf16 matmul peak measured now: the fastest any implementation
+    on jax's CPU kernels could go, and so the largest speed-up over TRL it could show."""
+    parts = flops.ppo_iteration_flops(cfg, args.prompts, args.prompt_len, args.new_tokens)
+    total = sum(parts.values())
+    peak = flops.jax_bf16_peak()
+    floor = total / 1e9 / peak
+    print(f"matmul FLOPs per iteration: {total / 1e12:.1f} TFLOP (" +
+          ", ".join(f"{k} {v / 1e12:.1f}" for k, v in parts.items()) + ")")
+    print(f"jax bf16 matmul peak now: {peak:.0f} GFLOP/s -> at least {floor:.1f} s per iteration; "
+          f"instructjax runs at {total / 1e9 / medians['instructjax']['total_s'] / peak:.0%} of it")
+    if "TRL PPO" in medians:
+        print(f"largest speed-up over TRL at that peak: {medians['TRL PPO']['total_s'] / floor:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ excluded (our compile time is reported on its own); the two sides' timed runs al
 best of each is kept, so that load from other processes hits both alike. Also reports our
 tokens/s against the memory-bandwidth bound: every decode step reads all weights once, so
 tokens/s <= batch * bandwidth / weight bytes; the bandwidth is measured here as the memory
-traffic (bytes read + bytes written) of a large numpy copy.
+traffic (bytes read + bytes written) of a large numpy copy. And against the matmul bound: the
+time of one decode step's matmuls alone (every weight matrix times `batch` rows, in one jit) is a
+floor for a decode step, so tokens/s <= batch / that time, and the largest speed-up over
+transformers any sampler on jax's CPU kernels could show is that bound / transformers' tokens/s.
 
     python benchmarks/sampling.py [--batches 1,16 --dtypes float32,bfloat16 --repeats 2 --threads 2]
 """
@@ -65,6 +68,29 @@ def ours(cfg, params, tokens, new_tokens, dtype):
         jax.block_until_ready(out)
         assert int(out.num_steps) == new_tokens and bool(out.mask.all())
     return run
+
+
+def weight_matmuls(cfg, params, batch, dtype):
+    """A function that runs, in one jit, the matmuls of one decode step and nothing else: `batch` rows
+    times every weight matrix (the LM head included), bf16 accumulating in f32 as the model does.
+    Its time is a floor for a decode step on jax's CPU kernels, whatever the rest of the step costs."""
+    def as_matrix(w):  # [in, out] as the model contracts it: q/k/v [d, heads, hd], o [heads, hd, d]
+        return w.reshape(cfg.d_model, -1) if w.shape[0] == cfg.d_model else w.reshape(-1, w.shape[-1])
+    kernels, head = [], None
+    for path, w in jax.tree_util.tree_leaves_with_path(params):
+        if "embed" in jax.tree_util.keystr(path):
+            head = jnp.asarray(w, dtype).T if cfg.tie_embeddings else None  # [d, vocab]; else only gathered
+        elif w.ndim >= 2:
+            kernels.append(as_matrix(jnp.asarray(w, dtype)))
+    matrices = kernels + ([head] if head is not None else [])
+    rows = {n: jnp.ones((batch, n), dtype) for n in {w.shape[0] for w in matrices}}
+
+    @jax.jit
+    def step(matrices):
+        return sum(jnp.dot(rows[w.shape[0]], w, preferred_element_type=jnp.float32).sum() for w in matrices)
+
+    step(matrices).block_until_ready()
+    return lambda: step(matrices).block_until_ready()
 
 
 def theirs(model, tokens, new_tokens, dtype):
@@ -131,17 +157,24 @@ def main():
                     their_times.append(_timed(their_run))
             our_s = min(our_times)
             compile_s = first_s - our_s
+            matmul_run = weight_matmuls(cfg, params, batch, dtype)
+            matmul_s = min(_timed(matmul_run) for _ in range(5 * args.repeats))
             bound = batch * copy_gbs * 1e9 / weight_bytes
+            matmul_bound = batch / matmul_s
             row = dict(dtype=dtype, batch=batch, ours_tok_s=n_tokens / our_s, ours_seconds=our_s,
-                       compile_seconds=compile_s, bound_tok_s=bound, weight_gb=weight_bytes / 1e9)
+                       compile_seconds=compile_s, bound_tok_s=bound, weight_gb=weight_bytes / 1e9,
+                       matmul_step_seconds=matmul_s, matmul_bound_tok_s=matmul_bound)
             line = (f"{dtype:9s} batch {batch:3d}: instructjax {n_tokens / our_s:7.1f} tok/s "
                     f"(compile {compile_s:4.1f} s; {100 * n_tokens / our_s / bound:3.0f}% of the bandwidth bound "
-                    f"{bound:7.1f} tok/s = {batch} x {copy_gbs:.1f} GB/s / {weight_bytes / 1e9:.2f} GB)")
+                    f"{bound:7.1f} tok/s = {batch} x {copy_gbs:.1f} GB/s / {weight_bytes / 1e9:.2f} GB; "
+                    f"{100 * n_tokens / our_s / matmul_bound:3.0f}% of the matmul bound {matmul_bound:7.1f} tok/s = "
+                    f"{batch} rows / {1e3 * matmul_s:.1f} ms for one step's matmuls alone)")
             if their_run is not None:
                 their_s = min(their_times)
                 row.update(transformers_tok_s=n_tokens / their_s, transformers_seconds=their_s,
-                           speedup=their_s / our_s)
-                line += f"  transformers {n_tokens / their_s:7.1f} tok/s  speed-up {their_s / our_s:4.2f}x"
+                           speedup=their_s / our_s, largest_speedup=matmul_bound / (n_tokens / their_s))
+                line += (f"  transformers {n_tokens / their_s:7.1f} tok/s  speed-up {their_s / our_s:4.2f}x "
+                         f"(at most {matmul_bound / (n_tokens / their_s):4.2f}x at the matmul bound)")
             row["load_average"] = os.getloadavg()[0]
             print(line + f"  [load average {row['load_average']:.1f}]", flush=True)
             results.append(row)

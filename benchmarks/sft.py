@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flops
 import instructjax as ij
 from instructjax import datasets
 from instructjax.data import render
@@ -32,37 +33,18 @@ from instructjax.data import render
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def matmul_peaks(n=2048, repeats=10):
     """GFLOP/s of an n^3 matmul: jax bf16 with f32 accumulation, jax f32, torch bf16."""
     import torch
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.bfloat16)
-    bf16 = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    a32 = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
     f32 = jax.jit(lambda x: jnp.dot(x, x))
-    a32 = a.astype(jnp.float32)
-    bf16(a).block_until_ready(), f32(a32).block_until_ready()
+    f32(a32).block_until_ready()
     t = torch.from_numpy(np.asarray(a32)).to(torch.bfloat16)
     torch.mm(t, t)
-    flops = 2 * n ** 3 / 1e9
-    return {"jax bf16 (f32 accumulation)": flops / best_of(lambda: bf16(a).block_until_ready(), repeats),
-            "jax f32": flops / best_of(lambda: f32(a32).block_until_ready(), repeats),
-            "torch bf16": flops / best_of(lambda: torch.mm(t, t), repeats)}
-
-
-def train_flops_per_token(cfg, length):
-    """6 x matmul params (LM head included) + 12 x layers x length x attention width (PaLM appendix B)."""
-    embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
-    head = cfg.vocab_size * cfg.d_model
-    matmul_params = cfg.num_params() - embeddings + head
-    return 6 * matmul_params + 12 * cfg.num_layers * length * cfg.num_heads * cfg.head_dim
+    gflops = 2 * n ** 3 / 1e9
+    return {"jax bf16 (f32 accumulation)": flops.jax_bf16_peak(n, repeats),
+            "jax f32": gflops / flops.best_of(lambda: f32(a32).block_until_ready(), repeats),
+            "torch bf16": gflops / flops.best_of(lambda: torch.mm(t, t), repeats)}
 
 
 def long_demonstrations(tok, rows, length):
@@ -186,15 +168,15 @@ def main():
             print(f"trl {trl.__version__}")
             results["TRL SFTTrainer"] = theirs(args, export_dir, rows, tmp)
 
-    flops = train_flops_per_token(cfg, args.length) * args.batch * args.length
+    step_flops = flops.train_flops_per_token(cfg, args.length) * args.batch * args.length
     peak = peaks["jax bf16 (f32 accumulation)"]
     print(f"\nSFT step, batch {args.batch} x {args.length}, bf16 compute / f32 params; median of {args.steps} steps "
-          f"after a warm-up step (model FLOPs {flops / 1e12:.2f} TFLOP per step)")
+          f"after a warm-up step (model FLOPs {step_flops / 1e12:.2f} TFLOP per step)")
     speed = {}
     for name, r in results.items():
         step_s = float(np.median(r["step_times"]))
         speed[name] = r["tokens_per_step"] / step_s
-        gflops = flops / step_s / 1e9
+        gflops = step_flops / step_s / 1e9
         print(f"{name:16s} {step_s:6.2f} s/step  {speed[name]:7.1f} real tok/s  {gflops:5.0f} GFLOP/s  "
               f"MFU {gflops / peak:.1%} of jax bf16 peak, {gflops / peaks['torch bf16']:.1%} of torch bf16 peak")
         print(f"{'':16s} step times {', '.join(f'{x:.2f}' for x in r['step_times'])} s")

@@ -1,0 +1,62 @@
+"""Model FLOP counts and a measured matmul peak, shared by the benchmarks (MFU and lower bounds).
+
+Counts are of the matmuls only (2 FLOPs per multiply-add; backward = 2 x forward), split into the
+trunk (every block's projections) and the LM head, so a pass that needs the head at some
+positions only can count it there only.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def best_of(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def jax_bf16_peak(n=2048, repeats=10):
+    """GFLOP/s of an n^3 jax matmul, bf16 operands accumulated in float32 (as the models run)."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.bfloat16)
+    matmul = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
+    matmul(a).block_until_ready()
+    return 2 * n ** 3 / 1e9 / best_of(lambda: matmul(a).block_until_ready(), repeats)
+
+
+def trunk_and_head_params(cfg):
+    """(matmul params of the blocks, params of the LM head); embeddings gathered, not multiplied."""
+    embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    return cfg.num_params() - embeddings, cfg.vocab_size * cfg.d_model
+
+
+def attention_flops(cfg, length):
+    """Forward FLOPs per token of the scores and the weighted values over `length` keys."""
+    return 4 * cfg.num_layers * length * cfg.num_heads * cfg.head_dim
+
+
+def train_flops_per_token(cfg, length):
+    """Forward + backward per token with the LM head at every position (PaLM appendix B)."""
+    trunk, head = trunk_and_head_params(cfg)
+    return 3 * (2 * (trunk + head) + attention_flops(cfg, length))
+
+
+def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
+    """Matmul FLOPs of one PPO iteration as RLHF.md items 12-22 run it, with the LM head only where a
+    log-prob is needed (response positions): generation (prefill + one token per step), scoring
+    (reference log-probs, reward model), old log-probs and values recomputed with the training
+    forward, and `epochs` passes of policy and value forward + backward. Policy, reference, reward
+    and value models share `cfg`'s trunk. Attention is left out (a few % at these lengths)."""
+    trunk, head = trunk_and_head_params(cfg)
+    tokens, responses = prompts * (prompt_len + new_tokens), prompts * new_tokens
+    forward_lm = 2 * (trunk * tokens + head * responses)  # policy or reference, log-probs of the response
+    forward_scalar = 2 * trunk * tokens                    # reward or value model
+    return {"generation": forward_lm,
+            "reference and reward": forward_lm + forward_scalar,
+            "old log-probs and values": forward_lm + forward_scalar,
+            "update": epochs * 3 * (forward_lm + forward_scalar)}
