@@ -1,4 +1,4 @@
-"""Model FLOP counts and a measured matmul peak, shared by the benchmarks (MFU and lower bounds).
+"""Model FLOP counts, a measured matmul peak and best-of-N timing, shared by the benchmarks.
 
 Counts are of the matmuls only (2 FLOPs per multiply-add; backward = 2 x forward), split into the
 trunk (every block's projections) and the LM head, so a pass that needs the head at some
@@ -13,6 +13,7 @@ import numpy as np
 
 
 def best_of(fn, repeats):
+    """The shortest of `repeats` wall-clock timings of `fn()`, in seconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

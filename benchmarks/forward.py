@@ -14,15 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import instructjax as ij
-
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from flops import best_of
 
 
 def ours(cfg, params, tokens, dtype, param_dtype, repeats):

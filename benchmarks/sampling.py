@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import instructjax as ij
+from flops import best_of
 from instructjax import sampling
 
 
@@ -35,8 +36,8 @@ def measure_bandwidth(gigabytes=1.0, repeats=3):
     a = np.ones(int(gigabytes * 1e9) // 4, np.float32)
     b = np.empty_like(a)
     np.copyto(b, a)  # touch the pages
-    copy = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
-    read = min(_timed(lambda: a.sum()) for _ in range(repeats))
+    copy = best_of(lambda: np.copyto(b, a), repeats)
+    read = best_of(lambda: a.sum(), repeats)
     return 2 * a.nbytes / copy / 1e9, a.nbytes / read / 1e9
 
 
@@ -158,7 +159,7 @@ def main():
             our_s = min(our_times)
             compile_s = first_s - our_s
             matmul_run = weight_matmuls(cfg, params, batch, dtype)
-            matmul_s = min(_timed(matmul_run) for _ in range(5 * args.repeats))
+            matmul_s = best_of(matmul_run, 5 * args.repeats)
             bound = batch * copy_gbs * 1e9 / weight_bytes
             matmul_bound = batch / matmul_s
             row = dict(dtype=dtype, batch=batch, ours_tok_s=n_tokens / our_s, ours_seconds=our_s,
