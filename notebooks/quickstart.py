@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -72,9 +74,10 @@ print(sorted(p.name for p in workdir.iterdir()))
 # %%
 evaluation = summaries["evaluation"]
 for name, result in evaluation["models"].items():
-    overall = result["pass_rates"]["overall"]
-    print(f"{name:8s} pass rate {100 * overall['value']:5.1f}%  reward {result['reward'][0]:+.3f}  "
-          f"length {result['length']:.1f}")
+    test = result["test"]
+    overall, heldout = test["pass_rates"]["overall"], result["heldout"]["pass_rates"]["overall"]
+    print(f"{name:8s} pass rate {100 * overall['value']:5.1f}%  held-out families {100 * heldout['value']:5.1f}%  "
+          f"reward {test['reward'][0]:+.3f}  length {test['length']:.1f}  perplexity {result['perplexity']:.1f}")
 print("reward model held-out accuracy:", evaluation["reward_model"].get("accuracy"))
 display(Image(filename=str(workdir / "report_pass_rates.png")))
 display(Image(filename=str(workdir / "report_ppo.png")))

@@ -18,6 +18,9 @@ import ml_collections
 from instructjax.tasks import FAMILIES
 
 PRESETS = ("tiny", "quick", "full", "hf")
+# Families no training stage sees: the report's alignment tax (does training on the others cost these?).
+HELDOUT_FAMILIES = ("min_sentences", "bullets")
+TRAINED_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
 # Families a ~64-token answer can meet (the long-form ones need more tokens than the demo samples).
 SHORT_FAMILIES = ("max_words", "min_words", "max_sentences", "lowercase", "uppercase", "no_commas", "end_phrase",
                   "quoted", "include_keywords", "avoid_words", "title")
@@ -62,8 +65,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.task.num_ppo = 512  # training prompts for PPO
     config.task.num_validation = 64  # validation prompts
     config.task.num_test = 200  # held-out test prompts (topics disjoint from training)
-    config.task.families = SHORT_FAMILIES if real else FAMILIES  # constraint families drawn
+    config.task.families = SHORT_FAMILIES if real else TRAINED_FAMILIES  # constraint families of every prompt set
     config.task.max_constraints = 2  # constraints per prompt (1 or 2)
+    config.task.heldout_families = HELDOUT_FAMILIES  # families kept out of every training stage (alignment tax)
+    config.task.num_heldout = 200  # test prompts of the held-out families (test topics); 0: none
 
     config.demonstrations = _sampling(k=8, temperature=0.8, max_new_tokens=64, batch_size=32)
     config.demonstrations.files = ()  # JSONL demonstrations of your own; (): rejection sampling by the labeler
@@ -78,9 +83,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.ptx_corpus.source = "stdlib"  # stdlib: docstrings of Python's standard library | none
     config.ptx_corpus.max_records = 4000  # docstrings kept; 0: all
     config.ptx_corpus.min_chars = 200  # shorter docstrings are skipped
+    config.ptx_corpus.num_heldout = 200  # docstrings kept out of PPO-ptx: the policies' held-out perplexity
+
+    config.ppo_ptx = ml_collections.ConfigDict()  # a PPO-ptx policy trained beside plain PPO (the `ppo` section)
+    config.ppo_ptx.gamma = 1.0  # its pretraining-loss coefficient (InstructGPT eq. 2: 27.8); 0: no PPO-ptx run
 
     config.evaluation = _sampling(k=1, temperature=0.0, max_new_tokens=64, batch_size=40)
     config.evaluation.report_samples = 12  # test prompts shown side by side in report.md
+    config.evaluation.perplexity_max_len = 256  # tokens of each held-out docstring scored for perplexity
 
     stage_preset = "smollm2" if real else "tiny"
     config.sft = _stage_config("sft", stage_preset)
@@ -92,20 +102,19 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     if arg == "tiny":
         config.task.num_sft, config.task.num_reward, config.task.num_ppo = 32, 32, 32
-        config.task.num_validation, config.task.num_test = 8, 16
+        config.task.num_validation, config.task.num_test, config.task.num_heldout = 8, 16, 16
         config.demonstrations.k, config.demonstrations.max_new_tokens = 2, 16
         config.demonstrations.require_pass = config.demonstrations.require_eos = False
         config.demonstrations.batch_size = config.comparisons.batch_size = config.evaluation.batch_size = 16
         config.comparisons.max_new_tokens = config.evaluation.max_new_tokens = 16
-        config.ptx_corpus.max_records = 64
+        config.ptx_corpus.max_records, config.ptx_corpus.num_heldout = 64, 16
         config.sft.num_steps, config.reward.num_steps, config.ppo.num_steps = 8, 8, 2
         config.sft.eval.every_steps = config.reward.eval.every_steps = 0
         config.reward.normalize.max_examples = 16
         config.ppo.reward.source = "model"
         config.ppo.rollout.penalize_no_eos = True
         config.ppo.value.init = "reward"
-        config.ppo.ptx.gamma = 1.0
-        config.ppo.samples.every_steps = 1
+        config.ppo.samples.every_steps = config.ppo.eval.every_steps = 1
         config.ppo.data.max_prompt_len = 320  # byte-level tokenizer: a token per character
         config.sft.data.max_len = config.reward.data.max_len = 400
     else:
@@ -150,11 +159,11 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.rollout.max_new_tokens = 64
     ppo.rollout.dtype = "bfloat16"
     ppo.data.max_prompt_len = 128
-    ppo.ptx.gamma = 1.0
     ppo.ptx.batch_size = 8
     ppo.ptx.max_len = 128
     ppo.checkpoint.every_steps = 4
     ppo.samples.every_steps = 4
+    ppo.eval.every_steps = 4  # validation pass rate and RM score along the run (the over-optimisation plot)
     if arg == "full":
         config.task.num_sft = config.task.num_reward = 1024
         config.task.num_ppo = 2048

@@ -1,4 +1,5 @@
-"""Measurements of a policy's responses: reward-model scores and KL to a reference policy."""
+"""Measurements of a policy: reward-model scores of its responses, KL to a reference policy, and
+perplexity on held-out text (the alignment tax outside the task)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from instructjax.data.render import completion_ids, prompt_ids
+from instructjax.data.render import completion_ids, prompt_ids, text_ids
 from instructjax.evaluation.generation import SamplingConfig, prompt_batches, sample_batch
-from instructjax.models import ModelConfig
+from instructjax.losses import token_logprobs
+from instructjax.models import ModelConfig, Transformer
 from instructjax.rewards.io import RewardModel
 from instructjax.rl.rollout import assemble, response_logprobs
 from instructjax.tokenizers import Prompt, Tokenizer
@@ -56,3 +59,31 @@ def kl_to_reference(cfg: ModelConfig, params: Any, ref_cfg: ModelConfig, ref_par
             out.append(np.asarray(kl, np.float32)[:real * config.k])
             bar.update(real)
     return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _summed_nll(cfg, params, tokens, mask):
+    """(summed -log p of each next token where both it and its context are real, count of such tokens)."""
+    logits = Transformer(cfg).apply({"params": params}, tokens, attention_mask=mask, deterministic=True)
+    targets, target_mask = tokens[:, 1:], mask[:, 1:] & mask[:, :-1]
+    nll = -token_logprobs(logits[:, :-1], targets)
+    return jnp.where(target_mask, nll, 0.0).sum(), target_mask.sum()
+
+
+def perplexity(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, texts: Sequence[str], *, max_len: int = 256,
+               batch_size: int = 16) -> float:
+    """exp of the mean next-token negative log-likelihood over `texts` (each with the tokenizer's special
+    tokens and EOS, cut to its first `max_len` tokens): one number per policy, compared across policies
+    on the same texts (InstructGPT's "alignment tax" on pretraining data)."""
+    if not texts:
+        raise ValueError("perplexity needs at least one text")
+    rows = [text_ids(tokenizer, t)[:max_len] for t in texts]
+    total, count = 0.0, 0
+    for begin in range(0, len(rows), batch_size):
+        chunk = rows[begin:begin + batch_size]
+        tokens, mask = np.zeros((batch_size, max_len), np.int32), np.zeros((batch_size, max_len), bool)
+        for i, r in enumerate(chunk):  # rows past the chunk stay fully masked: they add nothing
+            tokens[i, :len(r)], mask[i, :len(r)] = r, True
+        nll, n = jax.device_get(_summed_nll(cfg, params, tokens, mask))
+        total, count = total + float(nll), count + int(n)
+    return float(np.exp(total / count))

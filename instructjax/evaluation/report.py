@@ -14,7 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from instructjax.tasks import TaskPrompt  # noqa: E402
 from instructjax.train.metrics import read_metrics  # noqa: E402
 
-LABELS = {"initial": "initial", "sft": "SFT", "ppo": "PPO"}
+LABELS = {"initial": "initial", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx"}
+COLORS = {"initial": "#999", "sft": "#4a90d9", "ppo": "#d9534f", "ppo_ptx": "#5cb85c"}
+RL_STAGES = ("ppo", "ppo_ptx")
 
 
 def _pct(rate: dict[str, Any]) -> str:
@@ -26,13 +28,45 @@ def _series(path: pathlib.Path, key: str) -> tuple[list[int], list[float]]:
     return [r["step"] for r in records], [r[key] for r in records]
 
 
+def _stages(root: pathlib.Path) -> list[str]:
+    return [s for s in RL_STAGES if (root / s / "metrics.jsonl").exists()]
+
+
 def plot_ppo(root: pathlib.Path, out: pathlib.Path) -> None:
-    """Mean RM score and KL to the SFT policy per PPO iteration."""
+    """Mean RM score and KL to the SFT policy per iteration of each RL run."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, key, title in ((axes[0], "train/score", "reward-model score"), (axes[1], "train/kl", "KL to SFT (nats)")):
-        ax.plot(*_series(root / "ppo" / "metrics.jsonl", key), marker=".")
-        ax.set_xlabel("PPO iteration")
+        for stage in _stages(root):
+            ax.plot(*_series(root / stage / "metrics.jsonl", key), marker=".", label=LABELS[stage],
+                    color=COLORS[stage])
+        ax.set_xlabel("iteration")
         ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def overoptimization_points(metrics_file: pathlib.Path) -> list[tuple[float, float, float]]:
+    """(rollout KL to SFT, validation pass rate, validation RM score) at each evaluated iteration."""
+    kl = dict(zip(*_series(metrics_file, "train/kl")))
+    passed, scored = dict(zip(*_series(metrics_file, "eval/pass_rate"))), dict(zip(*_series(metrics_file,
+                                                                                            "eval/reward_score")))
+    return [(kl[s], passed[s], scored[s]) for s in sorted(passed) if s in kl and s in scored]
+
+
+def plot_overoptimization(root: pathlib.Path, out: pathlib.Path) -> None:
+    """Gold (the checker's validation pass rate) and proxy (RM score) against KL to SFT (Gao et al. 2022)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for stage in _stages(root):
+        points = overoptimization_points(root / stage / "metrics.jsonl")
+        kl = [p[0] for p in points]
+        axes[0].plot(kl, [100 * p[1] for p in points], marker="o", label=LABELS[stage], color=COLORS[stage])
+        axes[1].plot(kl, [p[2] for p in points], marker="o", label=LABELS[stage], color=COLORS[stage])
+    for ax, title in ((axes[0], "gold: validation pass rate (%)"), (axes[1], "proxy: validation RM score")):
+        ax.set_xlabel("KL to SFT (nats, rollout mean)")
+        ax.set_title(title)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -55,14 +89,17 @@ def plot_reward_model(root: pathlib.Path, out: pathlib.Path) -> None:
 
 
 def plot_pass_rates(summary: dict[str, Any], out: pathlib.Path) -> None:
-    """Overall constraint pass rate of each model with its 95% interval."""
+    """Overall pass rate of each model with its 95% interval, on the test and the held-out families."""
     names = list(summary["models"])
-    rates = [summary["models"][n]["pass_rates"]["overall"] for n in names]
-    values = [100 * r["value"] for r in rates]
-    errors = [[100 * (r["value"] - r["low"]) for r in rates], [100 * (r["high"] - r["value"]) for r in rates]]
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.bar([LABELS[n] for n in names], values, yerr=errors, capsize=6, color=["#999", "#4a90d9", "#d9534f"])
-    ax.set_ylabel("prompts with every constraint met (%)")
+    splits = [s for s in ("test", "heldout") if s in summary["models"][names[0]]]
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.2), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        rates = [summary["models"][n][split]["pass_rates"]["overall"] for n in names]
+        values = [100 * r["value"] for r in rates]
+        errors = [[100 * (r["value"] - r["low"]) for r in rates], [100 * (r["high"] - r["value"]) for r in rates]]
+        ax.bar([LABELS[n] for n in names], values, yerr=errors, capsize=6, color=[COLORS[n] for n in names])
+        ax.set_ylabel("prompts with every constraint met (%)")
+        ax.set_title("trained families" if split == "test" else "held-out families")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -73,42 +110,76 @@ def _cell(text: str, limit: int = 400) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
 
 
+def _pass_table(models: dict[str, Any], names: list[str], split: str) -> list[str]:
+    families = sorted({f for n in names for f in models[n][split]["pass_rates"]} - {"overall"})
+    lines = ["| constraint | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+    for family in ["overall"] + families:
+        rates = [models[n][split]["pass_rates"].get(family) for n in names]
+        label = "**all constraints of the prompt**" if family == "overall" else family
+        lines.append(f"| {label} | " + " | ".join(_pct(r) if r else "-" for r in rates) + " |")
+    return lines
+
+
+def _paired_table(tests: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| comparison | pass-rate difference | prompts only the first passes | only the second | "
+             "McNemar exact p |", "|---|---|---|---|---|"]
+    for key, t in tests.items():
+        a, b = key.split("_vs_")
+        lines.append(f"| {LABELS[a]} vs {LABELS[b]} | {100 * t['difference']:+.1f} points | {t['ours_only']} | "
+                     f"{t['theirs_only']} | {t['p_value']:.3g} |")
+    return lines
+
+
 def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[TaskPrompt],
                  responses: dict[str, list[str]], num_samples: int = 8) -> pathlib.Path:
     """Write ROOT/report.md and its plots (ROOT/report_*.png); returns the report's path."""
     plot_ppo(root, root / "report_ppo.png")
+    plot_overoptimization(root, root / "report_overoptimization.png")
     plot_reward_model(root, root / "report_reward_model.png")
     plot_pass_rates(summary, root / "report_pass_rates.png")
     models = summary["models"]
     names = list(models)
-    families = sorted({f for n in names for f in models[n]["pass_rates"]} - {"overall"})
     lines = [f"# InstructGPT pipeline report: `{root}`", "",
              f"{summary['num_test_prompts']} held-out test prompts (topics disjoint from training), greedy "
-             "responses. Rates with 95% Wilson intervals; means with normal 95% half-widths.", "",
-             "## Constraint pass rate", "",
-             "| constraint | " + " | ".join(LABELS[n] for n in names) + " |",
-             "|---|" + "---|" * len(names)]
-    for family in ["overall"] + families:
-        cells = [_pct(models[n]["pass_rates"][family]) if family in models[n]["pass_rates"] else "-" for n in names]
-        label = "**all constraints of the prompt**" if family == "overall" else family
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "![pass rates](report_pass_rates.png)", "", "## Policies", "",
-              "| | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+             "responses. Rates with 95% Wilson intervals; means with normal 95% half-widths; paired differences "
+             "with McNemar's exact test on the same prompts.", "",
+             "## Constraint pass rate", "", *_pass_table(models, names, "test"), "",
+             "![pass rates](report_pass_rates.png)", "", "Paired tests (every constraint met, same prompts):", "",
+             *_paired_table(summary["paired_tests"]["test"]), "", "## Policies", "",
+             "| | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
     lines.append("| reward-model score | " + " | ".join(
-        f"{models[n]['reward'][0]:.3f} ± {models[n]['reward'][1]:.3f}" for n in names) + " |")
-    lines.append("| response length (tokens) | " + " | ".join(f"{models[n]['length']:.1f}" for n in names) + " |")
-    lines.append("| EOS rate | " + " | ".join(f"{100 * models[n]['eos_rate']:.1f}%" for n in names) + " |")
-    kl_mean, kl_half = summary["kl_ppo_to_sft"]
-    lines += ["", f"- Win rate of PPO against SFT (by the labeler, ties count half): "
-                  f"{_pct(summary['win_rate_ppo_vs_sft'])}",
-              f"- Win rate of SFT against the initial model: {_pct(summary['win_rate_sft_vs_initial'])}",
-              f"- KL(PPO || SFT) per response, sampled: {kl_mean:.2f} ± {kl_half:.2f} nats", ""]
+        f"{models[n]['test']['reward'][0]:.3f} ± {models[n]['test']['reward'][1]:.3f}" for n in names) + " |")
+    lines.append("| response length (tokens) | " + " | ".join(
+        f"{models[n]['test']['length']:.1f}" for n in names) + " |")
+    lines.append("| EOS rate | " + " | ".join(f"{100 * models[n]['test']['eos_rate']:.1f}%" for n in names) + " |")
+    lines.append("")
+    for key, rate in summary["win_rates"].items():
+        a, b = key.split("_vs_")
+        lines.append(f"- Win rate of {LABELS[a]} against {LABELS[b]} (by the labeler, ties count half): {_pct(rate)}")
+    for name, (mean, half) in summary["kl_to_sft"].items():
+        lines.append(f"- KL({LABELS[name]} || SFT) per response, sampled: {mean:.2f} ± {half:.2f} nats")
+    lines.append("")
+    if summary.get("num_heldout_prompts") or summary.get("num_heldout_texts"):
+        lines += ["## Alignment tax", "", "What training costs outside the task: constraint families no training "
+                  "stage saw (test topics), and perplexity on docstrings kept out of PPO-ptx's corpus "
+                  "(Ouyang et al. 2022, section 3.5).", ""]
+        if summary.get("num_heldout_prompts"):
+            lines += [f"{summary['num_heldout_prompts']} prompts of the held-out families:", "",
+                      *_pass_table(models, names, "heldout"), "", *_paired_table(summary["paired_tests"]["heldout"]),
+                      ""]
+        if summary.get("num_heldout_texts"):
+            lines += [f"Perplexity on {summary['num_heldout_texts']} held-out docstrings:", "",
+                      "| | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names),
+                      "| perplexity | " + " | ".join(f"{models[n]['perplexity']:.2f}" for n in names) + " |", ""]
     reward = summary.get("reward_model", {})
     if reward:
         lines += ["## Reward model", "", f"Held-out pairwise accuracy: {100 * reward['accuracy']:.1f}% "
                   f"on {int(reward['pairs'])} pairs.", ""]
     lines += ["![reward model accuracy](report_reward_model.png)", "", "## PPO", "",
-              "![PPO reward and KL](report_ppo.png)", "", "## Sample responses", "",
+              "![PPO reward and KL](report_ppo.png)", "",
+              "Gold (the task's checker) and proxy (the reward model) on the validation prompts against KL to SFT "
+              "along the RL runs (reward over-optimisation, Gao et al. 2022):", "",
+              "![over-optimisation](report_overoptimization.png)", "", "## Sample responses", "",
               "| prompt | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
     for i, prompt in enumerate(prompts[:num_samples]):
         lines.append(f"| {_cell(prompt.prompt)} | " + " | ".join(_cell(responses[n][i]) for n in names) + " |")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import random
 from typing import Any
 
 import jax
@@ -15,8 +16,8 @@ import numpy as np
 
 from instructjax import checkpoints, labelers, tasks
 from instructjax.evaluation import metrics
-from instructjax.evaluation.generation import SamplingConfig
-from instructjax.evaluation.policies import kl_to_reference, reward_scores
+from instructjax.evaluation.generation import SamplingConfig, iter_completions
+from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_scores
 from instructjax.evaluation.report import write_report
 from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
 from instructjax.rewards.io import load_reward_model
@@ -26,15 +27,18 @@ from instructjax.train.initial_model import load_initial_model
 from instructjax.train.ppo import train_ppo
 from instructjax.train.sft import train_sft
 
-SPLITS = ("sft", "reward", "ppo", "validation", "test")  # prompt sets of the task stage
-POLICIES = ("initial", "sft", "ppo")  # the models the evaluation compares
+SPLITS = ("sft", "reward", "ppo", "validation", "test", "heldout")  # prompt sets of the task stage
+POLICIES = ("initial", "sft", "ppo", "ppo_ptx")  # the models the evaluation compares (ppo_ptx when trained)
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out-family prompts: a draw independent of the test prompts' (same topics)
 
 
 def task_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
-    """The task stage's prompt files (TaskPrompt records) by split, plus the PPO prompts and the corpus."""
+    """The task stage's prompt files (TaskPrompt records) by split, the PPO prompts, the PPO-ptx corpus
+    and the held-out docstrings (perplexity)."""
     folder = root / "task"
     files = {split: folder / f"{split}.jsonl" for split in SPLITS}
-    files.update(ppo_prompts=folder / "ppo_prompts.jsonl", pretraining=folder / "pretraining_text.jsonl")
+    files.update(ppo_prompts=folder / "ppo_prompts.jsonl", pretraining=folder / "pretraining_text.jsonl",
+                 pretraining_heldout=folder / "pretraining_heldout.jsonl")
     return files
 
 
@@ -45,8 +49,15 @@ def sampling_config(c: ml_collections.ConfigDict, k: int | None = None) -> Sampl
 
 def task_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """1. Task data: disjoint train prompt sets for SFT, RM and PPO, validation, held-out test prompts
-    (topics disjoint from training), the PPO prompts file and the PPO-ptx corpus."""
+    (topics disjoint from training), test prompts of the held-out families (no training stage sees
+    those families), the PPO prompts file, the PPO-ptx corpus and held-out docstrings."""
     c, files = config.task, task_files(root)
+    heldout_families = tuple(c.heldout_families)
+    if shared := sorted(set(heldout_families) & set(c.families)):
+        raise ValueError(f"task.heldout_families {shared} are also in task.families: a held-out family must be "
+                         "kept out of every training prompt set")
+    if c.num_heldout and not heldout_families:
+        raise ValueError(f"task.num_heldout={c.num_heldout} needs task.heldout_families")
     files["sft"].parent.mkdir(parents=True, exist_ok=True)
     counts = {"sft": c.num_sft, "reward": c.num_reward, "ppo": c.num_ppo}
     train = tasks.make_prompts("train", sum(counts.values()), seed=c.seed, families=tuple(c.families),
@@ -58,14 +69,27 @@ def task_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[st
     for split, n in (("validation", c.num_validation), ("test", c.num_test)):
         tasks.write_records(files[split], tasks.make_prompts(split, n, seed=c.seed, families=tuple(c.families),
                                                              max_constraints=c.max_constraints))
+    heldout = tasks.make_prompts("test", c.num_heldout, seed=c.seed + HELDOUT_SEED_OFFSET, families=heldout_families,
+                                 max_constraints=c.max_constraints) if c.num_heldout else []
+    tasks.write_records(files["heldout"], heldout)
     write_jsonl(files["ppo_prompts"], ({"prompt": p.prompt} for p in tasks.read_records(files["ppo"])))
     summary: dict[str, Any] = {split: len(tasks.read_records(files[split])) for split in SPLITS}
     if config.ptx_corpus.source == "stdlib":
         texts = tasks.stdlib_docstrings(max_records=config.ptx_corpus.max_records or None,
                                         min_chars=config.ptx_corpus.min_chars)
-        tasks.write_pretraining_jsonl(files["pretraining"], texts)
-        summary["pretraining_texts"] = len(texts)
+        train_texts, heldout_texts = _split_corpus(texts, config.ptx_corpus.num_heldout, config.seed)
+        tasks.write_pretraining_jsonl(files["pretraining"], train_texts)
+        tasks.write_pretraining_jsonl(files["pretraining_heldout"], heldout_texts)
+        summary["pretraining_texts"], summary["pretraining_heldout_texts"] = len(train_texts), len(heldout_texts)
     return summary
+
+
+def _split_corpus(texts: list[str], num_heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """(training texts, `num_heldout` held-out texts) by a seeded draw, each keeping the corpus order."""
+    if not 0 <= num_heldout < len(texts):
+        raise ValueError(f"ptx_corpus.num_heldout={num_heldout} must leave training texts out of {len(texts)}")
+    heldout = set(random.Random(seed).sample(range(len(texts)), num_heldout))
+    return ([t for i, t in enumerate(texts) if i not in heldout], [t for i, t in enumerate(texts) if i in heldout])
 
 
 def _initial_model(config: ml_collections.ConfigDict):
@@ -192,58 +216,126 @@ def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[
     return json.loads((root / "reward" / SUMMARY_FILE).read_text())
 
 
-def ppo_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """6. PPO from the SFT policy against the reward model (PPO-ptx on the corpus when ptx.gamma > 0)."""
-    c, files = config.ppo, task_files(root)
+def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str,
+                  ptx_gamma: float) -> dict[str, Any]:
+    """PPO from the SFT policy against the reward model into ROOT/`name`, with PPO-ptx on the corpus
+    when `ptx_gamma` > 0; held-out validation pass rate and RM score logged along the run."""
+    c, files = config.ppo.copy_and_resolve_references(), task_files(root)
     with c.unlocked():
         c.init.source, c.init.path = "workdir", str(root / "sft")
         c.reward.source, c.reward.path = "model", str(root / "reward")
         c.data.train_files = (str(files["ppo_prompts"]),)
-        if c.ptx.gamma > 0:
+        c.ptx.gamma = ptx_gamma
+        if ptx_gamma > 0:
             if config.ptx_corpus.source != "stdlib":
-                raise ValueError("ppo.ptx.gamma > 0 needs a pretraining corpus: set ptx_corpus.source='stdlib'")
+                raise ValueError("ppo_ptx.gamma > 0 needs a pretraining corpus: set ptx_corpus.source='stdlib'")
             c.ptx.data.train_files = (str(files["pretraining"]),)
-    train_ppo(c, root / "ppo")
-    return {"export": str(root / "ppo" / "export")}
+    train_ppo(c, root / name, evaluate=_validation_eval(config, root))
+    return {"export": str(root / name / "export"), "ptx_gamma": ptx_gamma}
+
+
+def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
+    """evaluate(cfg, params, iteration) -> greedy validation pass rate (the task's checker: the gold reward)
+    and mean RM score (the proxy), so the report can plot both against KL (Gao et al. 2022)."""
+    prompts = tasks.read_records(task_files(root)["validation"])
+    texts = [p.prompt for p in prompts]
+    rm, tokenizer = load_reward_model(root / "reward"), Tokenizer.from_pretrained(root / "sft" / "export")
+    c = config.evaluation
+
+    def evaluate(cfg, params, step: int) -> dict[str, float]:
+        responses = [t[0] for batch in iter_completions(cfg, params, tokenizer, texts, sampling_config(c, k=1),
+                                                        jax.random.key(config.seed + 5), desc=f"validation {step}")
+                     for t in batch.texts]
+        scores = reward_scores(rm, tokenizer, texts, responses, batch_size=c.batch_size)
+        return {"pass_rate": float(metrics.prompt_passes(prompts, responses).mean()),
+                "reward_score": float(scores.mean())}
+    return evaluate
+
+
+def ppo_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
+    """6. PPO from the SFT policy against the reward model (InstructGPT step 3)."""
+    if config.ppo.ptx.gamma > 0 and config.ppo_ptx.gamma > 0:
+        raise ValueError(f"ppo.ptx.gamma={config.ppo.ptx.gamma} would make the plain-PPO policy a PPO-ptx one; "
+                         "the pipeline trains PPO-ptx beside it with ppo_ptx.gamma: leave ppo.ptx.gamma at 0")
+    return _policy_stage(config, root, "ppo", config.ppo.ptx.gamma)
+
+
+def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
+    """7. PPO-ptx (InstructGPT eq. 2) from the same SFT policy and reward model, for the alignment tax;
+    skipped when ppo_ptx.gamma is 0."""
+    if config.ppo_ptx.gamma <= 0:
+        return {"skipped": "ppo_ptx.gamma is 0"}
+    return _policy_stage(config, root, "ppo_ptx", config.ppo_ptx.gamma)
+
+
+def _trained_policies(root: pathlib.Path) -> list[str]:
+    return [name for name in POLICIES if name == "initial" or (root / name / "export" / "config.json").is_file()]
 
 
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """7. The initial, SFT and PPO policies on the held-out test prompts: pass rates, reward, win rate,
-    KL of PPO to SFT, length, EOS rate; then `report.md` with plots."""
-    c, folder = config.evaluation, root / "evaluation"
-    prompts = tasks.read_records(task_files(root)["test"])
-    texts = [p.prompt for p in prompts]
+    """8. Every policy on the test prompts (pass rates by family, RM score, length, EOS rate), on the
+    held-out families' prompts and on held-out docstrings (the alignment tax); paired McNemar tests of
+    the pass rates, win rates by the labeler, KL of the RL policies to SFT; then `report.md` with plots."""
+    c, folder, files = config.evaluation, root / "evaluation", task_files(root)
+    prompt_sets = {"test": tasks.read_records(files["test"]), "heldout": tasks.read_records(files["heldout"])}
+    heldout_texts = _read_texts(files["pretraining_heldout"])
     rm = load_reward_model(root / "reward")
-    labeler = labelers.ConstraintLabeler(prompts)
-    responses, results, models = {}, {}, {}
-    for name in POLICIES:
+    names = _trained_policies(root)
+    responses, passes, results, models = {}, {}, {}, {}
+    for name in names:
         cfg, params, tokenizer = _initial_model(config) if name == "initial" else _policy(root, name)
         models[name] = (cfg, params)
-        out = sample_to_file(folder / f"responses_{name}.jsonl", cfg, params, tokenizer, texts,
-                             sampling_config(c, k=1), jax.random.key(config.seed + 3), desc=f"evaluation: {name}")
-        responses[name] = [t[0] for t in out.texts]
-        scores = reward_scores(rm, tokenizer, texts, responses[name], batch_size=c.batch_size)
-        results[name] = {
-            "pass_rates": {k: v.to_json() for k, v in metrics.pass_rates(prompts, responses[name]).items()},
-            "reward": metrics.mean_and_interval(scores), "length": float(out.lengths.mean()),
-            "eos_rate": float(out.ended.mean())}
+        results[name] = {}
+        for split, prompts in prompt_sets.items():
+            if not prompts:
+                continue
+            texts = [p.prompt for p in prompts]
+            suffix = "" if split == "test" else f"_{split}"
+            out = sample_to_file(folder / f"responses_{name}{suffix}.jsonl", cfg, params, tokenizer, texts,
+                                 sampling_config(c, k=1), jax.random.key(config.seed + 3),
+                                 desc=f"evaluation: {name} ({split})")
+            answers = [t[0] for t in out.texts]
+            responses[name, split], passes[name, split] = answers, metrics.prompt_passes(prompts, answers)
+            result = {"pass_rates": {k: v.to_json() for k, v in metrics.pass_rates(prompts, answers).items()}}
+            if split == "test":
+                result.update(reward=metrics.mean_and_interval(reward_scores(rm, tokenizer, texts, answers,
+                                                                             batch_size=c.batch_size)),
+                              length=float(out.lengths.mean()), eos_rate=float(out.ended.mean()))
+            results[name][split] = result
+        if heldout_texts:
+            results[name]["perplexity"] = perplexity(cfg, params, tokenizer, heldout_texts,
+                                                     max_len=c.perplexity_max_len, batch_size=c.batch_size)
+    test_texts = [p.prompt for p in prompt_sets["test"]]
+    labeler = labelers.ConstraintLabeler(prompt_sets["test"])
+    rl_policies = [n for n in names if n.startswith("ppo")]
     kl_sampling = SamplingConfig(k=1, max_new_tokens=c.max_new_tokens, temperature=config.ppo.rollout.temperature,
                                  batch_size=c.batch_size, dtype=c.dtype or None)
-    kl = kl_to_reference(*models["ppo"], *models["sft"], tokenizer, texts, kl_sampling, jax.random.key(config.seed + 4))
+    pairs = [("sft", "initial")] + [(n, "sft") for n in rl_policies] + [(n, "initial") for n in rl_policies]
     summary = {
-        "num_test_prompts": len(prompts), "models": results,
-        "win_rate_ppo_vs_sft": metrics.win_rate(labeler, texts, responses["ppo"], responses["sft"]).to_json(),
-        "win_rate_sft_vs_initial": metrics.win_rate(labeler, texts, responses["sft"], responses["initial"]).to_json(),
-        "kl_ppo_to_sft": metrics.mean_and_interval(kl),
+        "num_test_prompts": len(prompt_sets["test"]), "num_heldout_prompts": len(prompt_sets["heldout"]),
+        "num_heldout_texts": len(heldout_texts), "models": results,
+        "paired_tests": {split: {f"{a}_vs_{b}": metrics.mcnemar_exact(passes[a, split], passes[b, split])
+                                 for a, b in pairs} for split in prompt_sets if prompt_sets[split]},
+        "win_rates": {f"{a}_vs_{b}": metrics.win_rate(labeler, test_texts, responses[a, "test"],
+                                                      responses[b, "test"]).to_json() for a, b in pairs[:1 + len(rl_policies)]},
+        "kl_to_sft": {n: metrics.mean_and_interval(kl_to_reference(*models[n], *models["sft"], tokenizer, test_texts,
+                                                                   kl_sampling, jax.random.key(config.seed + 4)))
+                      for n in rl_policies},
         "reward_model": json.loads((root / "reward" / SUMMARY_FILE).read_text()).get("validation", {}),
     }
     write_json(folder / "summary.json", summary)
-    write_jsonl(folder / "samples.jsonl", ({"prompt": t, **{n: responses[n][i] for n in POLICIES}}
-                                           for i, t in enumerate(texts)))
-    write_report(root, summary, prompts, responses, num_samples=c.report_samples)
+    write_jsonl(folder / "samples.jsonl", ({"prompt": t, **{n: responses[n, "test"][i] for n in names}}
+                                           for i, t in enumerate(test_texts)))
+    write_report(root, summary, prompt_sets["test"], {n: responses[n, "test"] for n in names},
+                 num_samples=c.report_samples)
     return summary
 
 
+def _read_texts(path: pathlib.Path) -> list[str]:
+    """The `text` fields of a pretraining JSONL file; [] when it does not exist (no corpus)."""
+    return [json.loads(line)["text"] for line in open(path, encoding="utf-8") if line.strip()] if path.exists() else []
+
+
 STAGES = {"task": task_stage, "demonstrations": demonstrations_stage, "sft": sft_stage,
-          "comparisons": comparisons_stage, "reward": reward_stage, "ppo": ppo_stage,
+          "comparisons": comparisons_stage, "reward": reward_stage, "ppo": ppo_stage, "ppo_ptx": ppo_ptx_stage,
           "evaluation": evaluation_stage}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import grain
 import jax
@@ -149,12 +149,19 @@ def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout,
             f.write(json.dumps(row) + "\n")
 
 
-def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> PPOState:
+# evaluate(policy_cfg, policy LM params, iteration) -> metrics logged as eval/<name>
+PolicyEvalFn = Callable[[models.ModelConfig, Any, int], dict[str, float]]
+
+
+def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike],
+              evaluate: Optional[PolicyEvalFn] = None) -> PPOState:
     """PPO (PPO-ptx when ptx.gamma > 0) as `config` says (experiments/configs/ppo.py), in `workdir`.
 
     Rerunning with the same config and workdir resumes from the latest checkpoint (policy, value
     model, optimizer states, KL coefficient, data position) and gives the result of an
-    uninterrupted run. Returns the final `PPOState`.
+    uninterrupted run. `evaluate` runs every `eval.every_steps` iterations and after the last one
+    on the policy's language model (the pipeline measures held-out pass rates along the run).
+    Returns the final `PPOState`.
     """
     parallel.initialize_distributed(config.parallel.multi_host)
     workdir = Workdir.at(workdir)
@@ -239,10 +246,14 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     def export(state: PPOState) -> None:
         export_model(workdir.export, cfg, rollout_lib.lm_params(state.policy.params), tokenizer)
 
+    def eval_fn(state: PPOState, step: int) -> dict[str, float]:
+        return evaluate(cfg, rollout_lib.lm_params(state.policy.params), step)
+
     train_iterator = PromptsAndText(iter(prompts), None if text is None else iter(text))
     try:
         return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir, step_fn=step_fn,
                         init_state=init_state, abstract_state=abstract, train_iterator=train_iterator, rng=train_rng,
+                        eval_fn=eval_fn if evaluate is not None else None,
                         export_fn=export if config.export else None, name="ppo")
     finally:
         train_iterator.close()
