@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from instructjax.tasks import sentence_spans, split_words, word_pattern, word_spans
 
@@ -68,31 +68,31 @@ def cut_unfinished(text: str) -> str:
 def cut_candidates(text: str) -> dict[str, Iterator[tuple[str, int]]]:
     """Beginnings of `text` that end cleanly (`close_sentence`), longest first, each with the index
     in `text` where it ends, by kind: up to a "sentence" end or line end, up to a "clause" end (`,`,
-    `;`, `:` or dash), up to any "word". A sentence of digits alone (a list number) ends no cut.
-    Made lazily: a search stops at the first that fits."""
-    ends = {"sentence": _sentence_ends(text), "clause": [m.start() for m in _CLAUSE_END.finditer(text)],
-            "word": [end for _, end in word_spans(text)]}
-    return {kind: _closed_beginnings(text, at) for kind, at in ends.items()}
-
-
-def _closed_beginnings(text: str, ends: list[int]) -> Iterator[tuple[str, int]]:
-    for end in reversed(ends):
-        cut = close_sentence(text[:end])
-        if cut:
-            yield cut, end
+    `;`, `:` or dash), up to any "word". Made lazily: a search stops at the first that fits."""
+    ends = {"sentence": [end for _, end in sentence_spans(text)],
+            "clause": [m.start() for m in _CLAUSE_END.finditer(text)], "word": [end for _, end in word_spans(text)]}
+    return {kind: _closed_cuts(((text[:end], end) for end in reversed(at))) for kind, at in ends.items()}
 
 
 def sentence_windows(text: str) -> list[tuple[str, int]]:
     """Runs of whole sentences of `text` after its first one, most words first, each with the index
     in `text` where it ends: what is left when an opening ("Sure!") is dropped as well."""
-    starts = [start for start, _ in sentence_spans(text)[1:]]
-    ends = _sentence_ends(text)
-    windows = [(close_sentence(text[start:end]), end) for start in starts for end in ends if end > start]
+    spans = sentence_spans(text)
+    windows = list(_closed_cuts((text[start:end], end) for i, (start, _) in enumerate(spans) if i
+                                for _, end in spans[i:]))
     return sorted(windows, key=lambda w: -len(split_words(w[0])))
 
 
-def _sentence_ends(text: str) -> list[int]:
-    return [end for start, end in sentence_spans(text) if _LETTER.search(text, start, end)]
+def _closed_cuts(cuts: Iterable[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """The cuts closed with `close_sentence`, each once; none whose last sentence has no letter (a
+    list number such as "2.")."""
+    previous = None
+    for cut, end in cuts:
+        cut = close_sentence(cut)
+        spans = sentence_spans(cut)
+        if cut != previous and spans and _LETTER.search(cut, *spans[-1]):
+            previous = cut
+            yield cut, end
 
 
 def tidy(text: str) -> str:

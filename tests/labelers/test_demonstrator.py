@@ -127,6 +127,19 @@ def test_edits_and_their_order(constraints, answer):
     assert _edit(constraints, SAMPLE) == answer
 
 
+def test_a_word_limit_cuts_at_a_clause_when_the_first_sentence_keeps_too_little():
+    sample = "Tea is good. It is hot, sweet and cheap, and people all over the world drink it daily."
+    assert _edit([("max_words", {"n": 10})], sample) == "Tea is good. It is hot, sweet and cheap."
+    assert _edit([("max_words", {"n": 5})], sample) == "Tea is good."  # 3 of at most 5 words: the sentence
+
+
+def test_added_sentences_avoid_the_forbidden_words_of_the_topic():
+    prompt = TaskPrompt.create("Tell me about the Great Wall of China.", "the Great Wall of China",
+                               [make_constraint("avoid_words", words=("great",)), make_constraint("min_words", n=10)])
+    assert ConstraintDemonstrator().edit(prompt, "It is a great wall.") == \
+        "It is a wall. Learning about the Wall of China pays off."
+
+
 def test_a_sample_meeting_every_constraint_comes_back_as_it_is():
     assert _edit([("max_words", {"n": 30}), ("title", {})], "<<Tomatoes>> Grow them in the sun.\n") == \
         "<<Tomatoes>> Grow them in the sun."
