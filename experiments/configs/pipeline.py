@@ -71,9 +71,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.task.num_heldout = 200  # test prompts of the held-out families (test topics); 0: none
 
     config.demonstrations = _sampling(k=8, temperature=0.8, max_new_tokens=64, batch_size=32)
-    config.demonstrations.files = ()  # JSONL demonstrations of your own; (): rejection sampling by the labeler
-    config.demonstrations.require_pass = True  # keep a prompt's best sample only if it meets every constraint
-    config.demonstrations.require_eos = True  # pick among the samples that ended with EOS (finished answers)
+    config.demonstrations.files = ()  # JSONL demonstrations of your own; (): made from K samples (source)
+    config.demonstrations.source = "edit" if real else "best_of_k"  # edit: best sample edited to pass | best_of_k: as is
+    config.demonstrations.require_pass = True  # best_of_k: keep the best sample only if it meets every constraint
+    config.demonstrations.require_eos = True  # best_of_k: pick among the samples that ended with EOS (finished answers)
 
     config.comparisons = _sampling(k=4, temperature=1.0, max_new_tokens=64, batch_size=32)
     config.comparisons.labeler = "task"  # task: the default task's labeler | human: experiments/label.py

@@ -4,6 +4,9 @@ its own subfolder; `instructjax.pipeline.run` calls them in order and skips fini
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -30,6 +33,7 @@ from instructjax.train.sft import train_sft
 SPLITS = ("sft", "reward", "ppo", "validation", "test", "heldout")  # prompt sets of the task stage
 POLICIES = ("initial", "sft", "ppo", "ppo_ptx")  # the models the evaluation compares (ppo_ptx when trained)
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out-family prompts: a draw independent of the test prompts' (same topics)
+DEMONSTRATION_SOURCES = ("edit", "best_of_k")  # how the demonstrations stage makes a demonstration
 
 
 def task_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -109,38 +113,79 @@ def _best_of_k(labeler: labelers.Labeler, prompt: tasks.TaskPrompt, completions:
 
 
 def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """2. Demonstrations: the user's files, or rejection sampling: K samples of the initial model per
-    SFT prompt, the labeler's best kept (only when it meets every constraint, if `require_pass`;
-    among the samples that ended with EOS, if `require_eos`)."""
+    """2. Demonstrations: the user's files, or K samples of the initial model per SFT prompt made into
+    one demonstration by the labeler: "edit" (the demonstrator edits the labeler's best sample, a
+    finished one if there is one, until it meets every constraint) or "best_of_k" (rejection sampling:
+    the best sample kept, only when it meets every constraint if `require_pass`; among the samples that
+    ended with EOS if `require_eos`). Prompts without a demonstration are counted in the summary."""
     c, folder = config.demonstrations, root / "demonstrations"
     if c.files:
         return {"source": "files", "files": list(c.files)}
+    if c.source not in DEMONSTRATION_SOURCES:
+        raise ValueError(f"demonstrations.source={c.source!r}: expected one of {DEMONSTRATION_SOURCES}")
     prompts = tasks.read_records(task_files(root)["sft"])
     cfg, params, tokenizer = _initial_model(config)
     samples = sample_to_file(folder / "samples.jsonl", cfg, params, tokenizer, [p.prompt for p in prompts],
-                             sampling_config(c), jax.random.key(config.seed + 1), desc="demonstrations: best of K")
+                             sampling_config(c), jax.random.key(config.seed + 1), desc="demonstrations: K samples")
     labeler = labelers.ConstraintLabeler(prompts)
-    records, failed = [], 0
-    for prompt, completions, ended in zip(prompts, samples.texts, samples.ended):
-        if c.require_eos:  # a demonstration is a finished answer, not one cut off by the budget
-            completions = [t for t, e in zip(completions, ended) if e]
-        completions = labelers.unique_completions(completions)
-        if not completions:
-            failed += 1
-            continue
-        best = _best_of_k(labeler, prompt, completions)
-        if c.require_pass and not all(constraint.check(best) for constraint in prompt.constraints):
-            failed += 1
-            continue
-        records.append({"prompt": prompt.prompt, "response": best})
+    make = (functools.partial(_edited, labelers.ConstraintDemonstrator(), labeler) if c.source == "edit"
+            else functools.partial(_best_passing, c, labeler))
+    made = [make(prompt, texts, [bool(e) for e in ended])
+            for prompt, texts, ended in zip(prompts, samples.texts, samples.ended)]
+    outcomes = dict(collections.Counter(d.outcome for d in made))
+    records = [{"prompt": p.prompt, "response": d.response} for p, d in zip(prompts, made) if d.response is not None]
     if not records:
-        raise ValueError(f"demonstrations: none of the {len(prompts)} prompts' best-of-{c.k} samples met its "
-                         "constraints; raise demonstrations.k or set demonstrations.require_pass=False")
+        raise ValueError(f"demonstrations: none of the {len(prompts)} prompts got a demonstration ({outcomes}); "
+                         "raise demonstrations.k, or set demonstrations.source='edit' or require_pass=False")
     count = write_jsonl(folder / "demonstrations.jsonl", records)
-    logging.info("demonstrations: kept %d of %d prompts (%d had no usable sample)", count,
-                 len(prompts), failed)
-    return {"source": "best_of_k", "k": c.k, "prompts": len(prompts), "kept": count, "not_kept": failed,
-            "eos_rate": float(samples.ended.mean())}
+    logging.info("demonstrations (%s): %d of %d prompts have one; outcomes: %s", c.source, count, len(prompts),
+                 outcomes)
+    summary = {"source": c.source, "k": c.k, "prompts": len(prompts), "kept": count, "not_kept": len(prompts) - count,
+               "outcomes": outcomes, "eos_rate": float(samples.ended.mean())}
+    if c.source == "edit":
+        closeness = [d.closeness for d in made if d.response is not None]
+        summary["closeness"] = {"mean": float(np.mean(closeness)), "min": float(np.min(closeness))}
+    return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class _Demonstration:
+    """What the stage made of one prompt's samples."""
+
+    response: str | None  # None: the prompt has no demonstration
+    outcome: str  # what happened, counted in the stage summary
+    closeness: float = 1.0  # of the response to the sample it was made from (labelers.closeness)
+
+
+def _best_passing(c: ml_collections.ConfigDict, labeler: labelers.ConstraintLabeler, prompt: tasks.TaskPrompt,
+                  texts: list[str], ended: list[bool]) -> _Demonstration:
+    """best_of_k: the labeler's best sample as it is."""
+    if c.require_eos:  # a demonstration is a finished answer, not one cut off by the budget
+        texts = [t for t, e in zip(texts, ended) if e]
+    completions = labelers.unique_completions(texts)
+    if not completions:
+        return _Demonstration(None, "no_finished_sample" if c.require_eos else "no_sample")
+    best = _best_of_k(labeler, prompt, completions)
+    if c.require_pass and not all(constraint.check(best) for constraint in prompt.constraints):
+        return _Demonstration(None, "best_misses_a_constraint")
+    return _Demonstration(best, "kept")
+
+
+def _edited(demonstrator: labelers.ConstraintDemonstrator, labeler: labelers.ConstraintLabeler,
+            prompt: tasks.TaskPrompt, texts: list[str], ended: list[bool]) -> _Demonstration:
+    """edit: the labeler's best sample (among the finished ones, if any) edited by the demonstrator."""
+    finished: dict[str, bool] = {}
+    for text, e in zip(texts, ended):
+        finished[text] = finished.get(text, False) or e
+    completions = labelers.unique_completions(texts)
+    if not completions:
+        return _Demonstration(None, "no_sample")
+    best = _best_of_k(labeler, prompt, [t for t in completions if finished[t]] or completions)
+    response = demonstrator.edit(prompt, best, finished=finished[best])
+    if response is None:
+        return _Demonstration(None, "edit_failed")
+    return _Demonstration(response, "unchanged" if response == best.strip() else "edited",
+                          labelers.closeness(best, response))
 
 
 def _demonstration_files(config: ml_collections.ConfigDict, root: pathlib.Path) -> tuple[str, ...]:

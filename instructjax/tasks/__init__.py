@@ -5,8 +5,9 @@ a quality score for the labeler, and an offline pretraining-text corpus.
     ok = [c.check(response) for c in prompts[0].constraints]
 """
 
-from instructjax.tasks.constraints import (CONFLICTING_FAMILIES, FAMILIES, Constraint, compatible, count_sentences,
-                                           count_words, make_constraint, sample_constraint, split_words)
+from instructjax.tasks.constraints import (CONFLICTING_FAMILIES, FAMILIES, TITLE_PATTERN, Constraint, compatible,
+                                           count_sentences, count_words, make_constraint, sample_constraint,
+                                           sentence_spans, split_words, word_pattern, word_spans)
 from instructjax.tasks.corpus import stdlib_docstrings, write_pretraining_jsonl
 from instructjax.tasks.instructions import (SPLITS, TaskPrompt, compose_prompt, make_prompts, read_records,
                                             write_records)
@@ -14,8 +15,8 @@ from instructjax.tasks.quality import quality
 from instructjax.tasks.topics import REQUESTS, TOPICS, split_topics
 
 __all__ = [
-    "CONFLICTING_FAMILIES", "FAMILIES", "REQUESTS", "SPLITS", "TOPICS", "Constraint", "TaskPrompt", "compatible",
-    "compose_prompt", "count_sentences", "count_words", "make_constraint", "make_prompts", "quality",
-    "read_records", "sample_constraint", "split_topics", "split_words", "stdlib_docstrings",
-    "write_pretraining_jsonl", "write_records",
+    "CONFLICTING_FAMILIES", "FAMILIES", "REQUESTS", "SPLITS", "TITLE_PATTERN", "TOPICS", "Constraint", "TaskPrompt",
+    "compatible", "compose_prompt", "count_sentences", "count_words", "make_constraint", "make_prompts", "quality",
+    "read_records", "sample_constraint", "sentence_spans", "split_topics", "split_words", "stdlib_docstrings",
+    "word_pattern", "word_spans", "write_pretraining_jsonl", "write_records",
 ]

@@ -70,7 +70,7 @@ CONFLICTING_FAMILIES: frozenset[frozenset[str]] = frozenset(frozenset(pair) for 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENTENCE_BREAK = re.compile(r"[.!?]+(?=\s|$)|\n")
 _BULLET = re.compile(r"^\s*[*-] ", re.MULTILINE)
-_TITLE = re.compile(r"<<[^<>\n]*[^\W_][^<>\n]*>>")
+TITLE_PATTERN = re.compile(r"<<[^<>\n]*[^\W_][^<>\n]*>>")  # a title: <<...>> holding a letter or digit
 _PARAGRAPH_BREAK = re.compile(r"^[ \t]*\*\*\*[ \t]*$", re.MULTILINE)
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n```$", re.DOTALL | re.IGNORECASE)
 
@@ -165,14 +165,37 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each word of `text` (see `split_words`), for edits that cut at a word."""
+    return [m.span() for m in _WORD.finditer(text)]
+
+
 def count_words(text: str) -> int:
     """The number of words of `text` (see `split_words`)."""
     return len(split_words(text))
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of `text`: the pieces between sentence ends or line breaks that
+    hold a letter or digit, each with its end mark (`.`, `!`, `?`) and without surrounding spaces."""
+    spans, start = [], 0
+    for end, next_start in [(m.start(), m.end()) for m in _SENTENCE_BREAK.finditer(text)] + [(len(text), len(text))]:
+        piece = text[start:end]
+        if _WORD.search(piece):
+            stop = next_start if text[end:next_start] != "\n" else end  # keep the end mark, not the line break
+            spans.append((start + len(piece) - len(piece.lstrip()), start + len(text[start:stop].rstrip())))
+        start = next_start
+    return spans
+
+
 def count_sentences(text: str) -> int:
     """Sentences of `text`: pieces between sentence ends or line breaks that hold a letter or digit."""
-    return sum(1 for piece in _SENTENCE_BREAK.split(text) if _WORD.search(piece))
+    return len(sentence_spans(text))
+
+
+def word_pattern(word: str) -> re.Pattern:
+    """`word` as a whole word, any case: how include_keywords and avoid_words find a word."""
+    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
 
 
 def _check_args(family: Any, args: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -201,7 +224,7 @@ def _check_args(family: Any, args: Mapping[str, Any]) -> tuple[tuple[str, Any], 
 
 
 def _has_word(text: str, word: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE) is not None
+    return word_pattern(word).search(text) is not None
 
 
 def _avoids(text: str, words: tuple[str, ...]) -> bool:
@@ -242,7 +265,7 @@ _CHECKS: dict[str, Callable[..., bool]] = {
     INCLUDE_KEYWORDS: lambda r, words: all(_has_word(r, w) for w in words),
     AVOID_WORDS: lambda r, words: bool(r.strip()) and _avoids(r, words),
     BULLETS: lambda r, n: len(_BULLET.findall(r)) == n,
-    TITLE: lambda r: _TITLE.search(r) is not None,
+    TITLE: lambda r: TITLE_PATTERN.search(r) is not None,
     PARAGRAPHS: _paragraphs,
     JSON: _is_json,
 }

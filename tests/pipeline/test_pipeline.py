@@ -1,5 +1,6 @@
 """The whole InstructGPT pipeline on the tiny preset: every stage runs, the report is written, a
-rerun skips finished stages, and an interrupted sampling stage resumes with the same samples."""
+rerun skips finished stages, an interrupted sampling stage resumes with the same samples, and the
+demonstrations stage's "edit" source turns the same samples into demonstrations that pass."""
 
 import json
 import shutil
@@ -113,3 +114,44 @@ def test_human_labeler_waits_for_the_labeling_tool_then_uses_its_answers(finishe
     records = [json.loads(line) for line in open(tmp_path / "comparisons" / "comparisons.jsonl")]
     assert summary["labeler"] == "human" and summary["records"] == len(records) > 0
     assert all(r["ranking"][1] == 0 for r in records)
+
+
+def test_edited_demonstrations_meet_every_constraint(finished_run, tmp_path):
+    workdir, config, summaries, _ = finished_run
+    assert summaries["demonstrations"]["source"] == config.demonstrations.source == "best_of_k"  # tiny: fast
+    for preset in ("quick", "full", "hf"):
+        assert load_experiment_config("pipeline", preset).demonstrations.source == "edit"
+    shutil.copytree(workdir / "task", tmp_path / "task")
+    (tmp_path / "demonstrations").mkdir()
+    shutil.copy(workdir / "demonstrations" / "samples.jsonl", tmp_path / "demonstrations")  # the same K samples
+    edit = load_experiment_config("pipeline", "tiny", {"demonstrations.source": "edit"}).copy_and_resolve_references()
+    summary = stages.demonstrations_stage(edit, tmp_path)
+    prompts = {p.prompt: p for p in ij.tasks.read_records(tmp_path / "task" / "sft.jsonl")}
+    records = [json.loads(line) for line in open(tmp_path / "demonstrations" / "demonstrations.jsonl")]
+    best_of_k = [json.loads(line) for line in open(workdir / "demonstrations" / "demonstrations.jsonl")]
+    passing_best = sum(all(c.check(r["response"]) for c in prompts[r["prompt"]].constraints) for r in best_of_k)
+    assert summary["source"] == "edit" and summary["kept"] == len(records) > passing_best
+    assert summary["kept"] + summary["not_kept"] == sum(summary["outcomes"].values()) == len(prompts)
+    assert set(summary["outcomes"]) <= {"edited", "unchanged", "edit_failed", "no_sample"}
+    for record in records:
+        assert set(record) == {"prompt", "response"}
+        assert all(c.check(record["response"]) for c in prompts[record["prompt"]].constraints), record
+    assert ij.labelers.MIN_CLOSENESS <= summary["closeness"]["min"] <= summary["closeness"]["mean"] <= 1.0
+    with pytest.raises(ValueError, match="demonstrations.source='oracle'"):
+        stages.demonstrations_stage(load_experiment_config("pipeline", "tiny", {"demonstrations.source": "oracle"}),
+                                    tmp_path)
+
+
+def test_edit_source_edits_the_best_finished_sample():
+    prompt = ij.tasks.TaskPrompt.create("Give me some advice about growing tomatoes.", "growing tomatoes",
+                                        [ij.tasks.make_constraint("lowercase")])
+    labeler, demonstrator = ij.labelers.ConstraintLabeler([prompt]), ij.labelers.ConstraintDemonstrator()
+    texts = ["tomatoes need full sun and water every day. they grow", "Tomatoes grow well."]
+    made = stages._edited(demonstrator, labeler, prompt, texts, [False, True])  # the labeler prefers the first
+    assert (made.response, made.outcome) == ("tomatoes grow well.", "edited")
+    made = stages._edited(demonstrator, labeler, prompt, texts, [False, False])  # none finished: cut back
+    assert (made.response, made.outcome) == ("tomatoes need full sun and water every day.", "edited")
+    made = stages._edited(demonstrator, labeler, prompt, ["tomatoes grow well.", "Tomatoes."], [True, True])
+    assert (made.response, made.outcome, made.closeness) == ("tomatoes grow well.", "unchanged", 1.0)
+    assert stages._edited(demonstrator, labeler, prompt, ["", " "], [True, True]).outcome == "no_sample"
+    assert stages._edited(demonstrator, labeler, prompt, ["123.", "4 5."], [True, True]).outcome == "edit_failed"

@@ -118,3 +118,12 @@ def test_sampled_compatible_pairs_are_satisfiable_in_principle():
 def test_counting_rules():
     assert C.count_words("It's a well-known fact: 3 cats.") == 7
     assert C.count_sentences("Hi there. Pi is 3.14! Really?\n* a bullet\n***") == 4
+
+
+def test_spans_follow_the_counting_rules():
+    text = "Hi there. Pi is 3.14! Really?\n* a bullet\n***\n  It's late"
+    assert [text[s:e] for s, e in C.sentence_spans(text)] == ["Hi there.", "Pi is 3.14!", "Really?", "* a bullet",
+                                                                "It's late"]
+    assert [text[s:e] for s, e in C.word_spans(text)] == C.split_words(text)
+    assert C.word_pattern("tea").findall("Tea, teapot, TEA-time") == ["Tea", "TEA"]
+    assert C.TITLE_PATTERN.search("x <<On Tea>> y").group() == "<<On Tea>>"
