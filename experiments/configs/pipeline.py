@@ -60,7 +60,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     config.task = ml_collections.ConfigDict()  # the default task: instructions with verifiable constraints
     config.task.seed = 0  # seed of the prompt templates
-    config.task.num_sft = 256  # training prompts for demonstrations (rejection sampling)
+    config.task.num_sft = 256  # training prompts for demonstrations (K samples each)
     config.task.num_reward = 256  # training prompts for comparisons
     config.task.num_ppo = 512  # training prompts for PPO
     config.task.num_validation = 64  # validation prompts

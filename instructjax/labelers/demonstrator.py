@@ -18,9 +18,10 @@ The edits, in this order, each only where its constraint needs it:
    A cut that would keep fewer than `MIN_ANSWER_WORDS` words (a bare "Sure!") takes the longest run
    of later whole sentences that fits instead;
 5. include_keywords: one short sentence names the missing keywords ("In two words: time and
-   practice."); min_words, min_sentences, bullets, paragraphs: short sentences about the prompt's
-   topic are added until there are enough words and sentences; where a new sentence would break a
-   limit, it is joined to the last sentence as a clause instead;
+   practice."); min_words: the sentences the cut removed come back first, joined to the last one
+   with a semicolon where they fit; min_words, min_sentences, bullets, paragraphs: short sentences
+   about the prompt's topic are added until there are enough words and sentences; where a new
+   sentence would break a limit, it is joined to the last sentence as a clause instead;
 6. layout: bullets and paragraphs lay the sentences out anew (`edits.reflow`), the title goes on
    top (on the first line, or before the first sentence under max_sentences), the end phrase last;
 7. format: json wraps the answer as {"answer": ...}, lowercase / uppercase convert it, quoted wraps

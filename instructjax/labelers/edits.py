@@ -18,8 +18,7 @@ under between through after before during like than then if when while because s
 whose this these those its their his her my your our is are was were be been being will would can could should
 must may might not""".split())
 _TITLE_SMALL = frozenset("a an the and or of to in on at for with from by".split())  # lowercase inside titles
-_TERMINATED = re.compile(r"[.!?][\"'”’)\]]*$")  # ends with a sentence end mark, closing quotes allowed
-_END_MARK = re.compile(r"[.!?]+[\"'”’)\]]*$")
+_END_MARK = re.compile(r"[.!?]+[\"'”’)\]]*$")  # a sentence end mark at the end, closing quotes allowed
 _TRAILING = re.compile(r"[\s,;:\-–—(\[{/&]+$")  # what a cut leaves dangling at its end
 _LETTER = re.compile(r"[^\W\d_]")
 _CLAUSE_END = re.compile(r"(?<=[^\W_])[\"'”’)\]]*(?:[,;:]|\s+[-–—])(?=\s)")
@@ -31,7 +30,7 @@ _AT_SENTENCE_START = re.compile(r"(?:^|[.!?][\"'”’)\]]*\s+|\n[ \t]*)$")
 
 def is_terminated(text: str) -> bool:
     """Whether `text` ends with `.`, `!` or `?` (closing quotes or brackets after it allowed)."""
-    return _TERMINATED.search(text.rstrip()) is not None
+    return _END_MARK.search(text.rstrip()) is not None
 
 
 def close_sentence(text: str) -> str:

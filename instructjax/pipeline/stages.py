@@ -135,8 +135,9 @@ def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) 
     outcomes = dict(collections.Counter(d.outcome for d in made))
     records = [{"prompt": p.prompt, "response": d.response} for p, d in zip(prompts, made) if d.response is not None]
     if not records:
+        hint = "set demonstrations.source='edit' or require_pass=False" if c.source == "best_of_k" else "raise k"
         raise ValueError(f"demonstrations: none of the {len(prompts)} prompts got a demonstration ({outcomes}); "
-                         "raise demonstrations.k, or set demonstrations.source='edit' or require_pass=False")
+                         f"{hint}")
     count = write_jsonl(folder / "demonstrations.jsonl", records)
     logging.info("demonstrations (%s): %d of %d prompts have one; outcomes: %s", c.source, count, len(prompts),
                  outcomes)

@@ -109,6 +109,9 @@ SAMPLE = 'Tomatoes need full sun, warm soil and regular watering. Really, they a
     ([("end_phrase", {"phrase": "Hope this helps!"})], SAMPLE + " Hope this helps!"),
     ([("include_keywords", {"words": ("time", "sun")})], SAMPLE + " In a word: time."),
     ([("title", {}), ("uppercase", {})], "<<GROWING TOMATOES>>\n" + SAMPLE.upper()),  # the title is uppercased too
+    # under a sentence limit the title opens the first sentence instead of a line (a sentence) of its own
+    ([("title", {}), ("max_sentences", {"n": 1})],
+     "<<Growing Tomatoes>> Tomatoes need full sun, warm soil and regular watering."),
     ([("bullets", {"n": 2})], "* Tomatoes need full sun, warm soil and regular watering. Really, they are very easy "
                               "to grow!\n* Pick them red."),
     ([("json", {}), ("uppercase", {})], json.dumps({"ANSWER": SAMPLE.upper()})),
@@ -138,6 +141,19 @@ def test_added_sentences_avoid_the_forbidden_words_of_the_topic():
                                [make_constraint("avoid_words", words=("great",)), make_constraint("min_words", n=10)])
     assert ConstraintDemonstrator().edit(prompt, "It is a great wall.") == \
         "It is a wall. Learning about the Wall of China pays off."
+
+
+def test_the_end_phrase_ends_the_answer_once():
+    sample = "Tomatoes need sun. Hope this helps! Ask me more."
+    assert _edit([("end_phrase", {"phrase": "Hope this helps!"})], sample) == "Tomatoes need sun. Hope this helps!"
+
+
+def test_topic_sentences_fit_every_family():
+    rng = random.Random(0)
+    avoided = {w for _ in range(100) for w in tasks.sample_constraint("avoid_words", rng).arg("words")}
+    for sentence in labelers.demonstrator.TOPIC_SENTENCES:
+        assert "," not in sentence and not avoided & set(tasks.split_words(sentence))
+        assert len(tasks.split_words(sentence.format(topic=""))) <= 6  # one fits between min and max words
 
 
 def test_a_sample_meeting_every_constraint_comes_back_as_it_is():
