@@ -24,6 +24,7 @@ from instructjax.rewards.trainer import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.ppo import train_ppo
+from instructjax.train.ppo_rewards import uses_model
 from instructjax.train.sft import train_sft
 
 SPLITS = ("sft", "reward", "ppo", "validation", "test")  # prompt sets of the task stage
@@ -193,11 +194,13 @@ def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[
 
 
 def ppo_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """6. PPO from the SFT policy against the reward model (PPO-ptx on the corpus when ptx.gamma > 0)."""
+    """6. PPO from the SFT policy against the reward model, or reward functions, or both, as
+    `ppo.reward.source` says (PPO-ptx on the corpus when ptx.gamma > 0)."""
     c, files = config.ppo, task_files(root)
     with c.unlocked():
         c.init.source, c.init.path = "workdir", str(root / "sft")
-        c.reward.source, c.reward.path = "model", str(root / "reward")
+        if uses_model(c.reward.source):
+            c.reward.path = str(root / "reward")
         c.data.train_files = (str(files["ppo_prompts"]),)
         if c.ptx.gamma > 0:
             if config.ptx_corpus.source != "stdlib":

@@ -1,5 +1,6 @@
 """The whole InstructGPT pipeline on the tiny preset: every stage runs, the report is written, a
-rerun skips finished stages, and an interrupted sampling stage resumes with the same samples."""
+rerun skips finished stages, and an interrupted sampling stage resumes with the same samples; the
+PPO stage honours a reward-function source."""
 
 import json
 import shutil
@@ -12,6 +13,7 @@ import instructjax as ij
 from instructjax.pipeline import stages
 from instructjax.pipeline.files import sample_to_file
 from instructjax.testing.experiments import load_experiment_config
+from instructjax.train import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +101,20 @@ def test_human_labeler_waits_for_the_labeling_tool_then_uses_its_answers(finishe
     records = [json.loads(line) for line in open(tmp_path / "comparisons" / "comparisons.jsonl")]
     assert summary["labeler"] == "human" and summary["records"] == len(records) > 0
     assert all(r["ranking"][1] == 0 for r in records)
+
+
+def test_ppo_stage_with_reward_functions_needs_no_reward_model(finished_run, tmp_path):
+    workdir, *_ = finished_run
+    assert json.loads((workdir / "ppo" / "config.json").read_text())["reward"]["path"] == str(workdir / "reward")
+    for stage in ("task", "sft"):  # what the PPO stage reads; no reward stage
+        shutil.copytree(workdir / stage, tmp_path / stage)
+    function = "instructjax.tasks.rewards:constraint_fraction"
+    config = load_experiment_config("pipeline", "tiny", {"ppo.reward.source": "function",
+                                                         "ppo.reward.function": function})
+    stages.ppo_stage(config.copy_and_resolve_references(), tmp_path)
+    reward = json.loads((tmp_path / "ppo" / "config.json").read_text())["reward"]
+    assert (reward["source"], reward["function"], reward["path"]) == ("function", function, "")
+    records = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
+    assert len(records) == config.ppo.num_steps
+    assert all(0.0 <= r["train/score/constraint_fraction"] <= 1.0 for r in records)
+    assert "train/score/model" not in records[0]
