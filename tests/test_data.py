@@ -215,7 +215,7 @@ def test_prompt_batches_carry_record_indices_that_find_the_prompt_on_a_mesh():
                     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Tea?"}],
          "source": "mem:5"}]
     mesh = parallel.make_mesh((-1, 1, 1))
-    it = iter(data.prompt_loader(records, TOK, data.PromptConfig(max_prompt_len=64),
+    it = iter(data.prompt_loader(records, TOK, data.PromptConfig(max_prompt_len=128),
                                  data.LoaderConfig(batch_size=8, seed=1), mesh))
     for _ in range(3):  # 24 rows of 6 records: four epochs
         batch = next(it)
@@ -224,6 +224,7 @@ def test_prompt_batches_carry_record_indices_that_find_the_prompt_on_a_mesh():
         assert [records[i]["source"] for i in index] == batch["source"].tolist()
         want = ["Tea?" if i == 5 else f"Question {i}?" for i in index]
         assert data.prompt_texts(records, index) == want
+    assert it.stats["records"] >= 24 and "dropped_overlong" not in it.stats
     with pytest.raises(ValueError, match="mem:9: a prompt of chat messages without a user message"):
         data.prompt_texts([{"prompt": [{"role": "system", "content": "Be brief."}], "source": "mem:9"}], [0])
 

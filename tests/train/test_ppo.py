@@ -228,4 +228,5 @@ def test_a_reward_on_the_first_response_character_is_learned(tmp_path):
                            "export": False})
     ij.train.train_ppo(config, tmp_path / "run")
     scores = [r["train/score"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
-    assert np.mean(scores[-3:]) - np.mean(scores[:3]) > 0.3, scores  # noise: about 0.05 (192 episodes a side)
+    rise = np.mean(scores[-3:]) - np.mean(scores[:3])  # its noise: about 0.05 (192 episodes a side)
+    assert rise > 0.3, f"rise {rise:.2f}, scores {np.round(scores, 2).tolist()}"

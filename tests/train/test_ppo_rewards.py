@@ -44,6 +44,8 @@ def test_sources_in_order_with_one_weight_each(fields, in_graph, names, weights)
     ({"source": "function", "function": "nope.nothing:fn"}, "cannot import 'nope.nothing'"),
     ({"source": "function", "function": FN, "weights": (1.0, 2.0)},
      "reward.weights=\\(1.0, 2.0\\): expected 1 weights, one per reward source \\('constraint_fraction',\\)"),
+    ({"source": "model+function", "function": FN, "path": "rm", "weights": (1.0,)},
+     "expected 2 weights, one per reward source \\('model', 'constraint_fraction'\\)"),
     ({"source": "function", "function": FN, "weights": (True,)}, "True is not a finite number"),
     ({"source": "function", "function": FN, "weights": (float("nan"),)}, "nan is not a finite number"),
 ])
