@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from instructjax import data, datasets
+from instructjax import data, datasets, parallel
 from instructjax.models import Transformer, get_preset, init_params
 from instructjax.testing import tiny_tokenizer
 
@@ -206,6 +206,29 @@ def test_prompts_are_left_padded_with_their_text():
     assert it.stats == {"records": 2, "truncated": 1}
 
 
+def test_prompt_batches_carry_record_indices_that_find_the_prompt_on_a_mesh():
+    """Rows of global batches over 8 devices, past the first epoch: each row's `index` finds its own
+    record (`source` agrees), and `prompt_texts` gives the prompt as the data has it (chat: the last
+    user message)."""
+    records = [{"prompt": f"Question {i}?", "source": f"mem:{i}"} for i in range(5)] + [
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                    {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Tea?"}],
+         "source": "mem:5"}]
+    mesh = parallel.make_mesh((-1, 1, 1))
+    it = iter(data.prompt_loader(records, TOK, data.PromptConfig(max_prompt_len=128),
+                                 data.LoaderConfig(batch_size=8, seed=1), mesh))
+    for _ in range(3):  # 24 rows of 6 records: four epochs
+        batch = next(it)
+        assert isinstance(batch["index"], jax.Array) and len(batch["index"].addressable_shards) == 8
+        index = np.asarray(batch["index"])
+        assert [records[i]["source"] for i in index] == batch["source"].tolist()
+        want = ["Tea?" if i == 5 else f"Question {i}?" for i in index]
+        assert data.prompt_texts(records, index) == want
+    assert it.stats["records"] >= 24 and "dropped_overlong" not in it.stats
+    with pytest.raises(ValueError, match="mem:9: a prompt of chat messages without a user message"):
+        data.prompt_texts([{"prompt": [{"role": "system", "content": "Be brief."}], "source": "mem:9"}], [0])
+
+
 def test_a_repeating_loader_that_drops_every_record_fails_instead_of_hanging():
     records = [{"prompt": "x" * 50, "source": f"mem:{i}"} for i in range(3)]
     loader = data.prompt_loader(records, TOK, data.PromptConfig(max_prompt_len=20),
@@ -301,6 +324,8 @@ def test_hosts_get_disjoint_equal_shards(monkeypatch, built):
         batches = list(loader)
         assert all(b["tokens"].shape == (2, 256) for b in batches)  # 6 rows over 3 hosts
         texts.append([s for b in batches for s in b["source"] if s])
+        found = [source[int(i)]["source"].decode() for b in batches for i, m in zip(b["index"], b["mask"]) if m.any()]
+        assert found == texts[-1]  # every host finds its rows' records by index
     assert [len(t) for t in texts] == [13, 13, 13]  # 40 records, 1 left out so that hosts stay equal
     assert len(set().union(*texts)) == 39
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):

@@ -7,7 +7,9 @@ CPU), `full` (a longer run of the same) and `hf` (an HF checkpoint directory giv
         --config.init.path=/path/to/hf_dir
 
 The stage sections `sft`, `reward` and `ppo` are the configs of experiments/configs/{sft,reward,ppo}.py;
-the pipeline fills in their data files and initial checkpoints from the earlier stages.
+the pipeline fills in their data files and initial checkpoints from the earlier stages (PPO's reward
+model only when `ppo.reward.source` reads one: `--config.ppo.reward.source=function
+--config.ppo.reward.function=instructjax.tasks.rewards:constraint_fraction` trains on the task's checker).
 """
 
 import importlib.util

@@ -5,6 +5,8 @@
     python experiments/ppo.py --config=experiments/configs/ppo.py:tiny --workdir=runs/ppo
     python experiments/ppo.py --config=experiments/configs/ppo.py:smollm2 --workdir=runs/ppo \\
         --config.init.path=runs/sft --config.reward.path=runs/rm
+    python experiments/ppo.py --config=experiments/configs/ppo.py:tiny --workdir=runs/ppo_fn \\
+        --config.reward.source=function --config.reward.function=package.module:name
 """
 
 import ml_collections
@@ -40,8 +42,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.rollout.dtype = ""  # sampling compute dtype; "": the model's
 
     config.reward = ml_collections.ConfigDict()
-    config.reward.source = "model"  # model (reward.path) | random (tiny tests) | token_count (synthetic)
+    # reward.source: "model" (reward.path), "function" (reward.function), "model+function" (their weighted
+    # sum), "random" (a random reward model, tests) or "token_count" (synthetic); docs/ppo.md
+    config.reward.source = "model"  # model | function | model+function | random | token_count (see above)
     config.reward.path = ""  # a reward workdir or an exported reward model
+    config.reward.function = ""  # "package.module:name" of fn(prompts, responses) -> scores; several: comma-separated
+    config.reward.weights = ()  # one weight per source in order (the model first, then the functions); (): all 1.0
     config.reward.token_id = 0  # token_count: the token whose occurrences in the response are the score
     config.reward.dtype = ""  # frozen reward model's params and compute dtype (bfloat16); "": the policy's
 

@@ -9,12 +9,12 @@ from instructjax.data.comparisons import ComparisonConfig, comparison_example, c
 from instructjax.data.loader import BatchIterator, Loader, LoaderConfig, Tokenized, global_batch
 from instructjax.data.packing import continuation_mask, segment_positions
 from instructjax.data.pretraining import PretrainingConfig, pretraining_loader, text_example
-from instructjax.data.prompts import PromptConfig, prompt_example, prompt_loader
+from instructjax.data.prompts import PromptConfig, prompt_example, prompt_loader, prompt_texts
 from instructjax.data.sft import SFTConfig, sft_example, sft_loader
 
 __all__ = [
     "BatchIterator", "ComparisonConfig", "Loader", "LoaderConfig", "PretrainingConfig", "PromptConfig", "SFTConfig",
     "Tokenized", "comparison_example", "comparison_loader", "continuation_mask", "global_batch", "ordered_pairs",
-    "pretraining_loader", "prompt_example", "prompt_loader", "segment_positions", "sft_example", "sft_loader",
-    "text_example",
+    "pretraining_loader", "prompt_example", "prompt_loader", "prompt_texts", "segment_positions", "sft_example",
+    "sft_loader", "text_example",
 ]

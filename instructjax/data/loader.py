@@ -130,19 +130,26 @@ def host_batch_size(config: LoaderConfig) -> int:
 
 def sharded_records(source: Sequence[Any] | grain.MapDataset, kind: str, config: LoaderConfig) -> grain.MapDataset:
     """Decoded records of this host for one epoch: shuffled globally by seed, then split evenly
-    (`tokenized_stream` repeats them for the configured epochs).
+    (`tokenized_stream` repeats them for the configured epochs). Each record carries `index`, its
+    position in `source`, so that any host can look it up again (`prompt_texts`).
 
     Each epoch drops `len % process_count` records (different ones each epoch when shuffled) so
     that every host sees the same number of records.
     """
     ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
+    ds = ds.map_with_index(functools.partial(_decode_at, kind, len(ds)))  # before the shuffle: source positions
     if config.shuffle:
         ds = ds.shuffle(seed=config.seed)
     index, count = jax.process_index(), jax.process_count()
     ds = ds[: len(ds) - len(ds) % count][index::count]
     if not len(ds):
         raise ValueError(f"no records for process {index} of {count} (the source has {len(source)})")
-    return ds.map(functools.partial(features.decode, kind))
+    return ds
+
+
+def _decode_at(kind: str, length: int, index: int, stored: dict[str, Any]) -> dict[str, Any]:
+    # a source dataset reads index i at i % length (later epochs ask for indices past the end)
+    return {**features.decode(kind, stored), "index": index % length}
 
 
 def tokenized_stream(records: grain.MapDataset, tokenize: Callable[[dict[str, Any]], Tokenized],

@@ -1,6 +1,9 @@
-"""Prompts and texts to token ids with the checkpoint's tokenizer (chat template or raw text)."""
+"""Prompts and texts to token ids with the checkpoint's tokenizer (chat template or raw text), and
+sampled ids back to response texts."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from instructjax.tokenizers import Prompt, Tokenizer
 
@@ -16,11 +19,28 @@ def prompt_text(tokenizer: Tokenizer, prompt: Prompt, chat_template: bool, sourc
     return prompt
 
 
+def user_text(prompt: Prompt, source: str = "") -> str:
+    """A prompt as reward functions get it, before any chat template: a string prompt itself; chat
+    messages: the content of the last user message (the request the response answers)."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(prompt):
+        if message["role"] == "user":
+            return message["content"]
+    raise ValueError(f"{source}: a prompt of chat messages without a user message has no text for reward functions")
+
+
 def prompt_ids(tokenizer: Tokenizer, prompt: Prompt, chat_template: bool, source: str = "") -> list[int]:
     """Token ids of the rendered prompt. A chat template writes its own special tokens (BOS);
     raw text gets the tokenizer's (its post-processor's BOS, if any)."""
     return tokenizer.encode(prompt_text(tokenizer, prompt, chat_template, source),
                             add_special_tokens=not chat_template)
+
+
+def response_texts(tokenizer: Tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+    """Sampled responses as text: the valid tokens (`mask`) without EOS, special tokens skipped."""
+    eos = tokenizer.eos_id
+    return tokenizer.decode_batch(tokens, mask & (tokens != eos) if eos is not None else mask)
 
 
 def completion_ids(tokenizer: Tokenizer, text: str) -> list[int]:

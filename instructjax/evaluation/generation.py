@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from instructjax import sampling
-from instructjax.data.render import prompt_ids
+from instructjax.data.render import prompt_ids, response_texts
 from instructjax.models import ModelConfig
 from instructjax.rewards.references import left_padded
 from instructjax.tokenizers import Prompt, Tokenizer
@@ -69,7 +69,6 @@ def iter_completions(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompt
                      desc: str = "sampling") -> Iterator[Completions]:
     """Completions of `prompts[start:]`, one batch at a time. Batch b's draws depend only on `rng`
     and b, so a run resumed at a batch boundary gives the same completions as an uninterrupted one."""
-    eos = tokenizer.eos_id
     with tqdm(total=len(prompts), initial=start, desc=desc, unit="prompt", leave=False) as bar:
         for begin, real, tokens, mask in prompt_batches(tokenizer, prompts, config, start):
             out = sample_batch(cfg, params, tokenizer, tokens, mask, config,
@@ -77,8 +76,7 @@ def iter_completions(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompt
             rows = real * config.k
             out_tokens, out_mask, ended = (np.asarray(x)[:rows] for x in jax.device_get((out.tokens, out.mask,
                                                                                           out.ended)))
-            text_mask = out_mask & (out_tokens != eos) if eos is not None else out_mask
-            texts = tokenizer.decode_batch(out_tokens, text_mask)
+            texts = response_texts(tokenizer, out_tokens, out_mask)
             yield Completions(begin, [texts[i * config.k:(i + 1) * config.k] for i in range(real)],
                               ended.reshape(real, config.k), out_mask.sum(1).reshape(real, config.k))
             bar.update(real)

@@ -48,11 +48,11 @@ def plot_ppo(root: pathlib.Path, out: pathlib.Path) -> None:
 
 
 def overoptimization_points(metrics_file: pathlib.Path) -> list[tuple[float, float, float]]:
-    """(rollout KL to SFT, validation pass rate, validation RM score) at each evaluated iteration."""
+    """(rollout KL to SFT, validation pass rate, validation RM score or NaN) at each evaluated iteration."""
     kl = dict(zip(*_series(metrics_file, "train/kl")))
     passed, scored = dict(zip(*_series(metrics_file, "eval/pass_rate"))), dict(zip(*_series(metrics_file,
                                                                                             "eval/reward_score")))
-    return [(kl[s], passed[s], scored[s]) for s in sorted(passed) if s in kl and s in scored]
+    return [(kl[s], passed[s], scored.get(s, float("nan"))) for s in sorted(passed) if s in kl]
 
 
 def plot_overoptimization(root: pathlib.Path, out: pathlib.Path) -> None:

@@ -28,6 +28,7 @@ from instructjax.rewards.trainer import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.ppo import train_ppo
+from instructjax.train.ppo_rewards import uses_model
 from instructjax.train.sft import train_sft
 
 SPLITS = ("sft", "reward", "ppo", "validation", "test", "heldout")  # prompt sets of the task stage
@@ -264,12 +265,14 @@ def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[
 
 def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str,
                   ptx_gamma: float) -> dict[str, Any]:
-    """PPO from the SFT policy against the reward model into ROOT/`name`, with PPO-ptx on the corpus
-    when `ptx_gamma` > 0; held-out validation pass rate and RM score logged along the run."""
+    """PPO from the SFT policy into ROOT/`name` against the reward model, reward functions or both, as
+    `ppo.reward.source` says, with PPO-ptx on the corpus when `ptx_gamma` > 0; the validation pass rate
+    (and RM score, when there is a reward model) logged along the run."""
     c, files = config.ppo.copy_and_resolve_references(), task_files(root)
     with c.unlocked():
         c.init.source, c.init.path = "workdir", str(root / "sft")
-        c.reward.source, c.reward.path = "model", str(root / "reward")
+        if uses_model(c.reward.source):
+            c.reward.path = str(root / "reward")
         c.data.train_files = (str(files["ppo_prompts"]),)
         c.ptx.gamma = ptx_gamma
         if ptx_gamma > 0:
@@ -282,19 +285,23 @@ def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: s
 
 def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
     """evaluate(cfg, params, iteration) -> greedy validation pass rate (the task's checker: the gold reward)
-    and mean RM score (the proxy), so the report can plot both against KL (Gao et al. 2022)."""
+    and mean RM score (the proxy; only when the reward stage ran), so the report can plot both against KL
+    (Gao et al. 2022)."""
     prompts = tasks.read_records(task_files(root)["validation"])
     texts = [p.prompt for p in prompts]
-    rm, tokenizer = load_reward_model(root / "reward"), Tokenizer.from_pretrained(root / "sft" / "export")
+    tokenizer = Tokenizer.from_pretrained(root / "sft" / "export")
+    rm = load_reward_model(root / "reward") if (root / "reward" / SUMMARY_FILE).exists() else None
     c = config.evaluation
 
     def evaluate(cfg, params, step: int) -> dict[str, float]:
         responses = [t[0] for batch in iter_completions(cfg, params, tokenizer, texts, sampling_config(c, k=1),
                                                         jax.random.key(config.seed + 5), desc=f"validation {step}")
                      for t in batch.texts]
-        scores = reward_scores(rm, tokenizer, texts, responses, batch_size=c.batch_size)
-        return {"pass_rate": float(metrics.prompt_passes(prompts, responses).mean()),
-                "reward_score": float(scores.mean())}
+        results = {"pass_rate": float(metrics.prompt_passes(prompts, responses).mean())}
+        if rm is not None:
+            scores = reward_scores(rm, tokenizer, texts, responses, batch_size=c.batch_size)
+            results["reward_score"] = float(scores.mean())
+        return results
     return evaluate
 
 

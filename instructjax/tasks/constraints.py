@@ -4,6 +4,9 @@ A `Constraint` is one family (e.g. "max_words"), its arguments (e.g. n=30) and t
 the prompt; `check(response)` says whether a response obeys it, with no model involved. Arguments
 are sampled small enough that a ~50-token answer can satisfy them.
 
+`constraints_of_prompt(text)` reads a prompt's constraints back from their sentences, for callers
+that have only the prompt text (reward functions).
+
 Counting rules: words are runs of letters or digits (inner apostrophes kept: "don't" is one word);
 sentences are the pieces between `.`, `!` or `?` followed by a space, and line breaks, that hold a
 letter or digit (so each bullet line is a sentence).
@@ -13,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Optional
 
 MAX_WORDS = "max_words"
 MIN_WORDS = "min_words"
@@ -300,3 +304,73 @@ _TEXTS: dict[str, Callable[..., str]] = {
                            f"only ***."),
     JSON: lambda: "Format your entire answer as JSON; you may wrap it in a ```json code block.",
 }
+
+
+# Two argument values per kind that the sentences must show differently (1 and 2: singular and plural);
+# the text all their sentences share is where a family's sentence starts.
+_PROBE_ARGS: dict[str, tuple[Any, Any]] = {"n": (1, 2), "phrase": ("a", "b"), "words": (("a",), ("b", "c"))}
+_LEADS: dict[str, str] = {
+    family: os.path.commonprefix([_TEXTS[family](**{name: _PROBE_ARGS[name][i] for name in _ARGS[family]})
+                                  for i in (0, 1)])
+    for family in FAMILIES}
+
+
+def parse_constraint(sentence: str) -> Optional[Constraint]:
+    """The constraint whose standard sentence (`make_constraint`) is exactly `sentence`, or None."""
+    for family in FAMILIES:
+        if not sentence.startswith(_LEADS[family]):
+            continue
+        for args in _candidate_args(family, sentence):
+            try:
+                constraint = make_constraint(family, **args)
+            except ValueError:
+                continue
+            if constraint.text == sentence:
+                return constraint
+    return None
+
+
+def _candidate_args(family: str, sentence: str) -> Iterator[dict[str, Any]]:
+    """Arguments that may have written `sentence` in `family`'s form (`parse_constraint` keeps the one
+    that writes it exactly): each integer in it; the text between its first and last double quote."""
+    if not _ARGS[family]:
+        yield {}
+        return
+    (name,) = _ARGS[family]
+    if name == "n":
+        for digits in re.findall(r"\d+", sentence):
+            yield {"n": int(digits)}
+        return
+    first, last = sentence.find('"'), sentence.rfind('"')
+    if first == last:
+        return
+    quoted = sentence[first + 1:last]
+    if name == "phrase":
+        yield {"phrase": quoted}
+    else:  # '"a" and "b"' or '"a" or "b"'
+        for conjunction in (" and ", " or "):
+            yield {"words": tuple(quoted.split(f'"{conjunction}"'))}
+
+
+def constraints_of_prompt(prompt: str) -> tuple[Constraint, ...]:
+    """The constraints a task prompt ends with, read back from their sentences (the inverse of
+    `compose_prompt`); a ValueError naming the prompt when it ends with none."""
+    constraints, rest = [], prompt
+    while (found := _last_constraint(rest)) is not None:
+        rest, constraint = found
+        constraints.append(constraint)
+    if not constraints:
+        raise ValueError(f"prompt {prompt!r} does not end with a constraint sentence of the default task "
+                         "(instructjax.tasks.constraints)")
+    return tuple(reversed(constraints))
+
+
+def _last_constraint(text: str) -> Optional[tuple[str, Constraint]]:
+    """(the text before it, the constraint) of the constraint sentence that ends `text`, if any;
+    sentences are joined by single spaces (`compose_prompt`)."""
+    starts = [0] + [i + 1 for i, char in enumerate(text) if char == " "]
+    for start in reversed(starts):  # the shortest ending first
+        constraint = parse_constraint(text[start:])
+        if constraint is not None:
+            return text[:max(start - 1, 0)], constraint
+    return None

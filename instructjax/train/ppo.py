@@ -1,11 +1,11 @@
 """PPO / PPO-ptx (InstructGPT step 3) on the shared loop: `train_ppo(config, workdir)`.
 
 Each loop step is one PPO iteration: a batch of prompts -> responses from the compiled sampler ->
-reference logprobs and reward scores (one jit) -> the whole PPO update (one jit, see
-`instructjax.rl.update`). The checkpointed state (`ij.rl.PPOState`) holds the policy, the value
-model (or a value head on the policy trunk), the optimizer states and the KL coefficient; the data
-position covers the prompts and the pretraining text. The final policy LM is exported to
-WORKDIR/export.
+reward functions' scores on the host (if any, `instructjax.train.ppo_rewards`) -> reference
+logprobs and reward scores (one jit) -> the whole PPO update (one jit, see `instructjax.rl.update`).
+The checkpointed state (`ij.rl.PPOState`) holds the policy, the value model (or a value head on the
+policy trunk), the optimizer states and the KL coefficient; the data position covers the prompts
+and the pretraining text. The final policy LM is exported to WORKDIR/export.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from instructjax import models, parallel
 from instructjax.data import PretrainingConfig, PromptConfig, pretraining_loader, prompt_loader
@@ -32,10 +33,10 @@ from instructjax.train.export import export_model, fetch
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import make_optimizer
+from instructjax.train.ppo_rewards import FunctionScorer, RewardSources, reward_sources, source_metrics
 from instructjax.train.state import state_shardings
 from instructjax.train.workdir import Workdir
 
-REWARD_SOURCES = ("model", "random", "token_count")
 VALUE_INITS = ("reward", "policy", "shared")
 
 
@@ -80,19 +81,15 @@ def ppo_config(config: ml_collections.ConfigDict) -> PPOConfig:
                      kl_target=config.kl.target, kl_horizon=config.kl.horizon)
 
 
-def load_reward(config: ml_collections.ConfigDict, policy_cfg: models.ModelConfig, policy_params: Any,
-                rng: jax.Array):
-    """(reward cfg, reward params) of `config.reward`, as loaded; (None, None) for a synthetic reward."""
-    r = config.reward
-    if r.source not in REWARD_SOURCES:
-        raise ValueError(f"reward.source={r.source!r}: expected one of {REWARD_SOURCES}")
-    if r.source == "token_count":
+def load_reward(config: ml_collections.ConfigDict, sources: RewardSources, policy_cfg: models.ModelConfig,
+                policy_params: Any, rng: jax.Array):
+    """(reward cfg, reward params) of the reward model, as loaded (a random one for "random");
+    (None, None) when there is none (token_count, reward functions alone)."""
+    if sources.in_graph in (None, "token_count"):
         return None, None
-    if r.source == "random":
+    if sources.in_graph == "random":
         return policy_cfg, reward_params_from_lm(policy_cfg, policy_params, rng)
-    if not r.path:
-        raise ValueError("reward.source='model' needs reward.path (a reward workdir or an exported reward model)")
-    rm = load_reward_model(r.path)
+    rm = load_reward_model(config.reward.path)
     return rm.cfg, rm.params
 
 
@@ -105,6 +102,9 @@ def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, polic
         raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
     if config.value.init == "shared":
         return None, None, rollout_lib.add_value_head(cfg, policy_params, rng)
+    if config.value.init == "reward" and reward_cfg is None:
+        logging.info("value.init='reward' with reward.source=%r, no reward model: the value network starts from "
+                     "the policy trunk", config.reward.source)
     if config.value.init == "reward" and reward_cfg is not None:
         value_cfg, value_params = reward_cfg.replace(dtype=cfg.dtype), reward_params
     else:
@@ -112,9 +112,13 @@ def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, polic
     return value_cfg, jax.tree.map(lambda x: np.asarray(x, jnp.dtype(cfg.param_dtype)), value_params), policy_params
 
 
-def reward_function(config: ml_collections.ConfigDict, cfg: models.ModelConfig, reward_cfg, reward_params: Any):
-    """(reward_fn, reward params): a reward model kept frozen in `reward.dtype` ("": the policy's compute dtype)."""
-    if reward_cfg is None:
+def reward_function(config: ml_collections.ConfigDict, sources: RewardSources, cfg: models.ModelConfig, reward_cfg,
+                    reward_params: Any):
+    """(reward_fn, reward params) of the in-graph source: a reward model kept frozen in `reward.dtype`
+    ("": the policy's compute dtype), the token count, or (None, None) for reward functions alone."""
+    if sources.in_graph is None:
+        return None, None
+    if sources.in_graph == "token_count":
         return rollout_lib.token_count_reward(config.reward.token_id), None
     reward_cfg, reward_params = rollout_lib.frozen_model(reward_cfg, reward_params, config.reward.dtype or cfg.dtype)
     return rollout_lib.reward_model_fn(reward_cfg), reward_params
@@ -130,13 +134,15 @@ def policy_param_shardings(cfg: models.ModelConfig, shapes: Any, mesh, rules) ->
                                                                             mesh, rules)}
 
 
-def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout, kl_coef: float, rows: int) -> None:
-    """A JSONL table of sample prompts, responses, scores and summed KL, one file per logged iteration."""
+def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout, kl_coef: float, rows: int,
+                       source_names: tuple[str, ...]) -> None:
+    """A JSONL table of sample prompts, responses, scores (total and per source) and summed KL, one file
+    per logged iteration."""
+    tokens, attention, response_mask, scores, source_scores, sample_lp, ref_lp = (np.asarray(x) for x in fetch(
+        (rollout.tokens, rollout.attention_mask, rollout.response_mask, rollout.scores, rollout.source_scores,
+         rollout.sample_logprobs, rollout.ref_logprobs)))
     if jax.process_index() != 0:
         return
-    tokens, attention, response_mask, scores, sample_lp, ref_lp = (np.asarray(x) for x in fetch(
-        (rollout.tokens, rollout.attention_mask, rollout.response_mask, rollout.scores, rollout.sample_logprobs,
-         rollout.ref_logprobs)))
     num_new = response_mask.shape[1]
     path.mkdir(parents=True, exist_ok=True)
     with open(path / f"ppo_step_{step:06d}.jsonl", "w") as f:
@@ -145,7 +151,8 @@ def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout,
             response = tokens[i, -num_new:][response_mask[i]].tolist()
             kl = float(np.sum((sample_lp[i] - ref_lp[i])[response_mask[i]]))
             row = {"step": step, "prompt": tokenizer.decode(prompt), "response": tokenizer.decode(response),
-                   "score": float(scores[i]), "kl": kl, "kl_coef": kl_coef}
+                   "score": float(scores[i]), "source_scores": dict(zip(source_names, source_scores[i].tolist())),
+                   "kl": kl, "kl_coef": kl_coef}
             f.write(json.dumps(row) + "\n")
 
 
@@ -164,6 +171,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     Returns the final `PPOState`.
     """
     parallel.initialize_distributed(config.parallel.multi_host)
+    sources = reward_sources(config.reward)  # a bad source, function spec or weight stops here, before any writing
     workdir = Workdir.at(workdir)
     workdir.write_config(config)
     mesh = parallel.make_mesh(config.parallel.mesh_shape)
@@ -172,17 +180,19 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     check_batch_size(config.batch_size, c.num_minibatches * c.microbatches, mesh)
     init_rng, reward_rng, value_rng, train_rng = jax.random.split(jax.random.key(config.seed), 4)
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
-    reward_cfg, reward_params = load_reward(config, cfg, initial_params, reward_rng)
+    reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
     value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params,
                                                         value_rng)
-    reward_fn, reward_params = reward_function(config, cfg, reward_cfg, reward_params)
+    reward_fn, reward_params = reward_function(config, sources, cfg, reward_cfg, reward_params)
     ref_cfg, ref_params = rollout_lib.frozen_model(cfg, initial_params, config.reference.dtype)
 
     prompts_data = build_dataset(config.data, "prompts", workdir.data)
     prompt_cfg = PromptConfig(max_prompt_len=config.data.max_prompt_len, truncation=config.data.truncation,
                               chat_template=config.data.chat_template)
-    prompts = prompt_loader(prompts_data.source("train"), tokenizer, prompt_cfg,
+    prompt_source = prompts_data.source("train")
+    prompts = prompt_loader(prompt_source, tokenizer, prompt_cfg,
                             loader_config(config.data, config.batch_size, config.seed, train=True), mesh)
+    score_functions = FunctionScorer(sources.functions, tokenizer, prompt_source) if sources.functions else None
     text = None
     if c.gamma_ptx > 0:
         check_batch_size(config.ptx.batch_size, c.num_minibatches * c.microbatches, mesh, "ptx.batch_size")
@@ -220,7 +230,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                                             dtype=config.rollout.dtype or None)
     penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
     score = jax.jit(rollout_lib.make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
-                                            no_eos_penalty_value=penalty))
+                                            no_eos_penalty_value=penalty, weights=sources.weights))
     update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c), donate_argnums=0,
                      out_shardings=(shardings, replicated, replicated))
 
@@ -230,13 +240,15 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         with parallel.activation_sharding(mesh, rules):
             out = rollout_lib.sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
                                                rng=sample_rng, settings=settings, mesh=mesh)
-            rollout = score(ref_params, reward_params, out)
+            function_scores = None if score_functions is None else score_functions(out, prompt_batch["index"])
+            rollout = score(ref_params, reward_params, out, function_scores)
             iteration = int(jax.device_get(state.step)) + 1
             kl_coef = float(jax.device_get(state.kl_coef))
             if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):
-                write_sample_table(workdir.samples, iteration, tokenizer, rollout, kl_coef, config.samples.rows)
+                write_sample_table(workdir.samples, iteration, tokenizer, rollout, kl_coef, config.samples.rows,
+                                   sources.names)
             state, metrics, _ = update(state, rollout, batch["ptx"], update_rng)
-        return state, metrics
+        return state, metrics | source_metrics(sources.names, rollout.source_scores)
 
     def init_state() -> PPOState:
         params = jax.device_put(policy_params, policy_shardings)

@@ -1,6 +1,7 @@
 """The whole InstructGPT pipeline on the tiny preset: every stage runs, the report is written, a
-rerun skips finished stages, an interrupted sampling stage resumes with the same samples, and the
-demonstrations stage's "edit" source turns the same samples into demonstrations that pass."""
+rerun skips finished stages, an interrupted sampling stage resumes with the same samples, the
+demonstrations stage's "edit" source turns the same samples into demonstrations that pass, and the
+PPO stage honours a reward-function source."""
 
 import json
 import shutil
@@ -13,6 +14,7 @@ import instructjax as ij
 from instructjax.pipeline import stages
 from instructjax.pipeline.files import sample_to_file
 from instructjax.testing.experiments import load_experiment_config
+from instructjax.train import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +157,20 @@ def test_edit_source_edits_the_best_finished_sample():
     assert (made.response, made.outcome, made.closeness) == ("tomatoes grow well.", "unchanged", 1.0)
     assert stages._edited(demonstrator, labeler, prompt, ["", " "], [True, True]).outcome == "no_sample"
     assert stages._edited(demonstrator, labeler, prompt, ["123.", "4 5."], [True, True]).outcome == "edit_failed"
+
+
+def test_ppo_stage_with_reward_functions_needs_no_reward_model(finished_run, tmp_path):
+    workdir, *_ = finished_run
+    assert json.loads((workdir / "ppo" / "config.json").read_text())["reward"]["path"] == str(workdir / "reward")
+    for stage in ("task", "sft"):  # what the PPO stage reads; no reward stage
+        shutil.copytree(workdir / stage, tmp_path / stage)
+    function = "instructjax.tasks.rewards:constraint_fraction"
+    config = load_experiment_config("pipeline", "tiny", {"ppo.reward.source": "function",
+                                                         "ppo.reward.function": function})
+    stages.ppo_stage(config.copy_and_resolve_references(), tmp_path)
+    reward = json.loads((tmp_path / "ppo" / "config.json").read_text())["reward"]
+    assert (reward["source"], reward["function"], reward["path"]) == ("function", function, "")
+    records = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
+    assert len(records) == config.ppo.num_steps
+    assert all(0.0 <= r["train/score/constraint_fraction"] <= 1.0 for r in records)
+    assert "train/score/model" not in records[0]

@@ -1,11 +1,12 @@
 """Frozen models kept in bf16 (reference and reward): params cast once, scores and reference
-logprobs close to the float32 ones."""
+logprobs close to the float32 ones. The reward as the weighted sum of its sources."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from instructjax import models, rl
 from instructjax.rewards.scoring import reward_params_from_lm
@@ -48,3 +49,22 @@ def test_bf16_reference_and_reward_are_close_to_float32():
     np.testing.assert_allclose(bf16.ref_logprobs, f32.ref_logprobs, atol=0.02)
     np.testing.assert_allclose(bf16.raw_scores, f32.raw_scores, atol=0.02 * float(jnp.max(jnp.abs(f32.raw_scores))))
     np.testing.assert_array_equal(bf16.sample_logprobs, f32.sample_logprobs)
+
+
+def test_reward_is_the_weighted_sum_of_the_in_graph_source_and_the_function_scores():
+    policy, _, out = sample()
+    count = rl.token_count_reward(42)
+    functions = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8)), jnp.float32)
+    weighted = jax.jit(rl.make_scorer(CFG, count, temperature=1.0, no_eos_penalty_value=1.0, weights=(0.5, 2.0, -1.0)))
+    rollout = weighted(policy, None, out, functions)
+    counts = count(None, *rl.rollout.assemble(out), out.mask)
+    np.testing.assert_array_equal(rollout.source_scores, jnp.stack([counts, *functions], axis=-1))
+    np.testing.assert_allclose(rollout.raw_scores, 0.5 * counts + 2.0 * functions[0] - functions[1], rtol=1e-6)
+    np.testing.assert_allclose(rollout.scores, rollout.raw_scores - 1.0 * ~out.ended, rtol=1e-6)  # on the total
+    alone = jax.jit(rl.make_scorer(CFG, None, temperature=1.0, no_eos_penalty_value=None))(policy, None, out, functions)
+    np.testing.assert_allclose(alone.raw_scores, functions[0] + functions[1], rtol=1e-6)  # no weights: all 1
+    np.testing.assert_array_equal(alone.ref_logprobs, rollout.ref_logprobs)
+    with pytest.raises(ValueError, match="2 weights for 3 reward sources"):
+        rl.make_scorer(CFG, count, temperature=1.0, weights=(1.0, 1.0))(policy, None, out, functions)
+    with pytest.raises(ValueError, match="no reward source"):
+        rl.make_scorer(CFG, None, temperature=1.0)(policy, None, out)
