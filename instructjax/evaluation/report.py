@@ -35,7 +35,7 @@ def _stages(root: pathlib.Path) -> list[str]:
 def plot_ppo(root: pathlib.Path, out: pathlib.Path) -> None:
     """Mean RM score and KL to the SFT policy per iteration of each RL run."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, title in ((axes[0], "train/score", "reward-model score"), (axes[1], "train/kl", "KL to SFT (nats)")):
+    for ax, key, title in ((axes[0], "train/score", "rollout reward (score)"), (axes[1], "train/kl", "KL to SFT (nats)")):
         for stage in _stages(root):
             ax.plot(*_series(root / stage / "metrics.jsonl", key), marker=".", label=LABELS[stage],
                     color=COLORS[stage])
