@@ -304,11 +304,9 @@ def test_bad_inputs_raise(tiny_params):
 # --- sharding -----------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_devices(8)
 def test_sharded_generate_equals_unsharded(tiny_params):
-    devices = jax.devices()
-    if len(devices) < 8:
-        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, set in conftest)")
-    mesh = jax.sharding.Mesh(np.array(devices[:8]), ("data",))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
     tokens, mask = left_padded((3, 9, 6, 2, 7, 5, 8, 4), TINY.vocab_size, seed=11)
     value_params = models.init_params(TINY, jax.random.key(5), head="scalar")
     kw = dict(rng=jax.random.key(2), max_new_tokens=9, temperature=1.0, top_k=50, eos_id=(4, 5, 6, 7),

@@ -170,6 +170,7 @@ def test_learning_on_a_synthetic_reward():
     assert abs(strong[-1]["kl"]) < 0.5 * history[-1]["kl"], (strong[-1]["kl"], history[-1]["kl"])
 
 
+@pytest.mark.needs_devices(8)
 def test_sharded_update_equals_single_device():
     policy, value = models_params()
     tx = optax.adam(1e-3)

@@ -103,7 +103,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
         (reference / "samples" / "step_000024.txt").read_text()
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.needs_devices(8)
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = sft_config(**{"debug.nan_at_step": 11, "checkpoint.every_steps": 4, "eval.every_steps": 0,
                            "parallel.mesh_shape": (2, 2, 2)})  # checkpoints of data, fsdp and tensor shards
