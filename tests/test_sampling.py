@@ -11,6 +11,7 @@ import scipy.stats
 from instructjax import models, sampling
 from instructjax.checkpoints import load_hf
 from instructjax.models import ModelConfig, Transformer
+from instructjax.testing.prompts import left_padded
 
 TINY = models.get_preset("tiny")
 PROMPT_LENGTHS = (3, 9, 6)
@@ -19,18 +20,6 @@ PROMPT_LENGTHS = (3, 9, 6)
 @pytest.fixture(scope="module")
 def tiny_params():
     return models.init_params(TINY, jax.random.key(0))
-
-
-def left_padded(lengths, vocab, seed=0, low=3):
-    """Random prompts of the given lengths, left-padded: (tokens int32 [B, P], mask bool [B, P])."""
-    rng = np.random.default_rng(seed)
-    width = max(lengths)
-    tokens = np.zeros((len(lengths), width), np.int32)
-    mask = np.zeros((len(lengths), width), bool)
-    for i, n in enumerate(lengths):
-        tokens[i, width - n:] = rng.integers(low, vocab, n)
-        mask[i, width - n:] = True
-    return tokens, mask
 
 
 def first_index(row, ids):

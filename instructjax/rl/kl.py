@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -> jax.Array:
@@ -21,39 +20,31 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -
     raise ValueError(f"kl_penalty kind={kind!r}: expected 'k1', 'k2' or 'k3'")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class FixedKLController:
     """A constant KL coefficient beta (InstructGPT: 0.02)."""
 
-    kl_coef: float
-
-    @property
-    def value(self) -> float:
-        return self.kl_coef
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        del current_kl, n_steps
-        return self.kl_coef
+    def next_coef(self, kl_coef: jax.Array | float, kl: jax.Array | float, n_steps: int) -> jax.Array | float:
+        """beta after a batch of `n_steps` episodes with mean episode KL `kl`: unchanged."""
+        del kl, n_steps
+        return kl_coef
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AdaptiveKLController:
-    """Ziegler et al. 2019: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+    """Ziegler et al. 2019: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon).
 
-    init_kl_coef: float
-    target: float
-    horizon: float
-    kl_coef: float = dataclasses.field(default=None)
+    The coefficient itself is state (`PPOState.kl_coef`); the controller holds the settings, and
+    `next_coef` is a pure function of arrays, so the PPO update runs it inside its jit.
+    """
 
-    def __post_init__(self):
-        if self.kl_coef is None:
-            self.kl_coef = float(self.init_kl_coef)
+    target: float  # target KL per episode (nats)
+    horizon: float  # episodes over which an error of 20% would double or halve beta
 
-    @property
-    def value(self) -> float:
-        return self.kl_coef
+    def next_coef(self, kl_coef: jax.Array | float, kl: jax.Array | float, n_steps: int) -> jax.Array:
+        """beta after a batch of `n_steps` episodes with mean episode KL `kl`."""
+        error = jnp.clip(kl / self.target - 1.0, -0.2, 0.2)
+        return kl_coef * (1.0 + error * n_steps / self.horizon)
 
-    def update(self, current_kl: float, n_steps: int) -> float:
-        error = float(np.clip(float(current_kl) / self.target - 1.0, -0.2, 0.2))
-        self.kl_coef *= 1.0 + error * n_steps / self.horizon
-        return self.kl_coef
+
+KLController = FixedKLController | AdaptiveKLController
