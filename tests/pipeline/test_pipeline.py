@@ -3,7 +3,6 @@ rerun skips finished stages, and an interrupted sampling stage resumes with the 
 
 import json
 import shutil
-import time
 
 import jax
 import pytest
@@ -18,14 +17,11 @@ from instructjax.testing.experiments import load_experiment_config
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pipeline")
     config = load_experiment_config("pipeline", "tiny")
-    start = time.perf_counter()
-    summaries = ij.pipeline.run_pipeline(config, workdir)
-    return workdir, config, summaries, time.perf_counter() - start
+    return workdir, config, ij.pipeline.run_pipeline(config, workdir)
 
 
-def test_tiny_pipeline_runs_every_stage_in_under_3_minutes(finished_run):
-    workdir, _, summaries, seconds = finished_run
-    assert seconds < 180
+def test_tiny_pipeline_runs_every_stage(finished_run):
+    workdir, _, summaries = finished_run
     assert list(summaries) == list(ij.pipeline.STAGES)
     for stage in ij.pipeline.STAGES:
         assert (workdir / stage / "stage.json").is_file()
@@ -52,11 +48,11 @@ def test_report_has_tables_plots_and_samples(finished_run):
     assert comparisons and all(len(r["completions"]) == len(r["ranking"]) >= 2 for r in comparisons)
 
 
-def test_rerun_skips_finished_stages(finished_run):
-    workdir, config, summaries, _ = finished_run
-    start = time.perf_counter()
+def test_rerun_skips_finished_stages(finished_run, monkeypatch):
+    workdir, config, summaries = finished_run
+    for name in ij.pipeline.STAGES:
+        monkeypatch.setitem(ij.pipeline.STAGES, name, lambda *args, name=name: pytest.fail(f"stage {name} ran again"))
     again = ij.pipeline.run_pipeline(config, workdir)
-    assert time.perf_counter() - start < 5
     assert again == json.loads(json.dumps(summaries))
 
 
