@@ -52,10 +52,11 @@ class PPOConfig:
     kl_target: float = 6.0  # adaptive controller target KL (nats per episode)
     kl_horizon: float = 10000.0  # adaptive controller horizon (episodes)
 
-    @property
-    def kl_controller(self) -> KLController:
-        """What updates `PPOState.kl_coef` after each rollout batch."""
-        return AdaptiveKLController(self.kl_target, self.kl_horizon) if self.adaptive_kl else FixedKLController()
+    def kl_controller(self, kl_coef: float | jax.Array) -> KLController:
+        """The controller that moves `PPOState.kl_coef` after each rollout batch, at `kl_coef`."""
+        if self.adaptive_kl:
+            return AdaptiveKLController(kl_coef, self.kl_target, self.kl_horizon)
+        return FixedKLController(kl_coef)
 
 
 @flax.struct.dataclass
@@ -169,8 +170,8 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     `ptx_batch` (None when gamma_ptx is 0): packed pretraining rows [B_ptx, L] split evenly over the
     minibatches (and microbatches). `metrics`: scalars of RLHF.md item 25; `per_minibatch`: [E, M]
     arrays of the policy statistics in execution order (the first is the first minibatch of the
-    first epoch: ratio 1, approx KL 0, clip fraction 0). `config.kl_controller` updates the KL
-    coefficient from the batch's mean episode KL.
+    first epoch: ratio 1, approx KL 0, clip fraction 0). `config.kl_controller` moves the KL
+    coefficient by the batch's mean episode KL.
     """
     c = config
     if c.gamma_ptx < 0:
@@ -265,7 +266,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
         # the controller's and the log's KL: k1 summed over each episode, whatever estimator the rewards use
         episode_kl = jnp.sum(jnp.where(mask, kl_penalty(old_logprobs, rollout.ref_logprobs, "k1"), 0.0), axis=-1)
         mean_kl = jnp.mean(episode_kl)
-        new_kl_coef = c.kl_controller.next_coef(state.kl_coef, mean_kl, rows)
+        new_kl_coef = c.kl_controller(state.kl_coef).next_coef(mean_kl, rows)
         lengths = jnp.sum(mask, axis=-1)
         metrics = {k: jnp.mean(v) for k, v in per_minibatch.items()}
         metrics |= {

@@ -19,25 +19,35 @@ def test_kl_estimators():
 
 
 def test_adaptive_controller_check_value():
-    ctl = rl.AdaptiveKLController(target=6.0, horizon=10000.0)
-    assert float(ctl.next_coef(0.15, 9.0, 512)) == pytest.approx(0.151536, abs=1e-7)
-    assert float(ctl.next_coef(0.15, 0.0, 512)) == pytest.approx(0.15 * (1 - 0.2 * 512 / 10000))  # error clipped at -0.2
-    assert float(ctl.next_coef(0.15, 60.0, 512)) == pytest.approx(0.15 * (1 + 0.2 * 512 / 10000))  # and at +0.2
+    ctl = rl.AdaptiveKLController(init_kl_coef=0.15, target=6.0, horizon=10000)
+    assert ctl.update(9.0, 512) == pytest.approx(0.151536, abs=1e-7)
+    assert ctl.value == pytest.approx(0.151536, abs=1e-7)
+    ctl = rl.AdaptiveKLController(0.15, 6.0, 10000)
+    ctl.update(0.0, 512)  # error clipped at -0.2
+    assert ctl.value == pytest.approx(0.15 * (1 - 0.2 * 512 / 10000))
+    ctl = rl.AdaptiveKLController(0.15, 6.0, 10000)
+    assert float(ctl.next_coef(60.0, 512)) == pytest.approx(0.15 * (1 + 0.2 * 512 / 10000))  # clipped at +0.2
+    assert ctl.value == 0.15  # next_coef leaves the controller as it is
 
 
 def test_adaptive_controller_runs_inside_jit():
-    ctl = rl.AdaptiveKLController(target=6.0, horizon=10000.0)
-    step = jax.jit(ctl.next_coef, static_argnums=2)
-    coef = step(jnp.float32(0.15), jnp.float32(9.0), 512)
+    """What the PPO update does with its coefficient (a traced float32 array)."""
+    @jax.jit
+    def step(kl_coef, kl):
+        return rl.AdaptiveKLController(kl_coef, target=6.0, horizon=10000.0).next_coef(kl, 512)
+
+    coef = step(jnp.float32(0.15), jnp.float32(9.0))
     assert coef.dtype == jnp.float32
     np.testing.assert_allclose(coef, 0.151536, rtol=1e-6)
 
 
 def test_fixed_controller():
-    assert rl.FixedKLController().next_coef(0.02, 100.0, 512) == 0.02
+    ctl = rl.FixedKLController(0.02)
+    assert ctl.update(100.0, 512) == 0.02 and ctl.value == 0.02
+    assert ctl.next_coef(100.0, 512) == 0.02
 
 
 def test_ppo_config_names_its_controller():
-    assert rl.PPOConfig().kl_controller == rl.FixedKLController()
+    assert rl.PPOConfig().kl_controller(0.02) == rl.FixedKLController(0.02)
     config = rl.PPOConfig(adaptive_kl=True, kl_target=3.0, kl_horizon=500.0)
-    assert config.kl_controller == rl.AdaptiveKLController(target=3.0, horizon=500.0)
+    assert config.kl_controller(0.1) == rl.AdaptiveKLController(0.1, target=3.0, horizon=500.0)
