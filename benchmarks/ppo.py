@@ -186,4 +186,5 @@ def print_flop_bound(cfg, args, medians):
 
 
 if __name__ == "__main__":
+    ij.cpu_runtime.apply()  # the XLA:CPU settings every measurement here runs with
     main()

@@ -22,7 +22,7 @@ from absl import app, flags
 import jax
 import numpy as np
 
-from instructjax import checkpoints, sampling
+from instructjax import checkpoints, cpu_runtime, sampling
 from instructjax.tokenizers import Tokenizer
 
 CHECKPOINT = flags.DEFINE_string("checkpoint", "default",
@@ -158,4 +158,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cpu_runtime.apply()  # XLA:CPU settings when jax will run on the CPU, before jax starts
     app.run(main)

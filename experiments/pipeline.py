@@ -32,4 +32,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    ij.cpu_runtime.apply()  # XLA:CPU settings when jax will run on the CPU, before jax starts
     app.run(main)

@@ -1,13 +1,14 @@
-"""Process settings for fast XLA:CPU steps, applied when `instructjax` is imported.
+"""Process settings for fast XLA:CPU steps, applied explicitly by `apply()` (importing instructjax
+changes nothing): the command-line entry points in `experiments/` and `benchmarks/` call it first
+thing; in a notebook or your own script call `ij.cpu_runtime.apply()` before any jax computation.
 
 Two settings, each measured on SmolLM2-135M forward + backward steps (docs/benchmarks.md):
 
 - `XLA_FLAGS`: XLA:CPU (jaxlib 0.10-0.11) hands reductions to YNNPACK by default and then fuses
   the LM head's matmul with the max of the log-softmax over the vocabulary into one YNNPACK call
   about 5x slower than the matmul alone. Without YNNPACK reductions the step is about 15% faster;
-  matmuls stay on YNNPACK. jax reads `XLA_FLAGS` when it creates its first backend, so this takes
-  effect when instructjax is imported before the first jax computation (every script in
-  `experiments/` and `benchmarks/` does). A flag that `XLA_FLAGS` already names is left as set.
+  matmuls stay on YNNPACK. jax reads `XLA_FLAGS` when it creates its first backend, so `apply()`
+  must run before the first jax computation. A flag that `XLA_FLAGS` already names is left as set.
 - glibc malloc: XLA:CPU allocates each execution's temporary buffer (gigabytes for a training
   step) afresh; glibc serves it with `mmap` and returns it with `munmap`, so every step
   page-faults all of it in again (about a million faults a step). One arena that grows with
@@ -15,17 +16,23 @@ Two settings, each measured on SmolLM2-135M forward + backward steps (docs/bench
   and the process keeps its peak memory until it exits. (TCMalloc, which jax recommends for
   TPU hosts, does the same; this needs no preloaded library.) Linux with glibc only.
 
-`INSTRUCTJAX_CPU_TUNING=0` in the environment turns both off.
+`apply()` sets them only when jax will run on the CPU (`will_use_cpu`): `JAX_PLATFORMS` set, its
+first platform (jax's default) is "cpu"; unset, no accelerator plugin for jax is installed (a
+module of the `jax_plugins` namespace or a `jax_plugins` entry point, as the CUDA, ROCm and Metal
+plugins are, or the `libtpu` package). A GPU/TPU host therefore keeps glibc's defaults.
+`INSTRUCTJAX_CPU_TUNING=0` in the environment turns both off everywhere.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import platform
 import sys
-from typing import MutableMapping
+from typing import MutableMapping, Optional, Sequence
 
 XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-REDUCE"}
 # jaxlib versions whose XLA knows these flags (an unknown flag in XLA_FLAGS aborts the process).
@@ -33,13 +40,37 @@ JAXLIB_RANGE = ((0, 10), (0, 12))
 # mallopt(3) parameters: no trimming, no mmap, one arena.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 MALLOC_OPTIONS = {_M_TRIM_THRESHOLD: -1, _M_MMAP_MAX: 0, _M_ARENA_MAX: 1}  # -1: never trim (mallopt(3))
-# The same settings as environment variables, for a process that does not import instructjax
+# The same settings as environment variables, for a process that does not call `apply()`
 # (benchmarks give them to the competitor they run in a subprocess).
 MALLOC_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(2 ** 62), "MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1"}
+TPU_PACKAGE = "libtpu"  # jax finds TPUs through this package, not through a jax_plugins module
 
 
 def enabled(environ: MutableMapping[str, str] = os.environ) -> bool:
     return environ.get("INSTRUCTJAX_CPU_TUNING", "1") != "0"
+
+
+def accelerator_plugins() -> list[str]:
+    """Installed jax plugins for an accelerator, found without importing jax: modules of the
+    `jax_plugins` namespace package, `jax_plugins` entry points, and the libtpu package."""
+    found = []
+    namespace = importlib.util.find_spec("jax_plugins")
+    if namespace is not None and namespace.submodule_search_locations is not None:
+        found += [f"jax_plugins.{m.name}" for m in pkgutil.iter_modules(namespace.submodule_search_locations)]
+    found += [entry.value for entry in importlib.metadata.entry_points(group="jax_plugins")]
+    if importlib.util.find_spec(TPU_PACKAGE) is not None:
+        found.append(TPU_PACKAGE)
+    return found
+
+
+def will_use_cpu(environ: MutableMapping[str, str] = os.environ,
+                 plugins: Optional[Sequence[str]] = None) -> bool:
+    """Whether jax's default backend in this process will be the CPU, decided without starting a
+    backend: the first platform of `JAX_PLATFORMS` when it is set, else no `accelerator_plugins()`."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not (accelerator_plugins() if plugins is None else plugins)
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -50,17 +81,24 @@ def _jaxlib_version() -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
 
 
-def add_xla_flags(environ: MutableMapping[str, str] = os.environ,
-                  jaxlib_version: tuple[int, ...] | None = None) -> list[str]:
-    """Appends each of `XLA_CPU_FLAGS` that `environ["XLA_FLAGS"]` does not name; returns those added."""
+def missing_xla_flags(environ: MutableMapping[str, str] = os.environ,
+                      jaxlib_version: tuple[int, ...] | None = None) -> list[str]:
+    """Those of `XLA_CPU_FLAGS` that `environ["XLA_FLAGS"]` does not name (none for a jaxlib
+    outside `JAXLIB_RANGE`, or when the tuning is off), as `--name=value`."""
     version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
     low, high = JAXLIB_RANGE
     if not enabled(environ) or not low <= version < high:
         return []
     current = environ.get("XLA_FLAGS", "")
-    added = [f"--{name}={value}" for name, value in XLA_CPU_FLAGS.items() if f"--{name}=" not in current]
+    return [f"--{name}={value}" for name, value in XLA_CPU_FLAGS.items() if f"--{name}=" not in current]
+
+
+def add_xla_flags(environ: MutableMapping[str, str] = os.environ,
+                  jaxlib_version: tuple[int, ...] | None = None) -> list[str]:
+    """Appends `missing_xla_flags` to `environ["XLA_FLAGS"]`; returns those added."""
+    added = missing_xla_flags(environ, jaxlib_version)
     if added:
-        environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+        environ["XLA_FLAGS"] = " ".join([environ.get("XLA_FLAGS", ""), *added]).strip()
     return added
 
 
@@ -73,7 +111,25 @@ def keep_freed_memory(environ: MutableMapping[str, str] = os.environ) -> bool:
     return all(mallopt(option, value) == 1 for option, value in MALLOC_OPTIONS.items())
 
 
-def apply() -> None:
-    """Both settings; called by `instructjax/__init__.py` before any submodule can start a jax backend."""
-    add_xla_flags()
-    keep_freed_memory()
+def _jax_backend_started() -> bool:
+    """Whether this process's jax has created a backend (after which XLA_FLAGS is not read again)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge  # jax has no public query for this
+    return xla_bridge.backends_are_initialized()
+
+
+def apply(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Both settings, when the tuning is on and jax will run on the CPU (`will_use_cpu`); returns
+    whether they were applied. Call it before the first jax computation: a flag still missing from
+    `XLA_FLAGS` once jax has started its backend raises instead of being silently ignored."""
+    if not enabled(environ) or not will_use_cpu(environ):
+        return False
+    missing = missing_xla_flags(environ)
+    if missing and _jax_backend_started():
+        raise RuntimeError(f"ij.cpu_runtime.apply(): jax has already started its backend, so XLA_FLAGS += "
+                           f"{' '.join(missing)} would be ignored; call it before the first jax computation "
+                           "(in a notebook: restart the kernel)")
+    add_xla_flags(environ)
+    keep_freed_memory(environ)
+    return True

@@ -24,7 +24,9 @@
 #
 # **Colab / TPU / GPU.** Install from a clone of the repository (first cell). JAX uses the
 # accelerator it finds: on a Colab TPU or GPU runtime install the matching jax build first
-# (`pip install -U "jax[tpu]"` or `"jax[cuda12]"`); nothing else changes.
+# (`pip install -U "jax[tpu]"` or `"jax[cuda12]"`); nothing else changes. On a CPU,
+# `ij.cpu_runtime.apply()` before the first jax computation makes the steps faster (an XLA flag and
+# glibc malloc settings; the scripts in `experiments/` call it for you).
 
 # %%
 # On Colab, uncomment:
@@ -43,6 +45,7 @@ from IPython.display import Image, Markdown, display
 import instructjax as ij
 from instructjax.testing.experiments import load_experiment_config
 
+ij.cpu_runtime.apply()  # XLA:CPU settings, before any jax computation (does nothing on a GPU/TPU runtime)
 print(jax.devices())
 
 # %% [markdown]

@@ -1,14 +1,21 @@
-"""Process settings applied at import (instructjax.cpu_runtime)."""
+"""XLA:CPU process settings (instructjax.cpu_runtime): importing instructjax changes nothing, the
+entry points apply them, only for runs on the CPU backend."""
 
+import json
 import os
+import pathlib
+import platform
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 from instructjax import cpu_runtime
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=-REDUCE"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+KNOWN_JAXLIB = cpu_runtime.JAXLIB_RANGE[0] <= cpu_runtime._jaxlib_version() < cpu_runtime.JAXLIB_RANGE[1]
 
 
 def test_adds_the_flag_after_existing_ones():
@@ -33,23 +40,105 @@ def test_unknown_jaxlib_gets_no_flag(version):
 
 
 def test_opt_out():
-    env = {"INSTRUCTJAX_CPU_TUNING": "0"}
+    env = {"INSTRUCTJAX_CPU_TUNING": "0", "JAX_PLATFORMS": "cpu"}
     assert cpu_runtime.add_xla_flags(env, jaxlib_version=(0, 10)) == []
     assert not cpu_runtime.keep_freed_memory(env)
-    assert "XLA_FLAGS" not in env
+    assert not cpu_runtime.apply(env)
+    assert env == {"INSTRUCTJAX_CPU_TUNING": "0", "JAX_PLATFORMS": "cpu"}
 
 
-def test_import_sets_the_flag_before_jax_starts():
-    """A fresh interpreter: importing instructjax puts the flag into XLA_FLAGS and jax still runs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "INSTRUCTJAX_CPU_TUNING")}
-    code = "import os, instructjax, jax.numpy as jnp; print(os.environ.get('XLA_FLAGS', '')); print(int(jnp.ones(3).sum()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    flags, total = out.strip().splitlines()[-2:]
-    expected = [FLAG] if cpu_runtime.JAXLIB_RANGE[0] <= cpu_runtime._jaxlib_version() < cpu_runtime.JAXLIB_RANGE[1] else []
-    assert flags.split() == expected
-    assert total == "3"
+@pytest.mark.parametrize("platforms, plugins, cpu", [
+    ("cpu", ["jax_plugins.xla_cuda12"], True),  # JAX_PLATFORMS decides: its first platform is the default
+    ("cpu,cuda", [], True),
+    ("cuda", [], False),
+    ("tpu,cpu", [], False),
+    ("", [], True),  # unset: the CPU unless an accelerator plugin is installed
+    ("", ["jax_plugins.xla_cuda12"], False),
+    ("", ["libtpu"], False),
+])
+def test_will_use_cpu(platforms, plugins, cpu):
+    assert cpu_runtime.will_use_cpu({"JAX_PLATFORMS": platforms}, plugins) == cpu
+
+
+def test_finds_a_jax_plugins_module_without_importing_it(tmp_path, monkeypatch):
+    plugin = tmp_path / "jax_plugins" / "xla_fake_gpu"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("raise ImportError('a plugin must not be imported to be found')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "jax_plugins.xla_fake_gpu" in cpu_runtime.accelerator_plugins()
+    assert not cpu_runtime.will_use_cpu({})
+
+
+def test_accelerator_run_keeps_the_process_as_it_is():
+    env = {"JAX_PLATFORMS": "cuda"}
+    assert not cpu_runtime.apply(env)
+    assert env == {"JAX_PLATFORMS": "cuda"}
+
+
+@pytest.mark.skipif(not KNOWN_JAXLIB, reason="no XLA flag for this jaxlib")
+def test_apply_after_jax_started_raises_instead_of_ignoring_the_flag():
+    jnp.ones(2).sum().block_until_ready()  # this process's backend is running
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    with pytest.raises(RuntimeError, match=r"cpu_runtime.apply\(\).*already started.*ynn_fusion_type"):
+        cpu_runtime.apply(env)
+    assert env["XLA_FLAGS"] == ""
+    assert cpu_runtime.apply({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": FLAG})  # nothing left to add: fine
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc only")
 def test_malloc_options_are_accepted():
     assert cpu_runtime.keep_freed_memory({})
+
+
+# Observes the process from inside: XLA_FLAGS, and whether glibc serves a 64 MiB malloc with mmap
+# (its default above 32 MiB; never after cpu_runtime's mallopt(M_MMAP_MAX, 0)).
+PROBE = r"""
+import ctypes, json, os, runpy, sys
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = Mallinfo2
+
+def observe():
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(64 << 20)
+    mmapped = libc.mallinfo2().hblks > before
+    libc.free(block)
+    return {"xla_flags": os.environ.get("XLA_FLAGS", ""), "mmap": mmapped}
+
+seen = {"start": observe()}
+import instructjax
+seen["import"] = observe()
+sys.argv = ["experiments/sft.py", "--only_check_args", "--config=experiments/configs/sft.py:tiny", "--workdir=unused"]
+try:
+    runpy.run_path("experiments/sft.py", run_name="__main__")
+except SystemExit as exit:
+    assert not exit.code, exit.code
+seen["entry_point"] = observe()
+import jax.numpy as jnp
+seen["jax_runs"] = int(jnp.ones(3).sum())
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="observes glibc malloc")
+def test_import_changes_nothing_and_an_entry_point_applies_both():
+    """A fresh interpreter: `import instructjax` leaves XLA_FLAGS and malloc as they were;
+    experiments/sft.py (flags parsed, stopped before main) then applies both, and jax still runs."""
+    env = {k: v for k, v in os.environ.items() if k != "INSTRUCTJAX_CPU_TUNING" and not k.startswith("MALLOC_")}
+    env |= {"XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    untouched = {"xla_flags": "--xla_force_host_platform_device_count=1", "mmap": True}
+    assert seen["start"] == untouched
+    assert seen["import"] == untouched
+    assert seen["entry_point"] == {"xla_flags": " ".join([untouched["xla_flags"], *([FLAG] if KNOWN_JAXLIB else [])]),
+                                   "mmap": False}
+    assert seen["jax_runs"] == 3

@@ -8,7 +8,7 @@ import pytest
 from instructjax import parallel
 from instructjax.models import Transformer, get_preset, init_params
 
-needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="run with XLA_FLAGS=--xla_force_host_platform_device_count=8")
+needs_8 = pytest.mark.needs_devices(8)
 
 
 @needs_8

@@ -11,6 +11,7 @@ import scipy.stats
 from instructjax import models, sampling
 from instructjax.checkpoints import load_hf
 from instructjax.models import ModelConfig, Transformer
+from instructjax.testing.prompts import left_padded
 
 TINY = models.get_preset("tiny")
 PROMPT_LENGTHS = (3, 9, 6)
@@ -19,18 +20,6 @@ PROMPT_LENGTHS = (3, 9, 6)
 @pytest.fixture(scope="module")
 def tiny_params():
     return models.init_params(TINY, jax.random.key(0))
-
-
-def left_padded(lengths, vocab, seed=0, low=3):
-    """Random prompts of the given lengths, left-padded: (tokens int32 [B, P], mask bool [B, P])."""
-    rng = np.random.default_rng(seed)
-    width = max(lengths)
-    tokens = np.zeros((len(lengths), width), np.int32)
-    mask = np.zeros((len(lengths), width), bool)
-    for i, n in enumerate(lengths):
-        tokens[i, width - n:] = rng.integers(low, vocab, n)
-        mask[i, width - n:] = True
-    return tokens, mask
 
 
 def first_index(row, ids):
@@ -304,11 +293,9 @@ def test_bad_inputs_raise(tiny_params):
 # --- sharding -----------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_devices(8)
 def test_sharded_generate_equals_unsharded(tiny_params):
-    devices = jax.devices()
-    if len(devices) < 8:
-        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8, set in conftest)")
-    mesh = jax.sharding.Mesh(np.array(devices[:8]), ("data",))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
     tokens, mask = left_padded((3, 9, 6, 2, 7, 5, 8, 4), TINY.vocab_size, seed=11)
     value_params = models.init_params(TINY, jax.random.key(5), head="scalar")
     kw = dict(rng=jax.random.key(2), max_new_tokens=9, temperature=1.0, top_k=50, eos_id=(4, 5, 6, 7),

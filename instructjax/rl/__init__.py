@@ -2,21 +2,21 @@
 PPO losses, rollouts and the compiled PPO update."""
 
 from instructjax.rl.advantages import gae, masked_mean, masked_var, whiten
+from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
 from instructjax.rl.reward_functions import (NamedRewardFunction, RewardFunction, RewardFunctionError,
                                              call_reward_function, resolve_reward_function, resolve_reward_functions)
-from instructjax.rl.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from instructjax.rl.rewards import last_valid_index, no_eos_penalty, token_rewards
 from instructjax.rl.rollout import (VALUE_HEAD, Rollout, SamplingSettings, add_value_head, frozen_model, lm_params,
                                     make_scorer, response_logits_and_values, response_logprobs, response_values,
                                     reward_model_fn, sample_responses, token_count_reward)
-from instructjax.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_update, next_kl_coef, ptx_logprob_sum
+from instructjax.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_update, ptx_logprob_sum
 
 __all__ = ["gae", "whiten", "masked_mean", "masked_var", "kl_penalty", "AdaptiveKLController",
-           "FixedKLController", "entropy_from_logits", "explained_variance", "policy_loss", "value_loss",
+           "FixedKLController", "KLController", "entropy_from_logits", "explained_variance", "policy_loss", "value_loss",
            "last_valid_index", "no_eos_penalty", "token_rewards", "Rollout", "SamplingSettings", "make_scorer",
            "response_logprobs", "response_values", "reward_model_fn", "sample_responses", "token_count_reward",
            "VALUE_HEAD", "add_value_head", "lm_params", "response_logits_and_values", "frozen_model",
-           "PPOConfig", "PPOState", "init_ppo_state", "make_ppo_update", "next_kl_coef", "ptx_logprob_sum",
+           "PPOConfig", "PPOState", "init_ppo_state", "make_ppo_update", "ptx_logprob_sum",
            "NamedRewardFunction", "RewardFunction", "RewardFunctionError", "call_reward_function",
            "resolve_reward_function", "resolve_reward_functions"]

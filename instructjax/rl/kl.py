@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -> jax.Array:
@@ -25,35 +24,50 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -
 class FixedKLController:
     """A constant KL coefficient beta (InstructGPT: 0.02)."""
 
-    kl_coef: float
+    kl_coef: float | jax.Array
 
     @property
-    def value(self) -> float:
+    def value(self) -> float | jax.Array:
+        return self.kl_coef
+
+    def next_coef(self, current_kl: float | jax.Array, n_steps: int) -> float | jax.Array:
+        """beta after a batch of `n_steps` episodes with mean episode KL `current_kl`: unchanged."""
+        del current_kl, n_steps
         return self.kl_coef
 
     def update(self, current_kl: float, n_steps: int) -> float:
-        del current_kl, n_steps
-        return self.kl_coef
+        return self.next_coef(current_kl, n_steps)
 
 
 @dataclasses.dataclass
 class AdaptiveKLController:
-    """Ziegler et al. 2019: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+    """Ziegler et al. 2019: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon).
 
-    init_kl_coef: float
-    target: float
-    horizon: float
-    kl_coef: float = dataclasses.field(default=None)
+    `next_coef` is pure (it works on traced arrays: the PPO update runs it inside its jit, with the
+    coefficient kept in `PPOState.kl_coef`); `update` applies it to the controller's own value.
+    """
+
+    init_kl_coef: float | jax.Array
+    target: float  # target KL per episode (nats)
+    horizon: float  # episodes over which a 20% error moves beta by 20%
+    kl_coef: float | jax.Array = dataclasses.field(default=None)
 
     def __post_init__(self):
         if self.kl_coef is None:
-            self.kl_coef = float(self.init_kl_coef)
+            self.kl_coef = self.init_kl_coef
 
     @property
-    def value(self) -> float:
+    def value(self) -> float | jax.Array:
         return self.kl_coef
 
+    def next_coef(self, current_kl: float | jax.Array, n_steps: int) -> jax.Array:
+        """beta after a batch of `n_steps` episodes with mean episode KL `current_kl`."""
+        error = jnp.clip(current_kl / self.target - 1.0, -0.2, 0.2)
+        return self.kl_coef * (1.0 + error * n_steps / self.horizon)
+
     def update(self, current_kl: float, n_steps: int) -> float:
-        error = float(np.clip(float(current_kl) / self.target - 1.0, -0.2, 0.2))
-        self.kl_coef *= 1.0 + error * n_steps / self.horizon
+        self.kl_coef = float(self.next_coef(current_kl, n_steps))
         return self.kl_coef
+
+
+KLController = FixedKLController | AdaptiveKLController

@@ -12,6 +12,7 @@ value head on the policy trunk (`value_cfg = value_tx = None`) trained with the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.struct
@@ -22,6 +23,7 @@ import optax
 from instructjax.losses import token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.rl.advantages import gae, masked_mean, whiten
+from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
 from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from instructjax.rl.rewards import token_rewards
 from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
@@ -50,6 +52,12 @@ class PPOConfig:
     kl_target: float = 6.0  # adaptive controller target KL (nats per episode)
     kl_horizon: float = 10000.0  # adaptive controller horizon (episodes)
 
+    def kl_controller(self, kl_coef: float | jax.Array) -> KLController:
+        """The controller that moves `PPOState.kl_coef` after each rollout batch, at `kl_coef`."""
+        if self.adaptive_kl:
+            return AdaptiveKLController(kl_coef, self.kl_target, self.kl_horizon)
+        return FixedKLController(kl_coef)
+
 
 @flax.struct.dataclass
 class PPOState:
@@ -59,12 +67,6 @@ class PPOState:
     policy: TrainState  # policy params + optimizer state
     value: Optional[TrainState]  # value-model params + optimizer state; None: value head on the policy trunk
     kl_coef: jax.Array  # float32 []: the KL coefficient beta (the KL controller's state)
-
-
-def next_kl_coef(kl_coef: jax.Array, kl: jax.Array, n_steps: int, target: float, horizon: float) -> jax.Array:
-    """Ziegler's adaptive update, in-graph: beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)."""
-    error = jnp.clip(kl / target - 1.0, -0.2, 0.2)
-    return kl_coef * (1.0 + error * n_steps / horizon)
 
 
 def ptx_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -85,6 +87,78 @@ def ptx_logprob_sum(cfg: ModelConfig, params: Any, batch: dict) -> jax.Array:
     return jnp.sum(jnp.where(mask, token_logprobs(logits, targets), 0.0))
 
 
+def response_forward(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], temperature: float,
+                     params: tuple[Any, Any], rollout: Rollout) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(logits [B, N, V], logprobs [B, N], values [B, N]) of the response tokens in the training forward
+    (dropout off). `params` is (policy, value); `value_cfg` None: the value head is on the policy trunk
+    (`ij.rl.add_value_head`) and one trunk forward gives both."""
+    policy_params, value_params = params
+    tokens, attention_mask, mask = rollout.tokens, rollout.attention_mask, rollout.response_mask
+    if value_cfg is None:
+        logits, values = response_logits_and_values(policy_cfg, policy_params, tokens, attention_mask, mask)
+    else:
+        logits = response_logits(policy_cfg, policy_params, tokens, attention_mask, mask.shape[1])
+        values = response_values(value_cfg, value_params, tokens, attention_mask, mask)
+    logp = jnp.where(mask, token_logprobs(logits, tokens[:, -mask.shape[1]:], temperature), 0.0)
+    return logits, logp, values
+
+
+def ppo_batch(rollout: Rollout, old_logprobs: jax.Array, old_values: jax.Array, kl_coef: jax.Array,
+              config: PPOConfig) -> tuple[dict, jax.Array]:
+    """(batch, rewards [B, N]): the per-episode arrays the minibatches are drawn from
+    (rollout, mask, old logprobs and values, advantages, returns) after per-token rewards with the KL
+    penalty (Ziegler et al. 2019), optional reward whitening, GAE (Schulman et al. 2016) and optional
+    advantage whitening."""
+    mask = rollout.response_mask
+    rewards, _ = token_rewards(rollout.scores, old_logprobs, rollout.ref_logprobs, mask, kl_coef, config.kl_kind)
+    if config.whiten_rewards:
+        rewards = whiten(rewards, mask, shift_mean=False)
+    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    batch = {"rollout": rollout, "response_mask": mask, "old_logprobs": old_logprobs, "old_values": old_values,
+             "advantages": advantages, "returns": returns}
+    return batch, rewards
+
+
+def loss_totals(minibatch: dict, fresh: jax.Array | bool, config: PPOConfig) -> dict:
+    """What `minibatch_loss` normalises by over a whole minibatch (its microbatches share it): valid
+    response tokens, PPO-ptx target tokens; `fresh`: the params are still those of the recompute."""
+    totals = {"tokens": jnp.sum(minibatch["response_mask"]).astype(jnp.float32), "fresh": fresh}
+    if config.gamma_ptx > 0:
+        totals["ptx_tokens"] = jnp.sum(ptx_targets(minibatch["ptx"])[1]).astype(jnp.float32)
+    return totals
+
+
+def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], config: PPOConfig,
+                   params: tuple[Any, Any], micro: dict, totals: dict) -> tuple[jax.Array, dict]:
+    """(loss, stats) of (a microbatch of) a minibatch: clipped policy loss + vf_coef * clipped value loss
+    (Schulman et al. 2017), + gamma_ptx * the PPO-ptx loss (Ouyang et al. 2022). Weighted so that the
+    sum over a minibatch's microbatches is that minibatch's loss; `params` is (policy, value or None).
+
+    With `totals["fresh"]` the old logprobs / values are this forward's own (stop-gradient): the
+    params are those of the recompute (first minibatch of the first epoch), so the ratio is exactly 1,
+    where a separately compiled forward differs by float reassociation (~1e-7).
+    """
+    c = config
+    mask = micro["response_mask"]
+    _, logp, values = response_forward(policy_cfg, value_cfg, c.temperature, params, micro["rollout"])
+    fresh = totals["fresh"]
+    old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
+    old_values = jnp.where(fresh, jax.lax.stop_gradient(values), micro["old_values"])
+    pg, pg_stats = policy_loss(logp, old_logp, micro["advantages"], mask, c.clip_eps)
+    vf, vf_stats = value_loss(values, old_values, micro["returns"], mask, c.value_clip)
+    share = jnp.sum(mask) / jnp.maximum(totals["tokens"], 1.0)
+    loss = share * (pg + c.vf_coef * vf)
+    stats = {"pg_loss": pg, "value_loss": vf, **pg_stats, **vf_stats}
+    stats = {k: share * v for k, v in stats.items()}
+    if c.gamma_ptx > 0:
+        ptx = -ptx_logprob_sum(policy_cfg, params[0], micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
+        loss = loss + c.gamma_ptx * ptx
+        stats["ptx_loss"] = ptx
+    return loss, stats
+
+
 def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], policy_tx: optax.GradientTransformation,
                     value_tx: Optional[optax.GradientTransformation], config: PPOConfig):
     """A pure `update(state, rollout, ptx_batch, rng) -> (state, metrics, per_minibatch)`.
@@ -96,7 +170,8 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     `ptx_batch` (None when gamma_ptx is 0): packed pretraining rows [B_ptx, L] split evenly over the
     minibatches (and microbatches). `metrics`: scalars of RLHF.md item 25; `per_minibatch`: [E, M]
     arrays of the policy statistics in execution order (the first is the first minibatch of the
-    first epoch: ratio 1, approx KL 0, clip fraction 0).
+    first epoch: ratio 1, approx KL 0, clip fraction 0). `config.kl_controller` moves the KL
+    coefficient by the batch's mean episode KL.
     """
     c = config
     if c.gamma_ptx < 0:
@@ -105,50 +180,15 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     if shared != (value_tx is None):
         raise ValueError("value_cfg and value_tx: both set (separate value network) or both None (value head on "
                          "the policy trunk)")
-
-    def forward(params, rollout: Rollout):
-        policy_params, value_params = params
-        tokens, attention_mask, mask = rollout.tokens, rollout.attention_mask, rollout.response_mask
-        if shared:
-            logits, values = response_logits_and_values(policy_cfg, policy_params, tokens, attention_mask, mask)
-        else:
-            logits = response_logits(policy_cfg, policy_params, tokens, attention_mask, mask.shape[1])
-            values = response_values(value_cfg, value_params, tokens, attention_mask, mask)
-        logp = jnp.where(mask, token_logprobs(logits, tokens[:, -mask.shape[1]:], c.temperature), 0.0)
-        return logits, logp, values
+    forward = functools.partial(response_forward, policy_cfg, value_cfg, c.temperature)
+    micro_loss = functools.partial(minibatch_loss, policy_cfg, value_cfg, c)
 
     def trained_params(state: PPOState):
         """(policy params, value params or None): what the loss differentiates."""
         return state.policy.params, None if shared else state.value.params
 
-    def micro_loss(params, micro: dict, totals: dict):
-        """Weighted so that the sum over a minibatch's microbatches is that minibatch's loss.
-
-        On the first minibatch of the first epoch the params are those of the recompute, so the old
-        logprobs / values are this forward's own (stop-gradient): bit-exact ratio 1 (item 21), where a
-        separately compiled forward differs by float reassociation (~1e-7).
-        """
-        mask = micro["response_mask"]
-        _, logp, values = forward(params, micro["rollout"])
-        fresh = totals["fresh"]
-        old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
-        old_values = jnp.where(fresh, jax.lax.stop_gradient(values), micro["old_values"])
-        pg, pg_stats = policy_loss(logp, old_logp, micro["advantages"], mask, c.clip_eps)
-        vf, vf_stats = value_loss(values, old_values, micro["returns"], mask, c.value_clip)
-        share = jnp.sum(mask) / jnp.maximum(totals["tokens"], 1.0)
-        loss = share * (pg + c.vf_coef * vf)
-        stats = {"pg_loss": pg, "value_loss": vf, **pg_stats, **vf_stats}
-        stats = {k: share * v for k, v in stats.items()}
-        if c.gamma_ptx > 0:
-            ptx = -ptx_logprob_sum(policy_cfg, params[0], micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
-            loss = loss + c.gamma_ptx * ptx
-            stats["ptx_loss"] = ptx
-        return loss, stats
-
     def minibatch_step(state: PPOState, minibatch: dict, microbatches: int, fresh: jax.Array):
-        totals = {"tokens": jnp.sum(minibatch["response_mask"]).astype(jnp.float32), "fresh": fresh}
-        if c.gamma_ptx > 0:
-            totals["ptx_tokens"] = jnp.sum(ptx_targets(minibatch["ptx"])[1]).astype(jnp.float32)
+        totals = loss_totals(minibatch, fresh, c)
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
         params = trained_params(state)
         if microbatches == 1:
@@ -188,14 +228,8 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
         old_logprobs, old_values, entropies = jax.tree.map(lambda x: x.reshape(rows, *x.shape[2:]),
                                                            jax.lax.map(old_forward, chunks))
         entropy = masked_mean(entropies, mask)
-        rewards, kl = token_rewards(rollout.scores, old_logprobs, rollout.ref_logprobs, mask, state.kl_coef, c.kl_kind)
-        if c.whiten_rewards:
-            rewards = whiten(rewards, mask, shift_mean=False)
-        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
-        if c.whiten_advantages:
-            advantages = whiten(advantages, mask)
-        data = {"rollout": rollout, "response_mask": mask, "old_logprobs": old_logprobs, "old_values": old_values,
-                "advantages": advantages, "returns": returns}
+        data, rewards = ppo_batch(rollout, old_logprobs, old_values, state.kl_coef, c)
+        advantages, returns = data["advantages"], data["returns"]
         ptx = None
         if c.gamma_ptx > 0:
             if ptx_batch is None:
@@ -229,10 +263,10 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
 
         state, per_minibatch = jax.lax.scan(epoch_body, state,
                                             (jax.random.split(rng, c.ppo_epochs), jnp.arange(c.ppo_epochs)))
-        episode_kl = jnp.sum(kl, axis=-1)  # k1 summed over each episode (item 16)
+        # the controller's and the log's KL: k1 summed over each episode, whatever estimator the rewards use
+        episode_kl = jnp.sum(jnp.where(mask, kl_penalty(old_logprobs, rollout.ref_logprobs, "k1"), 0.0), axis=-1)
         mean_kl = jnp.mean(episode_kl)
-        new_kl_coef = (next_kl_coef(state.kl_coef, mean_kl, rows, c.kl_target, c.kl_horizon) if c.adaptive_kl
-                       else state.kl_coef)
+        new_kl_coef = c.kl_controller(state.kl_coef).next_coef(mean_kl, rows)
         lengths = jnp.sum(mask, axis=-1)
         metrics = {k: jnp.mean(v) for k, v in per_minibatch.items()}
         metrics |= {

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import pathlib
+import re
 import signal
 import subprocess
 import time
@@ -14,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from instructjax import checkpoints
+from instructjax.train import config as train_config
 from instructjax.train.metrics import read_metrics
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
@@ -53,6 +56,33 @@ def config_leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> It
             yield from config_leaf_paths(value, f"{prefix}{key}.")
         else:
             yield prefix + key
+
+
+def commented_fields(path: pathlib.Path, function: str) -> set[str]:
+    """Dotted fields that `function` in the file at `path` assigns with a trailing comment:
+    `c.optim.lr = 1e-5  # peak learning rate` -> "optim.lr" (whatever the config's local name)."""
+    source = path.read_text()
+    node = next((n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == function), None)
+    if node is None:
+        raise ValueError(f"{path}: no function {function!r}")
+    lines = source.splitlines()[node.lineno - 1:node.end_lineno]
+    return {m.group(1) for line in lines if (m := re.match(r"\s*\w+\.([\w.]+) = .*  # ", line))}
+
+
+def documented_config_paths(stage: str) -> set[str]:
+    """Full dotted paths of the fields of `experiments/configs/{stage}.py` declared with a comment: the
+    file's own `config.x = ...  # why` lines, and those of each section builder of
+    `instructjax.train.config` it calls, under the path it puts the section at
+    (`config = base_config()`: the root; `config.ptx.data = data_config(...)`: "ptx.data.")."""
+    path = CONFIGS / f"{stage}.py"
+    documented = commented_fields(path, "get_config")
+    library = pathlib.Path(train_config.__file__)
+    for line in path.read_text().splitlines():
+        mount = re.match(r"\s*config((?:\.\w+)*) = (\w+)\(", line)
+        if mount and callable(getattr(train_config, mount.group(2), None)):
+            prefix = mount.group(1)[1:] + "." if mount.group(1) else ""
+            documented |= {prefix + field for field in commented_fields(library, mount.group(2))}
+    return documented
 
 
 def kill_after_checkpoint(process: subprocess.Popen, checkpoint_dir: pathlib.Path, timeout_s: float) -> None:

@@ -64,7 +64,7 @@ def test_bf16_gradients_match_plain_bf16_autodiff(name, monkeypatch):
     assert_close_in_bf16(grads, ref_grads)
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.needs_devices(8)
 @pytest.mark.parametrize("name", ["llama", "gpt2_tied"])
 def test_bf16_gradients_sharded_equal_one_device(name):
     cfg = CONFIGS[name].replace(dtype="bfloat16")

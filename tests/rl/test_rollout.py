@@ -1,6 +1,8 @@
-"""Frozen models kept in bf16 (reference and reward): params cast once, scores and reference
-logprobs close to the float32 ones. The reward as the weighted sum of its sources."""
+"""The rollout path: the sampler's logprobs equal the training forward's for the same response
+tokens; frozen models kept in bf16 (reference and reward): params cast once, scores and reference
+logprobs close to the float32 ones; the reward as the weighted sum of its sources."""
 
+import dataclasses
 import functools
 
 import jax
@@ -10,6 +12,7 @@ import pytest
 
 from instructjax import models, rl
 from instructjax.rewards.scoring import reward_params_from_lm
+from instructjax.testing.prompts import common_token, left_padded
 
 CFG = models.get_preset("tiny")
 
@@ -68,3 +71,40 @@ def test_reward_is_the_weighted_sum_of_the_in_graph_source_and_the_function_scor
         rl.make_scorer(CFG, count, temperature=1.0, weights=(1.0, 1.0))(policy, None, out, functions)
     with pytest.raises(ValueError, match="no reward source"):
         rl.make_scorer(CFG, None, temperature=1.0)(policy, None, out)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_equal_the_training_forward(temperature):
+    """f32 tiny model, prompts of 8 lengths, some responses ending early with EOS: the logprob the
+    sampler recorded for each response token equals the one the PPO path recomputes from the
+    assembled rollout, in the scorer (reference = policy here) and in the update's forward (separate
+    value model, and value head on the policy trunk). Off by one position, every token differs."""
+    policy = models.init_params(CFG, jax.random.key(0))
+    value = models.init_params(CFG, jax.random.key(1), head="scalar")
+    tokens, mask = left_padded((3, 9, 6, 2, 7, 5, 8, 4), CFG.vocab_size)
+    settings = rl.SamplingSettings(max_new_tokens=10, temperature=temperature, pad_id=0)
+
+    def draw(settings):
+        return rl.sample_responses(CFG, policy, jnp.asarray(tokens), jnp.asarray(mask), rng=jax.random.key(3),
+                                   settings=settings)
+
+    out = draw(dataclasses.replace(settings, eos_id=common_token(draw(settings).tokens)))
+    lengths = np.asarray(out.mask).sum(-1)
+    assert np.sum(lengths < 10) >= 2 and not out.ended.all(), lengths  # several end early, not all
+
+    rollout = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(7), temperature=temperature))(policy, None, out)
+    valid = np.asarray(rollout.response_mask)
+    sampled = np.asarray(rollout.sample_logprobs)
+    np.testing.assert_array_equal(sampled, out.logprobs)
+
+    def assert_equals_sampled(recomputed):
+        recomputed = np.asarray(recomputed)
+        np.testing.assert_allclose(recomputed[valid], sampled[valid], rtol=0, atol=1e-5)
+        assert (recomputed[~valid] == 0).all() and (sampled[~valid] == 0).all()
+
+    assert_equals_sampled(rollout.ref_logprobs)  # rl.response_logprobs
+    _, separate, _ = rl.update.response_forward(CFG, CFG, temperature, (policy, value), rollout)
+    assert_equals_sampled(separate)
+    shared_policy = rl.add_value_head(CFG, policy, jax.random.key(2))
+    _, shared, _ = rl.update.response_forward(CFG, None, temperature, (shared_policy, None), rollout)
+    assert_equals_sampled(shared)

@@ -1,6 +1,6 @@
-"""The compiled PPO update (RLHF.md items 19-24): ratio exactly 1 on the first minibatch, microbatch
-accumulation, PPO-ptx gradients, sharded equals single-device, and learning on a synthetic reward,
-with a separate value network and with a value head on the policy trunk (item 23)."""
+"""The compiled PPO update: only the first minibatch reuses the recompute, microbatch accumulation,
+PPO-ptx gradients, sharded equals single-device, and learning on a synthetic reward, with a separate
+value network and with a value head on the policy trunk."""
 
 import functools
 
@@ -59,7 +59,12 @@ def make(config, policy_tx=None, value_tx=None, kl_coef=0.05, shared=False):
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["separate_value", "shared_trunk"])
-def test_first_minibatch_has_ratio_one(shared):
+def test_only_the_first_minibatch_reuses_the_recompute(shared):
+    """2 epochs x 4 minibatches. The first minibatch of the first epoch takes its old logprobs and
+    values from its own forward, so its ratio is exactly 1 by construction; what can fail here is
+    which minibatch gets that: exactly the first, every later one sees the updated policy. (Whether
+    the recompute equals the sampler's logprobs is test_rollout's test; the loss is checked
+    against a reference in test_update_reference.)"""
     state, update = make(rl.PPOConfig(ppo_epochs=2, num_minibatches=4), shared=shared)
     batch = rollout_batch(state.policy.params)
     new_state, metrics, per_mb = update(state, batch, None, jax.random.key(1))
@@ -67,7 +72,7 @@ def test_first_minibatch_has_ratio_one(shared):
     assert float(per_mb["ratio"][0, 0]) == 1.0
     assert float(per_mb["approx_kl"][0, 0]) == 0.0
     assert float(per_mb["clip_frac"][0, 0]) == 0.0
-    assert float(per_mb["approx_kl"][1, 3]) > 0.0  # later minibatches see the updated policy
+    assert (np.asarray(per_mb["approx_kl"]).ravel()[1:] > 0.0).all()
     assert int(new_state.step) == 1 and int(new_state.policy.step) == 8
     assert (new_state.value is None) == shared
     if shared:  # the value loss trained the value head through the policy optimizer
@@ -170,6 +175,7 @@ def test_learning_on_a_synthetic_reward():
     assert abs(strong[-1]["kl"]) < 0.5 * history[-1]["kl"], (strong[-1]["kl"], history[-1]["kl"])
 
 
+@pytest.mark.needs_devices(8)
 def test_sharded_update_equals_single_device():
     policy, value = models_params()
     tx = optax.adam(1e-3)

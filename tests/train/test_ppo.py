@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,8 @@ from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.testing import tiny_tokenizer
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
-                                              load_experiment_config, without_timings)
+from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
+                                              kill_after_checkpoint, load_experiment_config, without_timings)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "ppo.py"
@@ -112,13 +111,9 @@ def test_shared_value_head_with_bf16_frozen_models_exports_the_lm_and_resumes(tm
 
 
 def test_presets_declare_every_field_with_a_comment():
-    declared = set()
-    for path in (CONFIG_FILE, REPO / "instructjax" / "train" / "config.py"):
-        declared |= set(re.findall(r"^\s*(?:c|config)\.([\w.]+) = .*  # ", path.read_text(), re.M))
-
+    documented = documented_config_paths("ppo")  # full key paths: "ptx.data.name", not any "*.name"
     for preset in ("tiny", "smollm2", "instructgpt"):
-        undocumented = [p for p in config_leaf_paths(ppo_config(preset)) if not any(p == d or p.endswith("." + d)
-                                                                         for d in declared)]
+        undocumented = [p for p in config_leaf_paths(ppo_config(preset)) if p not in documented]
         assert not undocumented, (preset, undocumented)
     with pytest.raises(ValueError, match="unknown ppo preset"):
         ppo_config("huge")

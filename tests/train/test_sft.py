@@ -4,7 +4,6 @@ after SIGKILL, the NaN guard, and the workdir's config check."""
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -14,8 +13,8 @@ import pytest
 
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
-                                              load_experiment_config)
+from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
+                                              kill_after_checkpoint, load_experiment_config)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "sft.py"
@@ -103,7 +102,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
         (reference / "samples" / "step_000024.txt").read_text()
 
 
-@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+@pytest.mark.needs_devices(8)
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = sft_config(**{"debug.nan_at_step": 11, "checkpoint.every_steps": 4, "eval.every_steps": 0,
                            "parallel.mesh_shape": (2, 2, 2)})  # checkpoints of data, fsdp and tensor shards
@@ -128,12 +127,9 @@ def test_a_different_config_in_the_same_workdir_is_refused(tmp_path):
 
 
 def test_presets_declare_every_field_with_a_comment():
-    declared = set()
-    for path in (CONFIG_FILE, REPO / "instructjax" / "train" / "config.py"):
-        declared |= set(re.findall(r"^\s*(?:c|config)\.([\w.]+) = .*  # ", path.read_text(), re.M))
+    documented = documented_config_paths("sft")  # full key paths: "data.name", not any "*.name"
     for preset in ("tiny", "smollm2"):
-        config = sft_config(preset)
-        undocumented = [p for p in config_leaf_paths(config) if not any(p == d or p.endswith("." + d) for d in declared)]
-        assert not undocumented
+        undocumented = [p for p in config_leaf_paths(sft_config(preset)) if p not in documented]
+        assert not undocumented, (preset, undocumented)
     with pytest.raises(ValueError, match="unknown SFT preset"):
         sft_config("huge")

@@ -13,7 +13,7 @@ from instructjax.train.sft import sft_loss_fn
 from instructjax.train.state import init_state, state_shardings
 from instructjax.train.step import compile_step, make_train_step
 
-needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
+needs_8 = pytest.mark.needs_devices(8)
 CFG = get_preset("tiny").replace(dropout_rate=0.1)
 # Adam's first update is about lr * g / (|g| + eps), so float noise on gradient entries near eps
 # moves a parameter by a fraction of lr: eps 1e-6 and params compared to 0.5% of lr.
