@@ -1,6 +1,7 @@
 """InstructGPT pipeline configs: `tiny` (random tiny model, the whole pipeline in about a minute;
-tests and notebooks), `quick` (`make demo`: SmolLM2-135M-Instruct, about 20 minutes on a 2-core
-CPU), `full` (a longer run of the same) and `hf` (an HF checkpoint directory given on the command line).
+tests and notebooks), `quick` (`make demo`: SmolLM2-135M-Instruct on a 2-core CPU, plain PPO), `full`
+(a longer run of the same, PPO-ptx beside PPO), `hf` (an HF checkpoint directory given on the command
+line) and `gold` (`quick` with PPO against the task's own checker: the gold-reward diagnostic).
 
     python experiments/pipeline.py --config=experiments/configs/pipeline.py:quick --workdir=runs/demo
     python experiments/pipeline.py --config=experiments/configs/pipeline.py:hf --workdir=runs/qwen \\
@@ -19,7 +20,7 @@ import ml_collections
 
 from instructjax.tasks import FAMILIES
 
-PRESETS = ("tiny", "quick", "full", "hf")
+PRESETS = ("tiny", "quick", "full", "hf", "gold")
 # Families no training stage sees: the report's alignment tax (does training on the others cost these?).
 HELDOUT_FAMILIES = ("min_sentences", "bullets")
 TRAINED_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
@@ -72,7 +73,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.task.heldout_families = HELDOUT_FAMILIES  # families kept out of every training stage (alignment tax)
     config.task.num_heldout = 200  # test prompts of the held-out families (test topics); 0: none
 
-    config.demonstrations = _sampling(k=8, temperature=0.8, max_new_tokens=64, batch_size=32)
+    config.demonstrations = _sampling(k=2 if real else 8, temperature=0.8, max_new_tokens=64, batch_size=32)
     config.demonstrations.files = ()  # JSONL demonstrations of your own; (): made from K samples (source)
     config.demonstrations.source = "edit" if real else "best_of_k"  # edit: best sample edited to pass | best_of_k: as is
     config.demonstrations.require_pass = True  # best_of_k: keep the best sample only if it meets every constraint
@@ -167,6 +168,13 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.checkpoint.every_steps = 4
     ppo.samples.every_steps = 4
     ppo.eval.every_steps = 4  # validation pass rate and RM score along the run (the over-optimisation plot)
+    if arg in ("quick", "gold"):  # make demo's 30 minutes hold one RL run: PPO-ptx beside it in `full`
+        config.ppo_ptx.gamma = 0.0
+        config.task.num_heldout = 100
+        ppo.eval.every_steps = 8
+    if arg == "gold":  # the gold-reward diagnostic: PPO against the task's own checker, no reward model
+        ppo.reward.source = "function"
+        ppo.reward.function = "instructjax.tasks.rewards:constraint_fraction"
     if arg == "full":
         config.task.num_sft = config.task.num_reward = 1024
         config.task.num_ppo = 2048

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -47,19 +48,25 @@ def plot_ppo(root: pathlib.Path, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def overoptimization_points(metrics_file: pathlib.Path) -> list[tuple[float, float, float]]:
-    """(rollout KL to SFT, validation pass rate, validation RM score or NaN) at each evaluated iteration."""
+def overoptimization_points(stage_dir: pathlib.Path) -> list[tuple[float, float, float]]:
+    """(rollout KL to SFT, validation pass rate, validation RM score or NaN) of an RL stage's starting
+    policy (KL 0, from `validation_start.json`) and at each evaluated iteration (`metrics.jsonl`)."""
+    metrics_file, start_file = stage_dir / "metrics.jsonl", stage_dir / "validation_start.json"
     kl = dict(zip(*_series(metrics_file, "train/kl")))
     passed, scored = dict(zip(*_series(metrics_file, "eval/pass_rate"))), dict(zip(*_series(metrics_file,
                                                                                             "eval/reward_score")))
-    return [(kl[s], passed[s], scored.get(s, float("nan"))) for s in sorted(passed) if s in kl]
+    points = [(kl[s], passed[s], scored.get(s, float("nan"))) for s in sorted(passed) if s in kl]
+    if start_file.exists():
+        start = json.loads(start_file.read_text())
+        points.insert(0, (0.0, start["pass_rate"], start.get("reward_score", float("nan"))))
+    return points
 
 
 def plot_overoptimization(root: pathlib.Path, out: pathlib.Path) -> None:
     """Gold (the checker's validation pass rate) and proxy (RM score) against KL to SFT (Gao et al. 2022)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for stage in _stages(root):
-        points = overoptimization_points(root / stage / "metrics.jsonl")
+        points = overoptimization_points(root / stage)
         kl = [p[0] for p in points]
         axes[0].plot(kl, [100 * p[1] for p in points], marker="o", label=LABELS[stage], color=COLORS[stage])
         axes[1].plot(kl, [p[2] for p in points], marker="o", label=LABELS[stage], color=COLORS[stage])

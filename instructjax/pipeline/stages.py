@@ -34,6 +34,7 @@ from instructjax.train.sft import train_sft
 SPLITS = ("sft", "reward", "ppo", "validation", "test", "heldout")  # prompt sets of the task stage
 POLICIES = ("initial", "sft", "ppo", "ppo_ptx")  # the models the evaluation compares (ppo_ptx when trained)
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out-family prompts: a draw independent of the test prompts' (same topics)
+VALIDATION_START_FILE = "validation_start.json"  # an RL stage's validation metrics of its starting (SFT) policy
 DEMONSTRATION_SOURCES = ("edit", "best_of_k")  # how the demonstrations stage makes a demonstration
 
 
@@ -279,7 +280,12 @@ def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: s
             if config.ptx_corpus.source != "stdlib":
                 raise ValueError("ppo_ptx.gamma > 0 needs a pretraining corpus: set ptx_corpus.source='stdlib'")
             c.ptx.data.train_files = (str(files["pretraining"]),)
-    train_ppo(c, root / name, evaluate=_validation_eval(config, root))
+    evaluate = _validation_eval(config, root)
+    start = root / name / VALIDATION_START_FILE
+    if not start.exists():  # the curve's first point (KL 0): the SFT policy itself
+        cfg, params, _ = _policy(root, "sft")
+        write_json(start, evaluate(cfg, params, 0))
+    train_ppo(c, root / name, evaluate=evaluate)
     return {"export": str(root / name / "export"), "ptx_gamma": ptx_gamma}
 
 

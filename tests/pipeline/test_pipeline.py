@@ -49,8 +49,9 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
             assert 0.0 <= test["p_value"] <= 1.0 and test["prompts"] == 16
     assert summaries["task"]["pretraining_texts"] == 48 and summaries["task"]["pretraining_heldout_texts"] == 16
     for stage in ("ppo", "ppo_ptx"):  # the validation curve: gold and proxy at each evaluated iteration
-        points = ij.evaluation.report.overoptimization_points(workdir / stage / "metrics.jsonl")
-        assert len(points) == config.ppo.num_steps and all(0.0 <= p[1] <= 1.0 for p in points)
+        points = ij.evaluation.report.overoptimization_points(workdir / stage)
+        assert len(points) == 1 + config.ppo.num_steps and all(0.0 <= p[1] <= 1.0 for p in points)
+        assert points[0][0] == 0.0  # the SFT policy's point
 
 
 def test_report_has_tables_plots_and_samples(finished_run):
