@@ -86,7 +86,7 @@ display(Image(filename=str(workdir / "report_pass_rates.png")))
 display(Image(filename=str(workdir / "report_ppo.png")))
 
 # %%
-ppo = [json.loads(line) for line in open(workdir / "ppo" / "metrics.jsonl")]
+ppo = [r for r in map(json.loads, open(workdir / "ppo" / "metrics.jsonl")) if "train/kl" in r]  # not eval/
 plt.plot([r["step"] for r in ppo], [r["train/kl"] for r in ppo], marker="o")
 plt.xlabel("PPO iteration")
 plt.ylabel("KL to SFT (nats)")
