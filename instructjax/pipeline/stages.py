@@ -369,14 +369,15 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     rl_policies = [n for n in names if n.startswith("ppo")]
     kl_sampling = SamplingConfig(k=1, max_new_tokens=c.max_new_tokens, temperature=config.ppo.rollout.temperature,
                                  batch_size=c.batch_size, dtype=c.dtype or None)
-    pairs = [("sft", "initial")] + [(n, "sft") for n in rl_policies] + [(n, "initial") for n in rl_policies]
+    each_step = [("sft", "initial")] + [(n, "sft") for n in rl_policies]  # each policy against the one it started from
+    pairs = each_step + [(n, "initial") for n in rl_policies]
     summary = {
         "num_test_prompts": len(prompt_sets["test"]), "num_heldout_prompts": len(prompt_sets["heldout"]),
         "num_heldout_texts": len(heldout_texts), "models": results,
         "paired_tests": {split: {f"{a}_vs_{b}": metrics.mcnemar_exact(passes[a, split], passes[b, split])
                                  for a, b in pairs} for split in prompt_sets if prompt_sets[split]},
         "win_rates": {f"{a}_vs_{b}": metrics.win_rate(labeler, test_texts, responses[a, "test"],
-                                                      responses[b, "test"]).to_json() for a, b in pairs[:1 + len(rl_policies)]},
+                                                      responses[b, "test"]).to_json() for a, b in each_step},
         "kl_to_sft": {n: metrics.mean_and_interval(kl_to_reference(*models[n], *models["sft"], tokenizer, test_texts,
                                                                    kl_sampling, jax.random.key(config.seed + 4)))
                       for n in rl_policies},
