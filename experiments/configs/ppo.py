@@ -21,8 +21,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown ppo preset {arg!r}: expected one of {PRESETS}")
     config = base_config()
     config.num_steps = 100  # PPO iterations (rollout batches)
-    config.batch_size = 64  # episodes (prompts) per rollout batch
+    config.batch_size = 64  # prompts per rollout batch (episodes: batch_size x rollout.group_size)
     config.microbatches = 1  # gradient accumulation inside each PPO minibatch
+    # advantage: "gae" (PPO: GAE over a value function, value.*); group baselines over rollout.group_size
+    # samples of each prompt, no value function: "grpo" (Shao et al. 2024), "drgrpo" (Liu et al. 2025),
+    # "rloo" (Ahmadian et al. 2024); docs/ppo.md
+    config.advantage = "gae"  # gae | grpo | drgrpo | rloo (see above)
     config.optim.schedule = "constant"  # policy learning-rate schedule (over all minibatch updates)
     config.optim.b2 = 0.95  # InstructGPT PPO Adam betas (0.9, 0.95)
 
@@ -34,6 +38,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     config.rollout = ml_collections.ConfigDict()
     config.rollout.max_new_tokens = 64  # response budget
+    config.rollout.group_size = 1  # responses sampled per prompt (rows per iteration: batch_size x group_size)
     config.rollout.temperature = 1.0  # sampling temperature, also used in every logprob (RLHF.md items 2, 12)
     config.rollout.top_k = 0  # 0: off
     config.rollout.top_p = 1.0  # 1.0: off

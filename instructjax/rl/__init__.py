@@ -1,7 +1,7 @@
 """RL pieces of the InstructGPT recipe: advantages, KL penalties and controllers, per-token rewards,
 PPO losses, rollouts and the compiled PPO update."""
 
-from instructjax.rl.advantages import gae, masked_mean, masked_var, whiten
+from instructjax.rl.advantages import gae, group_advantages, masked_mean, masked_var, rloo_advantages, whiten
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
 from instructjax.rl.reward_functions import (NamedRewardFunction, RewardFunction, RewardFunctionError,
                                              call_reward_function, resolve_reward_function, resolve_reward_functions)
@@ -12,7 +12,7 @@ from instructjax.rl.rollout import (VALUE_HEAD, Rollout, SamplingSettings, add_v
                                     reward_model_fn, sample_responses, token_count_reward)
 from instructjax.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_update, ptx_logprob_sum
 
-__all__ = ["gae", "whiten", "masked_mean", "masked_var", "kl_penalty", "AdaptiveKLController",
+__all__ = ["gae", "group_advantages", "rloo_advantages", "whiten", "masked_mean", "masked_var", "kl_penalty", "AdaptiveKLController",
            "FixedKLController", "KLController", "entropy_from_logits", "explained_variance", "policy_loss", "value_loss",
            "last_valid_index", "no_eos_penalty", "token_rewards", "Rollout", "SamplingSettings", "make_scorer",
            "response_logprobs", "response_values", "reward_model_fn", "sample_responses", "token_count_reward",

@@ -50,3 +50,29 @@ def whiten(x: jax.Array, mask: Optional[jax.Array] = None, shift_mean: bool = Tr
     if not shift_mean:
         out = out + mean
     return out if mask is None else jnp.where(mask, out, 0.0)
+
+
+def _groups(rewards: jax.Array, group_size: int) -> jax.Array:
+    """rewards [B] as [B / group_size, group_size]; each group's rows are consecutive."""
+    if group_size < 2 or rewards.shape[0] % group_size:
+        raise ValueError(f"{rewards.shape[0]} rewards do not split into groups of group_size={group_size} (>= 2)")
+    return rewards.astype(jnp.float32).reshape(-1, group_size)
+
+
+def group_advantages(rewards: jax.Array, group_size: int, scale: bool = True, eps: float = 1e-6) -> jax.Array:
+    """float32 [B]: each reward minus its group's mean, divided by the group's sample standard deviation
+    (ddof 1) + eps (GRPO, Shao et al. 2024); `scale=False`: not divided (Dr.GRPO, Liu et al. 2025).
+    A group of equal rewards gives zeros."""
+    groups = _groups(rewards, group_size)
+    centred = groups - jnp.mean(groups, axis=-1, keepdims=True)
+    if scale:
+        centred = centred / (jnp.std(groups, axis=-1, ddof=1, keepdims=True) + eps)
+    return centred.reshape(-1)
+
+
+def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
+    """float32 [B]: each reward minus the mean of the other rewards of its group (REINFORCE leave-one-out,
+    Ahmadian et al. 2024)."""
+    groups = _groups(rewards, group_size)
+    others = (jnp.sum(groups, axis=-1, keepdims=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)

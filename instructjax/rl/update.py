@@ -22,13 +22,16 @@ import optax
 
 from instructjax.losses import token_logprobs
 from instructjax.models import ModelConfig, Transformer
-from instructjax.rl.advantages import gae, masked_mean, whiten
+from instructjax.rl.advantages import gae, group_advantages, masked_mean, rloo_advantages, whiten
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
 from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from instructjax.rl.rewards import token_rewards
 from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
 from instructjax.train.state import TrainState
 from instructjax.train.step import split_microbatches
+
+
+ADVANTAGES = ("gae", "grpo", "drgrpo", "rloo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +47,28 @@ class PPOConfig:
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
     temperature: float = 1.0  # sampling temperature, also in the training forward (item 2)
-    kl_kind: str = "k1"  # k1 | k2 | k3 per-token KL in the reward
+    kl_kind: str = "k1"  # k1 | k2 | k3 per-token KL estimator (in the reward, or in the loss)
+    kl_in_loss: bool = False  # beta * KL as a loss term on the policy's own logprobs (GRPO, k3) instead of a reward
     whiten_rewards: bool = False  # reward whitening with shift_mean=False (item 18)
     whiten_advantages: bool = True  # advantage whitening (item 18)
     gamma_ptx: float = 0.0  # PPO-ptx coefficient (InstructGPT: 27.8); 0: plain PPO
     adaptive_kl: bool = False  # Ziegler's adaptive controller instead of a fixed beta
     kl_target: float = 6.0  # adaptive controller target KL (nats per episode)
     kl_horizon: float = 10000.0  # adaptive controller horizon (episodes)
+    advantage: str = "gae"  # gae (value function) | grpo | drgrpo | rloo (group baselines, no value function)
+    group_size: int = 1  # consecutive rollout rows sampled from the same prompt (group baselines: >= 2)
+
+    def __post_init__(self):
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage={self.advantage!r}: expected one of {ADVANTAGES}")
+        if self.advantage != "gae" and self.group_size < 2:
+            raise ValueError(f"advantage={self.advantage!r} needs group_size >= 2 samples per prompt, got "
+                             f"{self.group_size}")
+
+    @property
+    def uses_values(self) -> bool:
+        """GAE needs a value function; the group baselines do not."""
+        return self.advantage == "gae"
 
     def kl_controller(self, kl_coef: float | jax.Array) -> KLController:
         """The controller that moves `PPOState.kl_coef` after each rollout batch, at `kl_coef`."""
@@ -88,13 +106,18 @@ def ptx_logprob_sum(cfg: ModelConfig, params: Any, batch: dict) -> jax.Array:
 
 
 def response_forward(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], temperature: float,
-                     params: tuple[Any, Any], rollout: Rollout) -> tuple[jax.Array, jax.Array, jax.Array]:
+                     params: tuple[Any, Any], rollout: Rollout, with_values: bool = True
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(logits [B, N, V], logprobs [B, N], values [B, N]) of the response tokens in the training forward
     (dropout off). `params` is (policy, value); `value_cfg` None: the value head is on the policy trunk
-    (`ij.rl.add_value_head`) and one trunk forward gives both."""
+    (`ij.rl.add_value_head`) and one trunk forward gives both; `with_values=False`: no value function
+    (group baselines), values are 0."""
     policy_params, value_params = params
     tokens, attention_mask, mask = rollout.tokens, rollout.attention_mask, rollout.response_mask
-    if value_cfg is None:
+    if not with_values:
+        logits = response_logits(policy_cfg, policy_params, tokens, attention_mask, mask.shape[1])
+        values = jnp.zeros(mask.shape, jnp.float32)
+    elif value_cfg is None:
         logits, values = response_logits_and_values(policy_cfg, policy_params, tokens, attention_mask, mask)
     else:
         logits = response_logits(policy_cfg, policy_params, tokens, attention_mask, mask.shape[1])
@@ -103,28 +126,47 @@ def response_forward(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], 
     return logits, logp, values
 
 
+def sequence_advantages(sequence_rewards: jax.Array, config: PPOConfig) -> jax.Array:
+    """float32 [B]: the group-baseline advantage of each episode's total reward (GRPO, Dr.GRPO, RLOO)."""
+    if config.advantage == "rloo":
+        return rloo_advantages(sequence_rewards, config.group_size)
+    return group_advantages(sequence_rewards, config.group_size, scale=config.advantage == "grpo")
+
+
 def ppo_batch(rollout: Rollout, old_logprobs: jax.Array, old_values: jax.Array, kl_coef: jax.Array,
               config: PPOConfig) -> tuple[dict, jax.Array]:
     """(batch, rewards [B, N]): the per-episode arrays the minibatches are drawn from
     (rollout, mask, old logprobs and values, advantages, returns) after per-token rewards with the KL
-    penalty (Ziegler et al. 2019), optional reward whitening, GAE (Schulman et al. 2016) and optional
-    advantage whitening."""
+    penalty (Ziegler et al. 2019), optional reward whitening, then GAE (Schulman et al. 2016) and
+    optional advantage whitening, or a group baseline of each episode's summed reward, the same
+    advantage for every token of the response (`config.advantage` grpo | drgrpo | rloo)."""
     mask = rollout.response_mask
-    rewards, _ = token_rewards(rollout.scores, old_logprobs, rollout.ref_logprobs, mask, kl_coef, config.kl_kind)
+    reward_kl_coef = 0.0 if config.kl_in_loss else kl_coef
+    rewards, _ = token_rewards(rollout.scores, old_logprobs, rollout.ref_logprobs, mask, reward_kl_coef,
+                               config.kl_kind)
     if config.whiten_rewards:
         rewards = whiten(rewards, mask, shift_mean=False)
-    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-    if config.whiten_advantages:
-        advantages = whiten(advantages, mask)
+    if config.uses_values:
+        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+    else:
+        episode_advantages = sequence_advantages(jnp.sum(rewards, axis=-1), config)
+        advantages = jnp.where(mask, episode_advantages[:, None], 0.0)
+        returns = jnp.zeros_like(advantages)
     batch = {"rollout": rollout, "response_mask": mask, "old_logprobs": old_logprobs, "old_values": old_values,
              "advantages": advantages, "returns": returns}
     return batch, rewards
 
 
-def loss_totals(minibatch: dict, fresh: jax.Array | bool, config: PPOConfig) -> dict:
+def loss_totals(minibatch: dict, fresh: jax.Array | bool, kl_coef: jax.Array, config: PPOConfig) -> dict:
     """What `minibatch_loss` normalises by over a whole minibatch (its microbatches share it): valid
-    response tokens, PPO-ptx target tokens; `fresh`: the params are still those of the recompute."""
-    totals = {"tokens": jnp.sum(minibatch["response_mask"]).astype(jnp.float32), "fresh": fresh}
+    response tokens, PPO-ptx target tokens; `fresh`: the params are still those of the recompute;
+    `kl_coef`: beta of the KL loss term."""
+    mask = minibatch["response_mask"]
+    # Dr.GRPO: the token sum over a constant (every row's full response budget), not over the valid tokens
+    tokens = mask.size if config.advantage == "drgrpo" else jnp.sum(mask)
+    totals = {"tokens": jnp.asarray(tokens, jnp.float32), "fresh": fresh, "kl_coef": kl_coef}
     if config.gamma_ptx > 0:
         totals["ptx_tokens"] = jnp.sum(ptx_targets(minibatch["ptx"])[1]).astype(jnp.float32)
     return totals
@@ -133,7 +175,8 @@ def loss_totals(minibatch: dict, fresh: jax.Array | bool, config: PPOConfig) -> 
 def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], config: PPOConfig,
                    params: tuple[Any, Any], micro: dict, totals: dict) -> tuple[jax.Array, dict]:
     """(loss, stats) of (a microbatch of) a minibatch: clipped policy loss + vf_coef * clipped value loss
-    (Schulman et al. 2017), + gamma_ptx * the PPO-ptx loss (Ouyang et al. 2022). Weighted so that the
+    (Schulman et al. 2017; GAE only), + beta * KL to the reference (`kl_in_loss`, Shao et al. 2024),
+    + gamma_ptx * the PPO-ptx loss (Ouyang et al. 2022). Weighted so that the
     sum over a minibatch's microbatches is that minibatch's loss; `params` is (policy, value or None).
 
     With `totals["fresh"]` the old logprobs / values are this forward's own (stop-gradient): the
@@ -142,15 +185,20 @@ def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], co
     """
     c = config
     mask = micro["response_mask"]
-    _, logp, values = response_forward(policy_cfg, value_cfg, c.temperature, params, micro["rollout"])
+    _, logp, values = response_forward(policy_cfg, value_cfg, c.temperature, params, micro["rollout"],
+                                       c.uses_values)
     fresh = totals["fresh"]
     old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
     old_values = jnp.where(fresh, jax.lax.stop_gradient(values), micro["old_values"])
     pg, pg_stats = policy_loss(logp, old_logp, micro["advantages"], mask, c.clip_eps)
-    vf, vf_stats = value_loss(values, old_values, micro["returns"], mask, c.value_clip)
     share = jnp.sum(mask) / jnp.maximum(totals["tokens"], 1.0)
-    loss = share * (pg + c.vf_coef * vf)
-    stats = {"pg_loss": pg, "value_loss": vf, **pg_stats, **vf_stats}
+    loss, stats = share * pg, {"pg_loss": pg, **pg_stats}
+    if c.kl_in_loss:  # differentiated through the policy's logprobs, unlike the reward penalty
+        kl = masked_mean(kl_penalty(logp, micro["rollout"].ref_logprobs, c.kl_kind), mask)
+        loss, stats = loss + share * totals["kl_coef"] * kl, {**stats, "kl_loss": kl}
+    if c.uses_values:
+        vf, vf_stats = value_loss(values, old_values, micro["returns"], mask, c.value_clip)
+        loss, stats = loss + share * c.vf_coef * vf, {**stats, "value_loss": vf, **vf_stats}
     stats = {k: share * v for k, v in stats.items()}
     if c.gamma_ptx > 0:
         ptx = -ptx_logprob_sum(policy_cfg, params[0], micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
@@ -177,10 +225,12 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     if c.gamma_ptx < 0:
         raise ValueError(f"gamma_ptx must be >= 0, got {c.gamma_ptx}")
     shared = value_cfg is None
+    if not c.uses_values and not shared:
+        raise ValueError(f"advantage={c.advantage!r} uses no value function: pass value_cfg = value_tx = None")
     if shared != (value_tx is None):
         raise ValueError("value_cfg and value_tx: both set (separate value network) or both None (value head on "
                          "the policy trunk)")
-    forward = functools.partial(response_forward, policy_cfg, value_cfg, c.temperature)
+    forward = functools.partial(response_forward, policy_cfg, value_cfg, c.temperature, with_values=c.uses_values)
     micro_loss = functools.partial(minibatch_loss, policy_cfg, value_cfg, c)
 
     def trained_params(state: PPOState):
@@ -188,7 +238,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
         return state.policy.params, None if shared else state.value.params
 
     def minibatch_step(state: PPOState, minibatch: dict, microbatches: int, fresh: jax.Array):
-        totals = loss_totals(minibatch, fresh, c)
+        totals = loss_totals(minibatch, fresh, state.kl_coef, c)
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
         params = trained_params(state)
         if microbatches == 1:
@@ -272,13 +322,15 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
         metrics |= {
             "score": jnp.mean(rollout.scores), "raw_score": jnp.mean(rollout.raw_scores), "kl": mean_kl,
             "kl_coef": state.kl_coef, "entropy": entropy,
-            "explained_variance": explained_variance(old_values, returns, mask),
             "response_length": jnp.mean(lengths.astype(jnp.float32)),
             "eos_fraction": jnp.mean(rollout.ended.astype(jnp.float32)),
             "reward_total": jnp.mean(jnp.sum(rewards, axis=-1)),
             "advantage_mean": masked_mean(advantages, mask), "returns_mean": masked_mean(returns, mask),
-            "values_mean": masked_mean(old_values, mask), "tokens": jnp.sum(lengths),
+            "tokens": jnp.sum(lengths),
         }
+        if c.uses_values:
+            metrics |= {"explained_variance": explained_variance(old_values, returns, mask),
+                        "values_mean": masked_mean(old_values, mask)}
         state = state.replace(step=state.step + 1, kl_coef=new_kl_coef)
         return state, metrics, per_minibatch
 

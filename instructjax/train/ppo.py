@@ -78,7 +78,8 @@ def ppo_config(config: ml_collections.ConfigDict) -> PPOConfig:
                      temperature=config.rollout.temperature, kl_kind=config.kl.estimator,
                      whiten_rewards=p.whiten_rewards, whiten_advantages=p.whiten_advantages,
                      gamma_ptx=config.ptx.gamma, adaptive_kl=config.kl.controller == "adaptive",
-                     kl_target=config.kl.target, kl_horizon=config.kl.horizon)
+                     kl_target=config.kl.target, kl_horizon=config.kl.horizon, advantage=config.advantage,
+                     group_size=config.rollout.group_size)
 
 
 def load_reward(config: ml_collections.ConfigDict, sources: RewardSources, policy_cfg: models.ModelConfig,
@@ -97,7 +98,11 @@ def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, polic
                reward_params: Any, rng: jax.Array):
     """(value cfg, value params, policy params) of `config.value.init`: a separate network from the
     reward model ("reward") or the policy trunk ("policy"), or (None, None, the policy params with a
-    value head added) for a value head on the policy trunk ("shared")."""
+    value head added) for a value head on the policy trunk ("shared"); (None, None, the policy params)
+    for the group baselines, which need no value function."""
+    if config.advantage != "gae":
+        logging.info("advantage=%r: no value function (value.* is not read)", config.advantage)
+        return None, None, policy_params
     if config.value.init not in VALUE_INITS:
         raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
     if config.value.init == "shared":
@@ -177,7 +182,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     mesh = parallel.make_mesh(config.parallel.mesh_shape)
     rules = tuple(config.parallel.rules)
     c = ppo_config(config)
-    check_batch_size(config.batch_size, c.num_minibatches * c.microbatches, mesh)
+    episodes = config.batch_size * c.group_size
+    check_batch_size(episodes, c.num_minibatches * c.microbatches, mesh, "batch_size x rollout.group_size")
     init_rng, reward_rng, value_rng, train_rng = jax.random.split(jax.random.key(config.seed), 4)
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
@@ -233,10 +239,14 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                                             no_eos_penalty_value=penalty, weights=sources.weights))
     update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c), donate_argnums=0,
                      out_shardings=(shardings, replicated, replicated))
+    episode_rows = jax.jit(lambda batch: jax.tree.map(lambda x: jnp.repeat(x, c.group_size, axis=0), batch),
+                           out_shardings=parallel.batch_sharding(mesh, 1))
 
     def step_fn(state: PPOState, batch: dict, rng: jax.Array):
         sample_rng, update_rng = jax.random.split(rng)
-        prompt_batch = batch["prompts"]
+        prompt_batch = batch["prompts"]  # each prompt group_size times, consecutive rows
+        if c.group_size > 1:
+            prompt_batch = episode_rows({k: prompt_batch[k] for k in ("tokens", "mask", "index")})
         with parallel.activation_sharding(mesh, rules):
             out = rollout_lib.sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
                                                rng=sample_rng, settings=settings, mesh=mesh)

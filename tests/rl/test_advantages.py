@@ -49,3 +49,43 @@ def test_whiten_masked_population_statistics():
     kept = rl.whiten(x, mask, shift_mean=False)
     np.testing.assert_allclose(kept[0, :3], expected + 2.0, rtol=1e-6)
     np.testing.assert_allclose(rl.masked_mean(kept, mask), 2.0, rtol=1e-6)
+
+
+def test_group_advantages_check_values():
+    r = jnp.array([1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(rl.group_advantages(r, 4), [0.866024, -0.866024, -0.866024, 0.866024], atol=1e-6)
+    np.testing.assert_allclose(rl.group_advantages(r, 4, scale=False), [0.5, -0.5, -0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(rl.rloo_advantages(r, 4), [0.666667, -0.666667, -0.666667, 0.666667], atol=1e-6)
+
+
+def test_group_advantages_per_group_against_numpy():
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=12)
+    got, got_rloo = rl.group_advantages(jnp.array(r), 3), rl.rloo_advantages(jnp.array(r), 3)
+    for g in range(4):
+        x = r[3 * g:3 * g + 3]
+        np.testing.assert_allclose(got[3 * g:3 * g + 3], (x - x.mean()) / (x.std(ddof=1) + 1e-6), rtol=1e-5)
+        loo = np.array([x[i] - np.delete(x, i).mean() for i in range(3)])
+        np.testing.assert_allclose(got_rloo[3 * g:3 * g + 3], loo, rtol=1e-5, atol=1e-6)
+
+
+def test_group_of_equal_rewards_gives_zeros_not_nan():
+    r = jnp.array([2.0, 2.0, 2.0, 0.0, 1.0, 0.5])
+    for adv in (rl.group_advantages(r, 3), rl.group_advantages(r, 3, scale=False), rl.rloo_advantages(r, 3)):
+        assert np.all(np.isfinite(adv)) and np.all(np.asarray(adv[:3]) == 0.0)
+
+
+def test_group_advantages_reject_ragged_groups():
+    import pytest
+    with pytest.raises(ValueError, match="group_size=4"):
+        rl.group_advantages(jnp.zeros(6), 4)
+    with pytest.raises(ValueError, match="group_size=1"):
+        rl.rloo_advantages(jnp.zeros(6), 1)
+
+
+def test_ppo_config_rejects_a_group_baseline_without_groups():
+    import pytest
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rl.PPOConfig(advantage="rloo", group_size=1)
+    with pytest.raises(ValueError, match="expected one of"):
+        rl.PPOConfig(advantage="reinforce")

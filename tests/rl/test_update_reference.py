@@ -202,7 +202,7 @@ def test_minibatch_loss_and_gradient_equal_the_reference(name):
     batch, _ = rl.update.ppo_batch(rollout, old_logp, old_values, jnp.float32(KL_COEF), config)
     if ptx is not None:
         batch["ptx"] = ptx
-    totals = rl.update.loss_totals(batch, False, config)
+    totals = rl.update.loss_totals(batch, False, jnp.float32(KL_COEF), config)
 
     def library_loss(params):
         return rl.update.minibatch_loss(CFG, CFG, config, params, batch, totals)[0]
@@ -244,3 +244,65 @@ def test_update_equals_two_reference_sgd_steps(kl_kind):
     np.testing.assert_allclose(metrics["kl"], kl, rtol=1e-5)
     np.testing.assert_allclose(new_state.kl_coef, KL_COEF * (1.0 + (kl / target - 1.0) * rollout.tokens.shape[0] / horizon),
                                rtol=1e-5)
+
+
+def reference_group_loss(policy, rollout, old_logp, config, kl_coef):
+    """Group baselines (Shao et al. 2024; Liu et al. 2025; Ahmadian et al. 2024) on episode rewards
+    (score - beta * summed KL unless the KL is a loss term), the clipped ratio objective on every
+    token, + beta * mean k3 when `kl_in_loss`."""
+    mask = rollout.response_mask
+    logp, _ = response_logprobs_and_values(policy, policy_value_stub(), rollout, config.temperature)
+    kl = jnp.where(mask, KL_ESTIMATORS[config.kl_kind](old_logp, rollout.ref_logprobs), 0.0)
+    reward = rollout.scores - (0.0 if config.kl_in_loss else kl_coef * jnp.sum(kl, axis=1))
+    groups = reward.reshape(-1, config.group_size)
+    if config.advantage == "rloo":
+        advantages = groups - (groups.sum(1, keepdims=True) - groups) / (config.group_size - 1)
+    else:
+        advantages = groups - groups.mean(1, keepdims=True)
+        if config.advantage == "grpo":
+            advantages = advantages / (jnp.std(groups, axis=1, ddof=1, keepdims=True) + 1e-6)
+    advantages = advantages.reshape(-1)[:, None]
+    ratio = jnp.exp(logp - old_logp)
+    per_token = jnp.maximum(-advantages * ratio,
+                            -advantages * jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps))
+    if config.advantage == "drgrpo":
+        loss = jnp.sum(jnp.where(mask, per_token, 0.0)) / mask.size
+    else:
+        loss = masked_mean(per_token, mask)
+    if config.kl_in_loss:
+        loss = loss + kl_coef * masked_mean(KL_ESTIMATORS[config.kl_kind](logp, rollout.ref_logprobs), mask)
+    return loss
+
+
+@functools.lru_cache(maxsize=None)
+def policy_value_stub():
+    return models.init_params(CFG, jax.random.key(1), head="scalar")
+
+
+GROUP_CONFIGS = {
+    "grpo_k3_loss": rl.PPOConfig(advantage="grpo", group_size=4, kl_kind="k3", kl_in_loss=True),
+    "drgrpo_k1_reward": rl.PPOConfig(advantage="drgrpo", group_size=2, clip_eps=0.1),
+    "rloo_k2_reward": rl.PPOConfig(advantage="rloo", group_size=4, kl_kind="k2"),
+    "rloo_k3_loss": rl.PPOConfig(advantage="rloo", group_size=2, kl_kind="k3", kl_in_loss=True),
+}
+
+
+@pytest.mark.parametrize("name", GROUP_CONFIGS)
+def test_group_baseline_loss_and_gradient_equal_the_reference(name):
+    config = GROUP_CONFIGS[name]
+    old_policy, _, rollout = setup()
+    policy = perturbed(old_policy, jax.random.key(10), 0.03)
+    old_logp, _ = response_logprobs_and_values(old_policy, policy_value_stub(), rollout, config.temperature)
+    want_loss, want_grads = jax.value_and_grad(reference_group_loss)(policy, rollout, old_logp, config, KL_COEF)
+
+    _, lib_old_logp, old_values = rl.update.response_forward(CFG, None, config.temperature, (old_policy, None),
+                                                             rollout, with_values=False)
+    batch, _ = rl.update.ppo_batch(rollout, lib_old_logp, old_values, jnp.float32(KL_COEF), config)
+    totals = rl.update.loss_totals(batch, False, jnp.float32(KL_COEF), config)
+
+    def library_loss(policy):
+        return rl.update.minibatch_loss(CFG, None, config, (policy, None), batch, totals)[0]
+
+    loss, grads = jax.value_and_grad(library_loss)(policy)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert_trees_close(grads, want_grads, rtol=1e-4)

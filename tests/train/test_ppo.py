@@ -147,6 +147,11 @@ def letter_first_not_second(prompts, responses):
     return [float(letter(r[:1])) - float(letter(r[1:2])) for r in responses]
 
 
+def recorded_letter_first_not_second(prompts, responses):
+    CALLS.append(prompts)
+    return letter_first_not_second(prompts, responses)
+
+
 @pytest.fixture(scope="module")
 def reward_export(tmp_path_factory):
     """A tiny random reward model, exported as a reward stage leaves it."""
@@ -224,4 +229,25 @@ def test_a_reward_on_the_first_response_character_is_learned(tmp_path):
     ij.train.train_ppo(config, tmp_path / "run")
     scores = [r["train/score"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     rise = np.mean(scores[-3:]) - np.mean(scores[:3])  # its noise: about 0.05 (192 episodes a side)
+    assert rise > 0.3, f"rise {rise:.2f}, scores {np.round(scores, 2).tolist()}"
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo"])
+def test_group_baselines_sample_each_prompt_group_size_times_and_learn(tmp_path, advantage):
+    """GRPO / Dr.GRPO / RLOO on the same trainer: each prompt's group_size responses are consecutive
+    rows of one batch (the reward function sees each prompt group_size times in a row), no value
+    function is built or logged, and the position-sensitive reward above is learned."""
+    CALLS.clear()
+    config = ppo_config(**{"advantage": advantage, "rollout.group_size": 4, "reward.source": "function",
+                           "reward.function": f"{__name__}:recorded_letter_first_not_second", "num_steps": 12, "batch_size": 16,
+                           "ppo.epochs": 4, "rollout.max_new_tokens": 2, "ptx.gamma": 0.0,
+                           "samples.every_steps": 0, "checkpoint.every_steps": 12, "export": False})
+    state = ij.train.train_ppo(config, tmp_path / "run")
+    assert state.value is None and rl.VALUE_HEAD not in state.policy.params
+    assert all(len(p) == 64 and all(p[i] == p[i - i % 4] for i in range(64)) for p in CALLS)
+    assert len({p for p in CALLS[0]}) > 1
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert "train/value_loss" not in records[0] and "train/explained_variance" not in records[0]
+    scores = [r["train/score"] for r in records]
+    rise = np.mean(scores[-3:]) - np.mean(scores[:3])
     assert rise > 0.3, f"rise {rise:.2f}, scores {np.round(scores, 2).tolist()}"
