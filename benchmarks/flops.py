@@ -48,7 +48,7 @@ def train_flops_per_token(cfg, length):
 
 
 def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
-    """Matmul FLOPs of one PPO iteration as RLHF.md items 12-22 run it, with the LM head only where a
+    """Matmul FLOPs of one PPO iteration as docs/formulas.md runs it, with the LM head only where a
     log-prob is needed (response positions): generation (prefill + one token per step), scoring
     (reference log-probs, reward model), old log-probs and values recomputed with the training
     forward, and `epochs` passes of policy and value forward + backward. Policy, reference, reward

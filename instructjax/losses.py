@@ -15,7 +15,7 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
-    """Mean cross-entropy over the tokens where loss_mask is True (RLHF.md item 5)."""
+    """Mean cross-entropy over the tokens where loss_mask is True (docs/formulas.md#sft-loss)."""
     nll = -token_logprobs(logits, targets)
     mask = loss_mask.astype(jnp.float32)
     return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -48,7 +48,7 @@ def pairwise_ranking_loss(scores: jax.Array, ranks: jax.Array, valid: Optional[j
 
 
 def pairwise_accuracy(scores: jax.Array, ranks: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
-    """Fraction of ordered pairs (w better than l) with r_w > r_l (RLHF.md item 11)."""
+    """Fraction of ordered pairs (w better than l) with r_w > r_l (docs/formulas.md#pairwise-accuracy)."""
     pairs = ordered_pair_mask(ranks, valid)
     correct = pairs & (scores[:, :, None] > scores[:, None, :])
     return jnp.sum(correct) / jnp.maximum(jnp.sum(pairs), 1)

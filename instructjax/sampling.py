@@ -1,12 +1,12 @@
 """Compiled sampling: prefill of left-padded prompts into a KV cache, then a `lax.while_loop` of
-decode steps, all in one jit (DESIGN.md "Whole loops compiled").
+decode steps, all in one jit (docs/architecture.md, "What runs compiled").
 
 `generate` is compiled once per (rows, bucketed prompt length, max_new_tokens, sampling settings,
 model config, mesh). Prompts are left-padded up to a bucket (`bucket_length`) so that prompts of
 nearby lengths share one compilation. The loop stops as soon as every row has produced a stop
 token, or after `max_new_tokens`.
 
-Logprobs follow RLHF.md item 2: `log_softmax(logits / temperature)` of the sampled token, over
+Logprobs (docs/formulas.md#tempered-logprobs): `log_softmax(logits / temperature)` of the sampled token, over
 the full vocabulary (top-k / top-p only restrict which tokens may be drawn); at temperature 0
 (greedy) they are `log_softmax(logits)`.
 """
@@ -369,7 +369,7 @@ def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.A
     also runs in (None: `default_cache_dtype`). `prompt_bucket`: prompts are left-padded to
     `bucket_length(P, prompt_bucket)` to limit recompiles (None: no padding).
     `value_params` (+ `value_cfg`, default `cfg`): a head="scalar" model run alongside with its own
-    cache; `values[:, t]` is its output at the state before token t (RLHF.md item 1).
+    cache; `values[:, t]` is its output at the state before token t (docs/formulas.md#token-alignment).
     `mesh`: rows are sharded over `batch_axes` of the mesh (default: the axes of
     `parallel.BATCH_AXES` = ('data', 'fsdp') that the mesh has); params not already on the mesh
     are replicated, params sharded on it keep their sharding; rows must divide evenly.

@@ -1,4 +1,4 @@
-"""Pairwise ranking loss and token cross-entropy against RLHF.md numbers and brute force."""
+"""Pairwise ranking loss and token cross-entropy against the check values of docs/formulas.md and brute force."""
 
 import itertools
 

@@ -26,7 +26,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.data.chat_template = True  # render prompts with the tokenizer's chat template
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.margin = 0.0  # m in -log sigmoid(r_w - r_l - m) (RLHF.md item 9); 0: InstructGPT
+    config.loss.margin = 0.0  # m in -log sigmoid(r_w - r_l - m) (docs/formulas.md#ranking-loss-options); 0: InstructGPT
     config.loss.center_coef = 0.0  # c in + c * mean(r^2) of each prompt's completions (0.01 when used); 0: off
 
     config.eval.batch_size = 8  # prompts per validation batch
@@ -38,7 +38,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.normalize.max_examples = 0  # reference sequences scored; 0: all
     config.normalize.batch_size = 8  # reference sequences per forward (and per sampling call)
     config.normalize.max_new_tokens = 64  # length budget of SFT samples (reference sft_samples)
-    config.normalize.temperature = 1.0  # sampling temperature of SFT samples (RLHF.md item 12)
+    config.normalize.temperature = 1.0  # sampling temperature of SFT samples (docs/formulas.md#sampling)
     # JSONL of demonstrations (reference demonstrations) or prompts (reference sft_samples); every
     # record is a reference: no validation split
     config.normalize.data = data_config("demonstrations")

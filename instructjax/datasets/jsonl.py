@@ -1,4 +1,4 @@
-"""Reading and validating the JSONL records of DESIGN.md; every error names the file and line.
+"""Reading and validating the JSONL records of docs/data.md; every error names the file and line.
 
 A record is one JSON object a line. The four kinds and their fields:
 

@@ -48,7 +48,7 @@ def _summed_kl(cfg, params, ref_cfg, ref_params, tokens, attention, response_mas
 def kl_to_reference(cfg: ModelConfig, params: Any, ref_cfg: ModelConfig, ref_params: Any, tokenizer: Tokenizer,
                     prompts: Sequence[Prompt], config: SamplingConfig, rng: jax.Array) -> np.ndarray:
     """float32 [N * k]: KL(policy || reference) of each sampled response, estimated as the sum over its
-    tokens of log pi(y_t) - log pi_ref(y_t) under log_softmax(logits / T) (RLHF.md items 2, 14)."""
+    tokens of log pi(y_t) - log pi_ref(y_t) under log_softmax(logits / T) (docs/formulas.md#kl-to-reference)."""
     out = []
     with tqdm(total=len(prompts), desc="KL to reference", unit="prompt", leave=False) as bar:
         for begin, real, tokens, mask in prompt_batches(tokenizer, prompts, config):

@@ -59,7 +59,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCach
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
-    """Position ids that skip padding: cumsum(mask) - 1, clipped at 0 (RLHF.md item 3)."""
+    """Position ids that skip padding: cumsum(mask) - 1, clipped at 0 (docs/formulas.md#positions)."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 

@@ -1,4 +1,4 @@
-"""The stages of the InstructGPT pipeline (DESIGN.md; Ouyang et al. 2022, figure 2). Each stage is a
+"""The stages of the InstructGPT pipeline (docs/pipeline.md; Ouyang et al. 2022, figure 2). Each stage is a
 function `stage(config, root) -> summary` that reads what earlier stages left under `root` and writes
 its own subfolder; `instructjax.pipeline.run` calls them in order and skips finished ones."""
 

@@ -1,5 +1,5 @@
 """Evaluation of a reward model on validation comparisons: loss, pairwise accuracy (overall, by K,
-by rank gap) and a histogram of the scores (RLHF.md item 11)."""
+by rank gap) and a histogram of the scores (docs/formulas.md#pairwise-accuracy)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Reward normalisation after training (RLHF.md item 10): a bias so that reference scores have mean 0
+"""Reward normalisation after training (docs/formulas.md#reward-normalization): a bias so that reference
+scores have mean 0
 (InstructGPT), optionally a gain for std 1 (Ziegler et al.), folded into the score head."""
 
 from __future__ import annotations

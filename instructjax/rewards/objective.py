@@ -20,7 +20,7 @@ from instructjax.rewards.scoring import completion_scores
 
 @dataclasses.dataclass(frozen=True)
 class RewardLossConfig:
-    """Options of the pairwise ranking loss (RLHF.md items 8-9)."""
+    """Options of the pairwise ranking loss (docs/formulas.md#ranking-loss-options)."""
 
     margin: float = 0.0  # m in -log sigmoid(r_w - r_l - m); 0 is InstructGPT
     center_coef: float = 0.0  # c in + c * mean(r^2) over a prompt's valid completions (0.01 when used); 0: off
@@ -52,7 +52,7 @@ def ranking_loss_sums(scores: jax.Array, ranks: jax.Array, valid: jax.Array,
 def reward_loss_fn(cfg: ModelConfig, options: RewardLossConfig = RewardLossConfig()):
     """`loss_fn(params, batch, rng) -> (loss_sum, aux)` for `train.step.make_train_step`: the K
     completions of each prompt (`tokens`, `attention_mask` [B, K, T]) scored in ONE forward of batch
-    B * K, then `ranking_loss_sums`. The rng is unused: dropout stays off (RLHF.md item 4)."""
+    B * K, then `ranking_loss_sums`. The rng is unused: dropout stays off (docs/formulas.md#dropout-off)."""
     def loss_fn(params: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
         del rng
         scores = completion_scores(cfg, params, batch["tokens"], batch["attention_mask"])

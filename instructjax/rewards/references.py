@@ -1,5 +1,5 @@
-"""Scores of the normalisation references (RLHF.md item 10): reference demonstrations, or
-responses sampled from the SFT policy."""
+"""Scores of the normalisation references (docs/formulas.md#reward-normalization): reference
+demonstrations, or responses sampled from the SFT policy."""
 
 from __future__ import annotations
 

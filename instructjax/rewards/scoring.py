@@ -1,4 +1,4 @@
-"""Reward-model forward: the scalar head read at each sequence's last real token (RLHF.md item 7)."""
+"""Reward-model forward: the scalar head read at each sequence's last real token (docs/formulas.md#reward-model)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def last_token_index(mask: jax.Array) -> jax.Array:
 def sequence_scores(cfg: ModelConfig, params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """float32 [B]: the reward of each row of tokens int32 [B, T], mask bool [B, T] (True = real).
 
-    One forward, the head computed only at each row's last real token; dropout off (RLHF.md item 4).
+    One forward, the head computed only at each row's last real token; dropout off (docs/formulas.md#dropout-off).
     Positions come from the mask, so left- and right-padded rows score alike.
     """
     mask = mask.astype(bool)

@@ -151,7 +151,7 @@ def _gather(params: Any) -> Any:
 def check_config(config: ml_collections.ConfigDict) -> None:
     if config.model.dropout_rate or config.model.attention_dropout:
         raise ValueError("config.model.dropout_rate / attention_dropout: the reward model trains and scores "
-                         "without dropout (RLHF.md item 4); set them to 0")
+                         "without dropout (docs/formulas.md#dropout-off); set them to 0")
     if config.normalize.reference not in REFERENCES:
         raise ValueError(f"config.normalize.reference={config.normalize.reference!r}: expected one of {REFERENCES}")
 

@@ -1,4 +1,5 @@
-"""Per-token KL estimators and the KL coefficient controllers (RLHF.md items 14, 16)."""
+"""Per-token KL estimators (Schulman 2020) and the KL coefficient controllers (Ziegler et al. 2019);
+docs/formulas.md#kl-estimators, #kl-controllers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PPO losses (RLHF.md items 19-20) and the diagnostics logged with them (item 25)."""
+"""PPO losses (Schulman et al. 2017; docs/formulas.md#ppo-policy-loss, #ppo-value-loss) and the diagnostics
+logged with them (#ppo-diagnostics)."""
 
 from __future__ import annotations
 

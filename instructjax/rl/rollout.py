@@ -1,5 +1,5 @@
 """PPO rollouts: sample responses, then score them (reference logprobs, reward) in one compiled
-function; a rollout batch is a pytree of arrays (RLHF.md items 1-4, 12-13). Also the forwards the
+function; a rollout batch is a pytree of arrays (docs/formulas.md#sampling, #no-eos-penalty). Also the forwards the
 update reads responses with, and the two ways of holding a model: a value head on the policy trunk
 (`add_value_head`) and frozen models kept in their compute dtype (`frozen_model`).
 
@@ -54,10 +54,10 @@ class Rollout:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """How responses are sampled (RLHF.md item 12)."""
+    """How responses are sampled (docs/formulas.md#sampling)."""
 
     max_new_tokens: int = 64  # response budget
-    temperature: float = 1.0  # T; every logprob is log_softmax(logits / T) (item 2)
+    temperature: float = 1.0  # T; every logprob is log_softmax(logits / T) (docs/formulas.md#tempered-logprobs)
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     eos_id: Optional[int] = None  # ends a response
@@ -77,13 +77,15 @@ def sample_responses(cfg: ModelConfig, params: Any, prompt_tokens: jax.Array, pr
 
 
 def response_positions(prompt_len: int, num_new: int, rows: int) -> jax.Array:
-    """int32 [B, N]: the model output index read for response token t is prompt_len + t - 1 (item 1)."""
+    """int32 [B, N]: the model output index read for response token t is prompt_len + t - 1
+    (docs/formulas.md#token-alignment)."""
     return jnp.broadcast_to(jnp.arange(prompt_len - 1, prompt_len - 1 + num_new, dtype=jnp.int32), (rows, num_new))
 
 
 def response_outputs(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array, num_new: int,
                      head: str = "lm", return_hidden: bool = False):
-    """The model's `head` output [B, N, ...] at the state before each response token (dropout off, items 1, 4)."""
+    """The model's `head` output [B, N, ...] at the state before each response token, dropout off
+    (docs/formulas.md#token-alignment, #dropout-off)."""
     rows, total = tokens.shape
     return Transformer(cfg, head=head).apply({"params": params}, tokens, attention_mask=attention_mask,
                                              deterministic=True, return_hidden=return_hidden,
@@ -106,13 +108,15 @@ def response_logprobs(cfg: ModelConfig, params: Any, tokens: jax.Array, attentio
 
 def response_values(cfg: ModelConfig, params: Any, tokens: jax.Array, attention_mask: jax.Array,
                     response_mask: jax.Array) -> jax.Array:
-    """float32 [B, N]: a value model's scalar head at the state before each response token (items 1, 23)."""
+    """float32 [B, N]: a value model's scalar head at the state before each response token
+    (docs/formulas.md#value-model)."""
     values = response_outputs(cfg, params, tokens, attention_mask, response_mask.shape[1], head="scalar")
     return jnp.where(response_mask, values.astype(jnp.float32), 0.0)
 
 
 def add_value_head(cfg: ModelConfig, lm_params: dict, rng: jax.Array) -> dict:
-    """Policy params with a fresh scalar value head on the trunk (item 23, Ziegler): one network, two heads.
+    """Policy params with a fresh scalar value head on the trunk (Ziegler et al. 2019; docs/formulas.md#value-model):
+    one network, two heads.
     The LM ignores the head's params, so sampling and PPO-ptx take these params as they are."""
     return {**lm_params, VALUE_HEAD: init_score_head(cfg, rng)}
 
@@ -167,8 +171,8 @@ def make_scorer(ref_cfg: ModelConfig, reward_fn: Optional[RewardFn], *, temperat
                 no_eos_penalty_value: Optional[float] = 1.0, weights: Optional[Sequence[float]] = None
                 ) -> Callable[..., Rollout]:
     """A pure `score(ref_params, reward_params, sample_output, function_scores=None) -> Rollout`:
-    reference logprobs and the reward, with the no-EOS penalty (item 13; None disables it). Jit it
-    (the trainer does).
+    reference logprobs and the reward, with the no-EOS penalty (docs/formulas.md#no-eos-penalty; None
+    disables it). Jit it (the trainer does).
 
     The reward is the weighted sum of the sources, in order: `reward_fn`'s score (None: no such
     source) and the rows of `function_scores` float32 [F, B] (reward functions' scores, computed on

@@ -31,8 +31,8 @@ from instructjax.train.workdir import Workdir
 
 
 def shifted_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
-    """Targets and loss mask aligned with the logits: position i predicts token i + 1 (RLHF.md
-    item 1); the last position predicts nothing."""
+    """Targets and loss mask aligned with the logits: position i predicts token i + 1
+    (docs/formulas.md#token-alignment); the last position predicts nothing."""
     tokens, loss_mask = batch["tokens"], batch["loss_mask"]
     targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
     mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
@@ -40,7 +40,7 @@ def shifted_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def sft_loss_fn(cfg: ModelConfig, *, deterministic: bool = False) -> LossFn:
-    """Summed token cross-entropy over the loss-mask targets (RLHF.md item 5), weight = their count.
+    """Summed token cross-entropy over the loss-mask targets (docs/formulas.md#sft-loss), weight = their count.
 
     Dropout (cfg.dropout_rate, cfg.attention_dropout) is active unless `deterministic`.
     """

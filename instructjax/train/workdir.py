@@ -17,7 +17,7 @@ _MISSING = object()
 
 @dataclasses.dataclass(frozen=True)
 class Workdir:
-    """Where everything of one run goes (DESIGN.md: a workdir holds all of a run)."""
+    """Where everything of one run goes (a workdir holds all of a run: docs/architecture.md, "State on disk")."""
 
     root: pathlib.Path
 

@@ -1,4 +1,4 @@
-"""GAE and whitening against RLHF.md items 17-18 and plain numpy loops."""
+"""GAE and whitening (docs/formulas.md#gae, #whitening) against its check values and plain numpy loops."""
 
 import jax.numpy as jnp
 import numpy as np

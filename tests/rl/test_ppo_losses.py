@@ -1,4 +1,5 @@
-"""PPO policy / value losses (RLHF.md items 19-20, 25) against hand-computed values and numpy loops."""
+"""PPO policy / value losses and diagnostics (docs/formulas.md#ppo-policy-loss, #ppo-value-loss,
+#ppo-diagnostics) against hand-computed values and numpy loops."""
 
 import jax.numpy as jnp
 import numpy as np
