@@ -8,15 +8,18 @@ line) and `gold` (`quick` with PPO against the task's own checker: the gold-rewa
         --config.init.path=/path/to/hf_dir
 
 The stage sections `sft`, `reward` and `ppo` are the configs of experiments/configs/{sft,reward,ppo}.py;
-the pipeline fills in their data files and initial checkpoints from the earlier stages (PPO's reward
-model only when `ppo.reward.source` reads one: `--config.ppo.reward.source=function
---config.ppo.reward.function=instructjax.tasks.rewards:constraint_fraction` trains on the task's checker).
+any of their fields can be overridden (`--config.sft.optim.lr=1e-5`) except PIPELINE_FIELDS: the pipeline
+fills in their seed, export, initial checkpoints and data files from `seed`, `init` and the earlier
+stages (PPO's reward model only when `ppo.reward.source` reads one: `--config.ppo.reward.source=function
+--config.ppo.reward.function=instructjax.tasks.rewards:constraint_fraction` trains on the task's checker);
+they are unset (None) here, and setting one is an error that names it.
 """
 
 import importlib.util
 import pathlib
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from instructjax.tasks import FAMILIES
 
@@ -27,6 +30,11 @@ TRAINED_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
 # Families a ~64-token answer can meet (the long-form ones need more tokens than the demo samples).
 SHORT_FAMILIES = ("max_words", "min_words", "max_sentences", "lowercase", "uppercase", "no_commas", "end_phrase",
                   "quoted", "include_keywords", "avoid_words", "title")
+# Fields of the stage sections that the pipeline fills in (instructjax/pipeline/stages.py: `seed`, the
+# exports later stages read, `init` or the SFT model, the earlier stages' files); unset (None) here.
+_INIT_AND_DATA = ("seed", "export", "init.source", "init.path", "init.preset", "init.tokenizer", "data.train_files")
+PIPELINE_FIELDS = {"sft": _INIT_AND_DATA, "reward": _INIT_AND_DATA + ("normalize.data.train_files",),
+                   "ppo": _INIT_AND_DATA + ("reward.path", "ptx.data.train_files")}
 
 
 def _stage_config(stage: str, preset: str) -> ml_collections.ConfigDict:
@@ -100,9 +108,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.sft = _stage_config("sft", stage_preset)
     config.reward = _stage_config("reward", stage_preset)
     config.ppo = _stage_config("ppo", stage_preset)
-    for stage in (config.sft, config.reward, config.ppo):
-        stage.seed = config.get_ref("seed")
-        stage.export = True  # later stages read each stage's export
+    for stage, fields in PIPELINE_FIELDS.items():
+        for field in fields:
+            section, _, name = f"{stage}.{field}".rpartition(".")
+            config[section][name] = placeholder(type(config[section][name]))
 
     if arg == "tiny":
         config.task.num_sft, config.task.num_reward, config.task.num_ppo = 32, 32, 32

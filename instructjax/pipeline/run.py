@@ -1,5 +1,6 @@
 """`run_pipeline(config, workdir)`: the InstructGPT stages in order, one subfolder each; a rerun
-skips finished stages (their `stage.json` exists) and resumes the interrupted one."""
+skips finished stages (their `stage.json` exists) and resumes the interrupted one. A stage field the
+pipeline owns but the config sets is refused before anything is written (`stages.stage_configs`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Union
 import ml_collections
 
 from instructjax.pipeline.files import write_json
-from instructjax.pipeline.stages import STAGES
+from instructjax.pipeline.stages import STAGES, stage_configs
 from instructjax.train.workdir import Workdir
 
 DONE_FILE = "stage.json"
@@ -22,9 +23,9 @@ DONE_FILE = "stage.json"
 def run_pipeline(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> dict[str, Any]:
     """Run (or finish) every stage of `config` (experiments/configs/pipeline.py) in `workdir`;
     returns each stage's summary, the evaluation's included. The report is WORKDIR/report.md."""
-    root = pathlib.Path(workdir)
+    root, config = pathlib.Path(workdir), config.copy_and_resolve_references()
+    stage_configs(config, root)  # a stage field the config must not set: refused before anything is written
     Workdir.at(root).write_config(config)  # a rerun must use the same config
-    config = config.copy_and_resolve_references()  # the stages fill in paths between stages
     summaries = {}
     for name, stage in STAGES.items():
         done = root / name / DONE_FILE

@@ -1,6 +1,8 @@
 """The stages of the InstructGPT pipeline (docs/pipeline.md; Ouyang et al. 2022, figure 2). Each stage is a
 function `stage(config, root) -> summary` that reads what earlier stages left under `root` and writes
-its own subfolder; `instructjax.pipeline.run` calls them in order and skips finished ones."""
+its own subfolder; `instructjax.pipeline.run` calls them in order and skips finished ones. The
+training stages' configs are built by `sft_config`, `reward_config` and `ppo_config` (`stage_configs`:
+all of them), which fill in the fields the pipeline owns and refuse a user's value for one."""
 
 from __future__ import annotations
 
@@ -195,13 +197,85 @@ def _demonstration_files(config: ml_collections.ConfigDict, root: pathlib.Path) 
     return tuple(config.demonstrations.files) or (str(root / "demonstrations" / "demonstrations.jsonl"),)
 
 
+def _filled(config: ml_collections.ConfigDict, section: str,
+            values: dict[str, tuple[Any, str]]) -> ml_collections.ConfigDict:
+    """A copy of the stage section `config.<section>` with the fields the pipeline owns filled in:
+    `values` maps a dotted field to (value, where the value comes from), and every stage gets `seed`
+    and `export`. The presets leave these fields unset (None: experiments/configs/pipeline.py); a
+    value set on the command line is refused, naming the key, unless it is the pipeline's own."""
+    values = {"seed": (config.seed, "--config.seed, which seeds every stage"),
+              "export": (True, "later stages read each stage's export"), **values}
+    c = config[section].copy_and_resolve_references()
+    for key, (value, origin) in values.items():
+        if c[key] is not None and c[key] != value:
+            raise ValueError(f"--config.{section}.{key}={c[key]!r} is set by the pipeline ({origin}); remove it")
+        parent, _, name = key.rpartition(".")
+        (c[parent] if parent else c)[name] = value
+    return c
+
+
+def _init(config: ml_collections.ConfigDict, source: str, path: str, origin: str) -> dict[str, tuple[Any, str]]:
+    """A training stage's `init` fields for `_filled`: the initial model's (`config.init`) but `source`, `path`."""
+    fields = {**config.init, "source": source, "path": path}
+    return {f"init.{k}": (v, origin.format(key=k)) for k, v in fields.items()}
+
+
+def sft_config(config: ml_collections.ConfigDict, root: pathlib.Path) -> ml_collections.ConfigDict:
+    """`config.sft` from the initial model (`config.init`) on the demonstrations."""
+    return _filled(config, "sft", {
+        **_init(config, config.init.source, config.init.path,
+                "the initial model, which the demonstrations and the evaluation use too: set --config.init.{key}"),
+        "data.train_files": (_demonstration_files(config, root),
+                             "the demonstrations stage's output; your own files: --config.demonstrations.files"),
+    })
+
+
+def reward_config(config: ml_collections.ConfigDict, root: pathlib.Path) -> ml_collections.ConfigDict:
+    """`config.reward` from the SFT model on the comparisons, normalised on the demonstrations."""
+    return _filled(config, "reward", {
+        **_init(config, "workdir", str(root / "sft"), "the SFT stage's model"),
+        "data.train_files": ((str(root / "comparisons" / "comparisons.jsonl"),), "the comparisons stage's output"),
+        "normalize.data.train_files": (_demonstration_files(config, root), "the demonstrations SFT trained on"),
+    })
+
+
+def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str = "ppo") -> ml_collections.ConfigDict:
+    """`config.ppo` from the SFT policy on the task's PPO prompts, against the reward model when
+    `ppo.reward.source` reads one; for `name` "ppo_ptx" with `ptx.gamma` = `ppo_ptx.gamma` on the
+    task stage's docstring corpus (plain PPO keeps `ppo.ptx.gamma`, 0 unless the user sets it)."""
+    if config.ppo.ptx.gamma > 0 and config.ppo_ptx.gamma > 0:
+        raise ValueError(f"ppo.ptx.gamma={config.ppo.ptx.gamma} would make the plain-PPO policy a PPO-ptx one; "
+                         "the pipeline trains PPO-ptx beside it with ppo_ptx.gamma: leave ppo.ptx.gamma at 0")
+    gamma = config.ppo_ptx.gamma if name == "ppo_ptx" else config.ppo.ptx.gamma
+    if gamma > 0 and config.ptx_corpus.source != "stdlib":
+        raise ValueError(f"{name}: ptx.gamma={gamma} needs a pretraining corpus: set ptx_corpus.source='stdlib'")
+    files = task_files(root)
+    c = _filled(config, "ppo", {
+        **_init(config, "workdir", str(root / "sft"), "the SFT stage's model"),
+        "reward.path": (str(root / "reward") if uses_model(config.ppo.reward.source) else "",
+                        "the reward stage's model when ppo.reward.source reads one, else empty"),
+        "data.train_files": ((str(files["ppo_prompts"]),), "the task stage's PPO prompts"),
+        "ptx.data.train_files": ((str(files["pretraining"]),) if gamma > 0 else (),
+                                 "the task stage's docstring corpus when ptx.gamma > 0, else empty"),
+    })
+    c.ptx.gamma = gamma
+    return c
+
+
+def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
+    """The config of every training stage `config` runs (ppo_ptx only when `ppo_ptx.gamma` > 0): what
+    `run_pipeline` builds first, so that a config the stages would refuse is refused before anything
+    is written."""
+    configs = {"sft": sft_config(config, root), "reward": reward_config(config, root),
+               "ppo": ppo_config(config, root)}
+    if config.ppo_ptx.gamma > 0:
+        configs["ppo_ptx"] = ppo_config(config, root, "ppo_ptx")
+    return configs
+
+
 def sft_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """3. Supervised fine-tuning of the initial model on the demonstrations."""
-    c = config.sft
-    with c.unlocked():
-        c.init = config.init
-        c.data.train_files = _demonstration_files(config, root)
-    train_sft(c, root / "sft")
+    train_sft(sft_config(config, root), root / "sft")
     return {"export": str(root / "sft" / "export")}
 
 
@@ -255,38 +329,22 @@ def _ordered_pairs(ranking: list[int]) -> int:
 
 def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """5. Reward model from the SFT model on the comparisons, normalised on the demonstrations."""
-    c = config.reward
-    with c.unlocked():
-        c.init.source, c.init.path = "workdir", str(root / "sft")
-        c.data.train_files = (str(root / "comparisons" / "comparisons.jsonl"),)
-        c.normalize.data.train_files = _demonstration_files(config, root)
-    train_reward_model(c, root / "reward")
+    train_reward_model(reward_config(config, root), root / "reward")
     return json.loads((root / "reward" / SUMMARY_FILE).read_text())
 
 
-def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str,
-                  ptx_gamma: float) -> dict[str, Any]:
+def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str) -> dict[str, Any]:
     """PPO from the SFT policy into ROOT/`name` against the reward model, reward functions or both, as
-    `ppo.reward.source` says, with PPO-ptx on the corpus when `ptx_gamma` > 0; the validation pass rate
-    (and RM score, when there is a reward model) logged along the run."""
-    c, files = config.ppo.copy_and_resolve_references(), task_files(root)
-    with c.unlocked():
-        c.init.source, c.init.path = "workdir", str(root / "sft")
-        if uses_model(c.reward.source):
-            c.reward.path = str(root / "reward")
-        c.data.train_files = (str(files["ppo_prompts"]),)
-        c.ptx.gamma = ptx_gamma
-        if ptx_gamma > 0:
-            if config.ptx_corpus.source != "stdlib":
-                raise ValueError("ppo_ptx.gamma > 0 needs a pretraining corpus: set ptx_corpus.source='stdlib'")
-            c.ptx.data.train_files = (str(files["pretraining"]),)
+    `ppo.reward.source` says, with PPO-ptx on the corpus when its `ptx.gamma` > 0 (`ppo_config`); the
+    validation pass rate (and RM score, when there is a reward model) logged along the run."""
+    c = ppo_config(config, root, name)
     evaluate = _validation_eval(config, root)
     start = root / name / VALIDATION_START_FILE
     if not start.exists():  # the curve's first point (KL 0): the SFT policy itself
         cfg, params, _ = _policy(root, "sft")
         write_json(start, evaluate(cfg, params, 0))
     train_ppo(c, root / name, evaluate=evaluate)
-    return {"export": str(root / name / "export"), "ptx_gamma": ptx_gamma}
+    return {"export": str(root / name / "export"), "ptx_gamma": c.ptx.gamma}
 
 
 def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
@@ -313,10 +371,7 @@ def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
 
 def ppo_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """6. PPO from the SFT policy against the reward model (InstructGPT step 3)."""
-    if config.ppo.ptx.gamma > 0 and config.ppo_ptx.gamma > 0:
-        raise ValueError(f"ppo.ptx.gamma={config.ppo.ptx.gamma} would make the plain-PPO policy a PPO-ptx one; "
-                         "the pipeline trains PPO-ptx beside it with ppo_ptx.gamma: leave ppo.ptx.gamma at 0")
-    return _policy_stage(config, root, "ppo", config.ppo.ptx.gamma)
+    return _policy_stage(config, root, "ppo")
 
 
 def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
@@ -324,7 +379,7 @@ def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
     skipped when ppo_ptx.gamma is 0."""
     if config.ppo_ptx.gamma <= 0:
         return {"skipped": "ppo_ptx.gamma is 0"}
-    return _policy_stage(config, root, "ppo_ptx", config.ppo_ptx.gamma)
+    return _policy_stage(config, root, "ppo_ptx")
 
 
 def _trained_policies(root: pathlib.Path) -> list[str]:
