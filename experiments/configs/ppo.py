@@ -1,6 +1,6 @@
 """PPO / PPO-ptx configs: `get_config("tiny")` (random tiny model, synthetic reward, seconds on CPU),
 `get_config("smollm2")` (from SFT and RM runs of SmolLM2-135M-Instruct) and `get_config("instructgpt")`
-(InstructGPT's settings, RLHF.md table, for real hardware).
+(InstructGPT's settings, docs/formulas.md#instructgpt-defaults, for real hardware).
 
     python experiments/ppo.py --config=experiments/configs/ppo.py:tiny --workdir=runs/ppo
     python experiments/ppo.py --config=experiments/configs/ppo.py:smollm2 --workdir=runs/ppo \\
@@ -39,10 +39,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.rollout = ml_collections.ConfigDict()
     config.rollout.max_new_tokens = 64  # response budget
     config.rollout.group_size = 1  # responses sampled per prompt (rows per iteration: batch_size x group_size)
-    config.rollout.temperature = 1.0  # sampling temperature, also used in every logprob (RLHF.md items 2, 12)
+    config.rollout.temperature = 1.0  # sampling temperature, also used in every logprob (docs/formulas.md#tempered-logprobs)
     config.rollout.top_k = 0  # 0: off
     config.rollout.top_p = 1.0  # 1.0: off
-    config.rollout.penalize_no_eos = True  # responses without EOS get score - no_eos_penalty (item 13)
+    config.rollout.penalize_no_eos = True  # responses without EOS get score - no_eos_penalty (docs/formulas.md#no-eos-penalty)
     config.rollout.no_eos_penalty = 1.0  # the penalty
     config.rollout.dtype = ""  # sampling compute dtype; "": the model's
 
@@ -62,14 +62,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.value = ml_collections.ConfigDict()
     # value.init: "reward": a separate value network initialised from the reward model (InstructGPT);
     # "policy": a separate copy of the policy trunk with a fresh scalar head; "shared": a fresh scalar head
-    # on the policy's own trunk (Ziegler), trained with the policy optimizer (set ppo.vf_coef=0.1, item 20)
+    # on the policy's own trunk (Ziegler et al. 2019), trained with the policy optimizer (set ppo.vf_coef=0.1)
     config.value.init = "reward"  # reward | policy | shared (see above)
     config.value.lr = 1e-5  # separate value network's learning rate (InstructGPT: 9e-6); shared: optim.lr
 
     config.kl = ml_collections.ConfigDict()
     config.kl.controller = "fixed"  # fixed (InstructGPT) | adaptive (Ziegler et al.)
     config.kl.init_coef = 0.02  # beta (InstructGPT: 0.02)
-    config.kl.estimator = "k1"  # per-token KL in the reward: k1 | k2 | k3
+    config.kl.estimator = "k1"  # per-token KL estimator: k1 | k2 | k3
+    config.kl.in_loss = False  # beta * KL as a loss term (GRPO, with k3) instead of a per-token reward penalty
     config.kl.target = 6.0  # adaptive: target KL per episode (nats)
     config.kl.horizon = 10000.0  # adaptive: horizon (episodes)
 

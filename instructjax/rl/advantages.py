@@ -1,4 +1,5 @@
-"""GAE as a reverse scan, and masked whitening (RLHF.md items 17-18)."""
+"""GAE as a reverse scan, masked whitening and group baselines (docs/formulas.md#gae, #whitening,
+#group-advantages)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Per-token PPO rewards: the no-EOS penalty, the KL term and the score at the last valid token
-(RLHF.md items 13-15)."""
+(docs/formulas.md#no-eos-penalty, #token-rewards)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from instructjax.rl.kl import kl_penalty
 
 def no_eos_penalty(scores: jax.Array, ended: jax.Array, penalty: float = 1.0) -> jax.Array:
     """Scores [B] of responses that never produced EOS within the budget lowered by `penalty`
-    (item 13, default score - 1.0)."""
+    (docs/formulas.md#no-eos-penalty, default score - 1.0)."""
     return jnp.where(ended, scores, scores - penalty)
 
 
@@ -23,7 +23,8 @@ def last_valid_index(mask: jax.Array) -> jax.Array:
 def token_rewards(scores: jax.Array, logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
                   kl_coef: jax.Array | float, kind: str = "k1") -> tuple[jax.Array, jax.Array]:
     """(rewards [B, T], kl [B, T]): r_t = -beta * kl_t on valid tokens, plus the score at the last
-    valid token (item 15); 0 after EOS. `mask` is right-aligned response validity (True up to EOS)."""
+    valid token (docs/formulas.md#token-rewards); 0 after EOS. `mask` is right-aligned response
+    validity (True up to EOS)."""
     mask = mask.astype(bool)
     kl = jnp.where(mask, kl_penalty(logprobs, ref_logprobs, kind), 0.0)
     rewards = -kl_coef * kl

@@ -1,9 +1,9 @@
-"""The PPO update of one rollout batch, compiled as ONE jit (RLHF.md items 15-24): old logprobs and
+"""The PPO update of one rollout batch, compiled as ONE jit (docs/formulas.md, PPO update): old logprobs and
 values recomputed with the training forward, per-token rewards, GAE, whitening, then
 `ppo_epochs` x `num_minibatches` x microbatch accumulation as nested `lax.scan`s (purejaxrl-style),
 with PPO-ptx gradients accumulated into the same policy update; the adaptive KL coefficient is
 updated in the same function. The value model is a separate network with its own optimizer, or a
-value head on the policy trunk (`value_cfg = value_tx = None`) trained with the policy (item 23).
+value head on the policy trunk (`value_cfg = value_tx = None`) trained with the policy (docs/formulas.md#value-model).
 
     update = make_ppo_update(policy_cfg, value_cfg, policy_tx, value_tx, PPOConfig(...))
     state, metrics, per_minibatch = update(state, rollout, ptx_batch_or_None, rng)
@@ -36,21 +36,21 @@ ADVANTAGES = ("gae", "grpo", "drgrpo", "rloo")
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """Settings of one PPO update (defaults: InstructGPT, RLHF.md table)."""
+    """Settings of one PPO update (defaults: InstructGPT, docs/formulas.md#instructgpt-defaults)."""
 
     ppo_epochs: int = 1  # passes over the rollout batch (Ziegler: 4)
     num_minibatches: int = 8  # minibatches per pass (512 episodes / 64)
     microbatches: int = 1  # gradient accumulation inside each minibatch
     clip_eps: float = 0.2  # policy ratio clip
     value_clip: float = 0.2  # value clip c
-    vf_coef: float = 1.0  # value-loss weight (separate value network: its own optimizer; shared trunk: 0.1, item 20)
+    vf_coef: float = 1.0  # value-loss weight (separate value network: its own optimizer; shared trunk: 0.1)
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
-    temperature: float = 1.0  # sampling temperature, also in the training forward (item 2)
+    temperature: float = 1.0  # sampling temperature, also in the training forward (docs/formulas.md#tempered-logprobs)
     kl_kind: str = "k1"  # k1 | k2 | k3 per-token KL estimator (in the reward, or in the loss)
     kl_in_loss: bool = False  # beta * KL as a loss term on the policy's own logprobs (GRPO, k3) instead of a reward
-    whiten_rewards: bool = False  # reward whitening with shift_mean=False (item 18)
-    whiten_advantages: bool = True  # advantage whitening (item 18)
+    whiten_rewards: bool = False  # reward whitening with shift_mean=False (docs/formulas.md#whitening)
+    whiten_advantages: bool = True  # advantage whitening (docs/formulas.md#whitening)
     gamma_ptx: float = 0.0  # PPO-ptx coefficient (InstructGPT: 27.8); 0: plain PPO
     adaptive_kl: bool = False  # Ziegler's adaptive controller instead of a fixed beta
     kl_target: float = 6.0  # adaptive controller target KL (nats per episode)
@@ -98,7 +98,7 @@ def ptx_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def ptx_logprob_sum(cfg: ModelConfig, params: Any, batch: dict) -> jax.Array:
-    """Sum of log pi(x) over the next-token targets of packed pretraining rows (item 24)."""
+    """Sum of log pi(x) over the next-token targets of packed pretraining rows (docs/formulas.md#ppo-ptx)."""
     logits = Transformer(cfg).apply({"params": params}, batch["tokens"], batch["positions"], batch["attention_mask"],
                                     segment_ids=batch["segment_ids"], deterministic=True)
     targets, mask = ptx_targets(batch)
@@ -216,7 +216,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     and `policy loss + vf_coef * value loss` is one update of the policy optimizer.
 
     `ptx_batch` (None when gamma_ptx is 0): packed pretraining rows [B_ptx, L] split evenly over the
-    minibatches (and microbatches). `metrics`: scalars of RLHF.md item 25; `per_minibatch`: [E, M]
+    minibatches (and microbatches). `metrics`: scalars of docs/formulas.md#ppo-diagnostics; `per_minibatch`: [E, M]
     arrays of the policy statistics in execution order (the first is the first minibatch of the
     first epoch: ratio 1, approx KL 0, clip fraction 0). `config.kl_controller` moves the KL
     coefficient by the batch's mean episode KL.
@@ -265,7 +265,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
         mb_rows = rows // c.num_minibatches
         if mb_rows % c.microbatches:
             raise ValueError(f"minibatch of {mb_rows} episodes does not split into {c.microbatches} microbatches")
-        # item 21: old logprobs and values from the training forward of the current params
+        # docs/formulas.md#old-logprobs: old logprobs and values from the training forward of the current params
         # in chunks of the microbatch size: the same shapes as the update's forward, so that the
         # first minibatch's ratio is exactly 1
         chunk = mb_rows // c.microbatches
@@ -325,12 +325,11 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
             "response_length": jnp.mean(lengths.astype(jnp.float32)),
             "eos_fraction": jnp.mean(rollout.ended.astype(jnp.float32)),
             "reward_total": jnp.mean(jnp.sum(rewards, axis=-1)),
-            "advantage_mean": masked_mean(advantages, mask), "returns_mean": masked_mean(returns, mask),
-            "tokens": jnp.sum(lengths),
+            "advantage_mean": masked_mean(advantages, mask), "tokens": jnp.sum(lengths),
         }
         if c.uses_values:
             metrics |= {"explained_variance": explained_variance(old_values, returns, mask),
-                        "values_mean": masked_mean(old_values, mask)}
+                        "values_mean": masked_mean(old_values, mask), "returns_mean": masked_mean(returns, mask)}
         state = state.replace(step=state.step + 1, kl_coef=new_kl_coef)
         return state, metrics, per_minibatch
 

@@ -76,6 +76,7 @@ def ppo_config(config: ml_collections.ConfigDict) -> PPOConfig:
     return PPOConfig(ppo_epochs=p.epochs, num_minibatches=p.num_minibatches, microbatches=config.microbatches,
                      clip_eps=p.clip_eps, value_clip=p.value_clip, vf_coef=p.vf_coef, gamma=p.gamma, lam=p.lam,
                      temperature=config.rollout.temperature, kl_kind=config.kl.estimator,
+                     kl_in_loss=config.kl.in_loss,
                      whiten_rewards=p.whiten_rewards, whiten_advantages=p.whiten_advantages,
                      gamma_ptx=config.ptx.gamma, adaptive_kl=config.kl.controller == "adaptive",
                      kl_target=config.kl.target, kl_horizon=config.kl.horizon, advantage=config.advantage,
@@ -182,6 +183,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     mesh = parallel.make_mesh(config.parallel.mesh_shape)
     rules = tuple(config.parallel.rules)
     c = ppo_config(config)
+    check_batch_size(config.batch_size, 1, mesh)  # the prompt batch is sharded before it is repeated
     episodes = config.batch_size * c.group_size
     check_batch_size(episodes, c.num_minibatches * c.microbatches, mesh, "batch_size x rollout.group_size")
     init_rng, reward_rng, value_rng, train_rng = jax.random.split(jax.random.key(config.seed), 4)
