@@ -172,6 +172,7 @@ def test_comparison_rows_hold_prompt_completion_eos_once_each():
         assert element["last_index"][k] == len(row) - 1 and element["tokens"][k, len(row) - 1] == EOS
     assert element["valid"].tolist() == [True, True, True, False]
     assert element["ranks"][:3].tolist() == [1, 0, 2]
+    assert element["index"] == -1  # a record read outside a loader has no source position
     assert not element["attention_mask"][3].any()
 
 
@@ -185,6 +186,8 @@ def test_comparison_loader_batches_and_counts(built):
     assert it.stats["dropped_too_many_completions"] == n_five
     pairs = sum(data.ordered_pairs(b["ranks"], b["valid"]).sum() for b in batches)
     assert pairs > 0
+    index = [int(i) for b in batches for i, v in zip(b["index"], b["valid"].any(1)) if v]
+    assert index == sorted(set(index)) and index[-1] < len(built["comparisons"].source("train"))  # source order
     chosen_rejected = [b for b in batches for i in range(4) if b["valid"][i].sum() == 2]
     assert chosen_rejected  # chosen/rejected records arrive as K = 2 with ranks [0, 1]
 

@@ -13,6 +13,7 @@ import pytest
 import instructjax as ij  # noqa: F401  (ij.rewards is imported below explicitly too)
 from instructjax import losses, rewards
 from instructjax.models import ModelConfig, Transformer, get_preset, init_params
+from instructjax.tasks import constraints as C
 from instructjax.testing import tiny_tokenizer
 from instructjax.train import OptimConfig, make_optimizer
 from instructjax.train.state import TrainState
@@ -162,6 +163,32 @@ def test_metrics_by_k_and_rank_gap_match_brute_force():
         assert m[f"accuracy_gap{g}"] == pytest.approx(np.mean(oks)) and m[f"pairs_gap{g}"] == len(oks)
     expected_loss = float(losses.pairwise_ranking_loss(jnp.asarray(scores), jnp.asarray(ranks), jnp.asarray(valid)))
     assert m["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_accuracy_by_family_counts_each_pair_towards_every_family_of_its_prompt():
+    both = ij.tasks.compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
+                                                     C.make_constraint(C.LOWERCASE)])
+    one = ij.tasks.compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
+    plain = "What is tea?"  # no constraint sentence: counts towards no family
+    # rows 0 (both): scores 1, 0, 2 at ranks 0, 1, 2 -> pairs (0,1) right, (0,2) wrong, (1,2) wrong;
+    # row 1 (one): two completions, the better one scored higher -> right.
+    s = rewards.ComparisonScores(np.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], np.float32),
+                                 np.array([[0, 1, 2], [0, 1, 0]]), np.array([[True, True, True], [True, True, False]]),
+                                 np.array([7, 3], np.int32))
+    rows, correct = rewards.pair_results(s)
+    assert rows.tolist() == [0, 0, 0, 1] and correct.tolist() == [True, False, False, True]
+    # by hand: "both" has 4 pairs, 3 right; "one" 2 pairs, none right; "plain" is left out
+    prompts = [both, one, both, plain, both, one, both]
+    rates = rewards.accuracy_by_family(prompts, [True, False, False, True, True, False, True])
+    assert list(rates) == [C.END_PHRASE, C.LOWERCASE, C.MAX_WORDS]
+    for family in (C.MAX_WORDS, C.LOWERCASE):
+        assert (rates[family].successes, rates[family].total) == (3, 4)
+        assert rates[family].interval == pytest.approx((0.3006, 0.9544), abs=1e-4)  # Wilson, 3 of 4
+    assert (rates[C.END_PHRASE].successes, rates[C.END_PHRASE].total) == (0, 2)
+    assert rates[C.END_PHRASE].interval == pytest.approx((0.0, 0.6576), abs=1e-4)  # z^2 / (n + z^2)
+    assert rewards.accuracy_by_family([plain], [True]) == {}
+    with pytest.raises(ValueError, match="2 prompts for 1 pairs"):
+        rewards.accuracy_by_family([both, one], [True])
 
 
 def test_collect_drops_padding_rows_and_histogram_is_written(tmp_path, params):

@@ -36,7 +36,8 @@ def comparison_example(record: dict[str, Any], tokenizer: Tokenizer, config: Com
 
     tokens int32 [K, T]; attention_mask, response_mask (completion + EOS) bool [K, T];
     last_index int32 [K] (the EOS, where a reward model reads its score); ranks int32 [K]
-    (0 = best, equal = tie); valid bool [K].
+    (0 = best, equal = tie); valid bool [K]; index int32 (the record's position in its source, -1
+    when the record has none; `prompt_texts` finds its prompt).
     """
     k_max, t = config.max_completions, config.max_len
     if len(record["completions"]) > k_max:
@@ -49,7 +50,7 @@ def comparison_example(record: dict[str, Any], tokenizer: Tokenizer, config: Com
     element = {"tokens": np.full((k_max, t), tokenizer.pad_id, np.int32),
                "attention_mask": np.zeros((k_max, t), bool), "response_mask": np.zeros((k_max, t), bool),
                "last_index": np.zeros(k_max, np.int32), "ranks": np.zeros(k_max, np.int32),
-               "valid": np.zeros(k_max, bool)}
+               "valid": np.zeros(k_max, bool), "index": np.int32(record.get("index", -1))}
     for k, completion in enumerate(completions):
         n = len(prompt) + len(completion)
         element["tokens"][k, :n] = prompt + completion

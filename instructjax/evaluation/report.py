@@ -182,6 +182,11 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
     if reward:
         lines += ["## Reward model", "", f"Held-out pairwise accuracy: {100 * reward['accuracy']:.1f}% "
                   f"on {int(reward['pairs'])} pairs.", ""]
+        if reward.get("families"):
+            lines += ["By the constraint families of the pair's prompt (a pair counts towards each family its "
+                      "prompt has; 95% Wilson intervals):", "", "| family | pairs | accuracy |", "|---|---|---|",
+                      *(f"| {family} | {rate['total']} | {_pct(rate)} |"
+                        for family, rate in reward["families"].items()), ""]
     lines += ["![reward model accuracy](report_reward_model.png)", "", "## PPO", "",
               "![PPO reward and KL](report_ppo.png)", "",
               "Gold (the task's checker) and proxy (the reward model) on the validation prompts against KL to SFT "

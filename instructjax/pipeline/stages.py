@@ -389,7 +389,8 @@ def _trained_policies(root: pathlib.Path) -> list[str]:
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """8. Every policy on the test prompts (pass rates by family, RM score, length, EOS rate), on the
     held-out families' prompts and on held-out docstrings (the alignment tax); paired McNemar tests of
-    the pass rates, win rates by the labeler, KL of the RL policies to SFT; then `report.md` with plots."""
+    the pass rates, win rates by the labeler, KL of the RL policies to SFT, and the reward stage's held-out
+    pairwise accuracy (overall and per constraint family); then `report.md` with plots."""
     c, folder, files = config.evaluation, root / "evaluation", task_files(root)
     prompt_sets = {"test": tasks.read_records(files["test"]), "heldout": tasks.read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])

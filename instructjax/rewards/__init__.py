@@ -5,7 +5,8 @@ evaluation, export and loading.
     scores = rm(tokens, mask)                              # float32 [B], normalised, jit-compiled
 """
 
-from instructjax.rewards.evaluation import ComparisonScores, comparison_metrics, score_histogram
+from instructjax.rewards.evaluation import (ComparisonScores, accuracy_by_family, comparison_metrics, pair_results,
+                                           score_histogram)
 from instructjax.rewards.io import RewardModel, export_reward_model, load_reward_model
 from instructjax.rewards.normalization import (NORMALIZATION_FILE, Normalization, fit_normalization,
                                                fold_normalization, read_normalization, save_normalization)
@@ -18,8 +19,9 @@ from instructjax.rewards.trainer import train_reward_model
 
 __all__ = [
     "NORMALIZATION_FILE", "ComparisonScores", "Normalization", "RewardLossConfig", "RewardModel",
-    "comparison_metrics", "completion_scores", "demonstration_scores", "derived_metrics", "export_reward_model",
-    "fit_normalization", "fold_normalization", "init_score_head", "last_token_index", "load_reward_model",
-    "ranking_loss_sums", "read_normalization", "reward_loss", "reward_loss_fn", "reward_params_from_lm",
-    "sample_scores", "save_normalization", "score_histogram", "sequence_scores", "train_reward_model",
+    "accuracy_by_family", "comparison_metrics", "completion_scores", "demonstration_scores", "derived_metrics",
+    "export_reward_model", "fit_normalization", "fold_normalization", "init_score_head", "last_token_index",
+    "load_reward_model", "pair_results", "ranking_loss_sums", "read_normalization", "reward_loss", "reward_loss_fn",
+    "reward_params_from_lm", "sample_scores", "save_normalization", "score_histogram", "sequence_scores",
+    "train_reward_model",
 ]

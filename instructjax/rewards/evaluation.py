@@ -1,14 +1,18 @@
 """Evaluation of a reward model on validation comparisons: loss, pairwise accuracy (overall, by K,
-by rank gap) and a histogram of the scores (docs/formulas.md#pairwise-accuracy)."""
+by rank gap, by the constraint families of the prompts) and a histogram of the scores
+(docs/formulas.md#pairwise-accuracy)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
 
 import numpy as np
+
+from instructjax.evaluation.metrics import Rate
+from instructjax.tasks.constraints import constraints_of_prompt
 
 
 @dataclasses.dataclass
@@ -18,24 +22,64 @@ class ComparisonScores:
     scores: np.ndarray  # float32 [N, K]
     ranks: np.ndarray  # int32 [N, K]
     valid: np.ndarray  # bool [N, K]
+    index: Optional[np.ndarray] = None  # int32 [N]: each row's record in the comparisons source, when known
 
     @classmethod
     def collect(cls, score_batch: Callable[[dict], Any], batches: Iterable[dict]) -> "ComparisonScores":
         """Scores of all batches (`score_batch(batch) -> [B, K]`); padding rows (no valid completion) dropped."""
-        scores, ranks, valid = [], [], []
+        scores, ranks, valid, index = [], [], [], []
         for batch in batches:
             v = np.asarray(batch["valid"]).astype(bool)
             keep = v.any(axis=1)
             scores.append(np.asarray(score_batch(batch), np.float32)[keep])
             ranks.append(np.asarray(batch["ranks"], np.int32)[keep])
             valid.append(v[keep])
+            if "index" in batch:
+                index.append(np.asarray(batch["index"], np.int32)[keep])
         if not scores:
             raise ValueError("no validation batches to evaluate")
-        return cls(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid))
+        return cls(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid),
+                   np.concatenate(index) if len(index) == len(scores) else None)
 
 
 def _log_sigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -x)
+
+
+def _pairs(s: ComparisonScores) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs bool [N, w, l]: w ranked better than l, both valid; score differences s_w - s_l)."""
+    pairs = s.valid[:, :, None] & s.valid[:, None, :] & (s.ranks[:, :, None] < s.ranks[:, None, :])
+    scores = s.scores.astype(np.float64)
+    return pairs, scores[:, :, None] - scores[:, None, :]
+
+
+def pair_results(s: ComparisonScores) -> tuple[np.ndarray, np.ndarray]:
+    """Per ordered pair (as `comparison_metrics` counts them): its row int [P] and whether the reward
+    model scores the better-ranked completion higher, bool [P]."""
+    pairs, diff = _pairs(s)
+    rows, w, l = np.nonzero(pairs)
+    return rows, diff[rows, w, l] > 0
+
+
+def accuracy_by_family(prompts: Sequence[str], correct: Sequence[bool]) -> dict[str, Rate]:
+    """Pairwise accuracy per constraint family of the default task (a Wilson interval each): one
+    prompt text and one correctness per pair; a pair counts towards every family its prompt has
+    (`constraints_of_prompt`), once per family. Prompts without constraint sentences count nowhere."""
+    if len(prompts) != len(correct):
+        raise ValueError(f"{len(prompts)} prompts for {len(correct)} pairs")
+    families: dict[str, frozenset[str]] = {}
+    counts: dict[str, list[int]] = {}  # family -> [correct, pairs]
+    for prompt, ok in zip(prompts, correct):
+        if prompt not in families:
+            try:
+                families[prompt] = frozenset(c.family for c in constraints_of_prompt(prompt))
+            except ValueError:  # not a task prompt
+                families[prompt] = frozenset()
+        for family in families[prompt]:
+            count = counts.setdefault(family, [0, 0])
+            count[0] += bool(ok)
+            count[1] += 1
+    return {family: Rate(n_correct, n) for family, (n_correct, n) in sorted(counts.items())}
 
 
 def comparison_metrics(s: ComparisonScores) -> dict[str, float]:
@@ -45,8 +89,7 @@ def comparison_metrics(s: ComparisonScores) -> dict[str, float]:
     Ties give no pair; prompts without pairs are left out of the loss, as in training.
     """
     scores, ranks, valid = s.scores.astype(np.float64), s.ranks, s.valid
-    pairs = valid[:, :, None] & valid[:, None, :] & (ranks[:, :, None] < ranks[:, None, :])
-    diff = scores[:, :, None] - scores[:, None, :]
+    pairs, diff = _pairs(s)
     n_pairs = pairs.sum(axis=(1, 2))
     per_prompt = np.where(pairs, -_log_sigmoid(diff), 0.0).sum(axis=(1, 2)) / np.maximum(n_pairs, 1)
     correct = pairs & (diff > 0)

@@ -2,7 +2,8 @@
 
 The RM starts from the SFT model (any `config.init` source), its LM head replaced by a scalar head.
 Each step scores the K completions of every prompt in one forward and minimises eq. 1; evaluation
-reports loss and pairwise accuracy (overall, by K, by rank gap). At the end the scores are
+reports loss and pairwise accuracy (overall, by K, by rank gap; at the end also by the constraint
+families of the prompts, for the default task's comparisons). At the end the scores are
 normalised on reference demonstrations or SFT samples, a histogram of the validation scores is
 drawn, and the RM is exported in HF format with its normalisation (`load_reward_model(workdir)`).
 """
@@ -23,10 +24,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from instructjax import datasets, parallel
-from instructjax.data import ComparisonConfig, SFTConfig, comparison_loader, sft_loader
+from instructjax.data import ComparisonConfig, SFTConfig, comparison_loader, prompt_texts, sft_loader
 from instructjax.models import ModelConfig
 from instructjax.rewards import references
-from instructjax.rewards.evaluation import ComparisonScores, comparison_metrics, score_histogram
+from instructjax.rewards.evaluation import (ComparisonScores, accuracy_by_family, comparison_metrics, pair_results,
+                                           score_histogram)
 from instructjax.rewards.io import export_reward_model
 from instructjax.rewards.normalization import REFERENCES, Normalization, fit_normalization, save_normalization
 from instructjax.rewards.objective import RewardLossConfig, derived_metrics, reward_loss_fn
@@ -75,19 +77,21 @@ class _Scorer:
         self.mesh, self.rules = mesh, rules
         rows, replicated = step_lib.batch_sharding(mesh), parallel.replicated(mesh)
 
-        def comparisons(params, tokens, mask, ranks, valid):
-            return completion_scores(cfg, params, tokens, mask), ranks, valid
+        def comparisons(params, tokens, mask, ranks, valid, index):
+            return completion_scores(cfg, params, tokens, mask), ranks, valid, index
 
         def sequences(params, tokens, mask):
             return sequence_scores(cfg, params, tokens, mask), jnp.any(mask, axis=-1)
 
-        self._comparisons = jax.jit(comparisons, in_shardings=(params_shardings,) + (rows,) * 4,
+        self._comparisons = jax.jit(comparisons, in_shardings=(params_shardings,) + (rows,) * 5,
                                     out_shardings=replicated)
         self._sequences = jax.jit(sequences, in_shardings=(params_shardings, rows, rows), out_shardings=replicated)
 
-    def comparisons(self, params, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def comparisons(self, params, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, ranks, valid, index) of every row of the global batch, on every host."""
         with parallel.activation_sharding(self.mesh, self.rules):
-            out = self._comparisons(params, batch["tokens"], batch["attention_mask"], batch["ranks"], batch["valid"])
+            out = self._comparisons(params, batch["tokens"], batch["attention_mask"], batch["ranks"], batch["valid"],
+                                    batch["index"])
         return jax.device_get(out)
 
     def sequences(self, params, tokens, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -96,19 +100,20 @@ class _Scorer:
 
 
 def validation_scores(scorer: _Scorer, params: Any, loader, num_batches: int) -> ComparisonScores:
-    """Raw scores of the validation comparisons (`num_batches` batches; 0: all)."""
-    scores, ranks, valid = [], [], []
+    """Raw scores of the validation comparisons (`num_batches` batches; 0: all), with their records' indices."""
+    scores, ranks, valid, index = [], [], [], []
     it = iter(loader)
     try:
         for i, batch in enumerate(it):
             if num_batches and i == num_batches:
                 break
-            s, r, v = scorer.comparisons(params, batch)
+            s, r, v, x = scorer.comparisons(params, batch)
             keep = v.any(axis=1)  # padding rows of the last batch
-            scores.append(s[keep]), ranks.append(r[keep]), valid.append(v[keep])
+            scores.append(s[keep]), ranks.append(r[keep]), valid.append(v[keep]), index.append(x[keep])
     finally:
         it.close()
-    return ComparisonScores(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid))
+    return ComparisonScores(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid),
+                            np.concatenate(index))
 
 
 def reference_scores(config: ml_collections.ConfigDict, scorer: _Scorer, params: Any,
@@ -198,9 +203,10 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
                                     num_microbatches=config.microbatches, schedule=learning_rate_schedule(optim),
                                     nan_at_step=config.debug.nan_at_step)
     scorer = _Scorer(cfg, params_shardings, mesh, rules)
-    validation = None
+    validation = validation_source = None
     if "validation" in built.splits:
-        validation = comparison_loader(built.source("validation"), tokenizer, comparisons,
+        validation_source = built.source("validation")
+        validation = comparison_loader(validation_source, tokenizer, comparisons,
                                        loader_config(config.data, config.eval.batch_size, config.seed, train=False),
                                        mesh)
     elif config.eval.every_steps > 0:
@@ -232,8 +238,13 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         if validation is not None:
             raw = last_eval["scores"] if last_eval.get("step") == step_number else \
                 validation_scores(scorer, state.params, validation, config.eval.num_batches)
-            scores = ComparisonScores(norm.apply(raw.scores).astype(np.float32), raw.ranks, raw.valid)
+            scores = ComparisonScores(norm.apply(raw.scores).astype(np.float32), raw.ranks, raw.valid, raw.index)
             summary["validation"] = comparison_metrics(scores)
+            rows, correct = pair_results(scores)
+            texts = prompt_texts(validation_source, scores.index)
+            by_family = accuracy_by_family([texts[r] for r in rows], correct)
+            if by_family:  # the default task's prompts
+                summary["validation"]["families"] = {f: rate.to_json() for f, rate in by_family.items()}
             if jax.process_index() == 0:
                 score_histogram(workdir.root / HISTOGRAM_FILE, scores, reference=ref,
                                 title=f"reward model scores, step {step_number} (normalised)")

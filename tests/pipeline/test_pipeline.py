@@ -47,6 +47,11 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
                                                           "ppo_vs_initial", "ppo_ptx_vs_initial"}
         for test in evaluation["paired_tests"][split].values():
             assert 0.0 <= test["p_value"] <= 1.0 and test["prompts"] == 16
+    reward = evaluation["reward_model"]  # held-out RM accuracy per constraint family of the pair's prompt
+    families = reward["families"]
+    assert families and set(families) <= set(ij.tasks.FAMILIES)
+    assert sum(rate["total"] for rate in families.values()) >= reward["pairs"] > 0  # every pair has a family
+    assert all(0.0 <= rate["low"] <= rate["value"] <= rate["high"] <= 1.0 for rate in families.values())
     assert summaries["task"]["pretraining_texts"] == 48 and summaries["task"]["pretraining_heldout_texts"] == 16
     for stage in ("ppo", "ppo_ptx"):  # the validation curve: gold and proxy at each evaluated iteration
         points = ij.evaluation.report.overoptimization_points(workdir / stage)
@@ -58,7 +63,8 @@ def test_report_has_tables_plots_and_samples(finished_run):
     workdir, *_ = finished_run
     report = (workdir / "report.md").read_text()
     for heading in ("## Constraint pass rate", "## Policies", "## PPO", "## Sample responses", "Win rate of PPO",
-                    "KL(PPO || SFT)", "KL(PPO-ptx || SFT)", "## Alignment tax", "McNemar", "held-out docstrings"):
+                    "KL(PPO || SFT)", "KL(PPO-ptx || SFT)", "## Alignment tax", "McNemar", "held-out docstrings",
+                    "## Reward model", "| family | pairs | accuracy |"):
         assert heading in report
     for plot in ("report_ppo.png", "report_reward_model.png", "report_pass_rates.png",
                  "report_overoptimization.png"):

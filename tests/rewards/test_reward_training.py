@@ -88,6 +88,7 @@ def test_synthetic_task_is_learned(synthetic_run):
     assert np.mean([r["train/loss"] for r in train[-5:]]) < np.mean([r["train/loss"] for r in train[:5]])
     summary = json.loads((workdir / "reward_eval.json").read_text())
     assert summary["validation"]["accuracy"] == final["eval/accuracy"]  # a positive gain keeps the order
+    assert "families" not in summary["validation"]  # the synthetic prompts have no constraint sentences
     assert (workdir / "score_histogram.png").read_bytes()[:4] == b"\x89PNG"
 
 
