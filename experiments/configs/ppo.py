@@ -20,7 +20,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg not in PRESETS:
         raise ValueError(f"unknown ppo preset {arg!r}: expected one of {PRESETS}")
     config = base_config()
-    config.num_steps = 100  # PPO iterations (rollout batches)
+    config.num_steps = 100  # PPO iterations (rollout batches); num_epochs is not read (refused unless 0)
     config.batch_size = 64  # prompts per rollout batch (episodes: batch_size x rollout.group_size)
     config.microbatches = 1  # gradient accumulation inside each PPO minibatch
     # advantage: "gae" (PPO: GAE over a value function, value.*); group baselines over rollout.group_size
@@ -62,7 +62,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.value = ml_collections.ConfigDict()
     # value.init: "reward": a separate value network initialised from the reward model (InstructGPT);
     # "policy": a separate copy of the policy trunk with a fresh scalar head; "shared": a fresh scalar head
-    # on the policy's own trunk (Ziegler et al. 2019), trained with the policy optimizer (set ppo.vf_coef=0.1)
+    # on the policy's own trunk (Ziegler et al. 2019), trained with the policy optimizer (set ppo.vf_coef=0.1);
+    # "reward" needs a reward model (reward.source model, model+function or random); a separate value network
+    # takes model.* (remat_policy, scan_layers, frozen_layers, dtypes) as the policy does
     config.value.init = "reward"  # reward | policy | shared (see above)
     config.value.lr = 1e-5  # separate value network's learning rate (InstructGPT: 9e-6); shared: optim.lr
 

@@ -29,7 +29,7 @@ from instructjax.rewards.io import load_reward_model
 from instructjax.rewards.trainer import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.initial_model import load_initial_model
-from instructjax.train.ppo import train_ppo
+from instructjax.train.ppo import check_config as check_ppo_config, train_ppo
 from instructjax.train.ppo_rewards import uses_model
 from instructjax.train.sft import train_sft
 
@@ -242,7 +242,8 @@ def reward_config(config: ml_collections.ConfigDict, root: pathlib.Path) -> ml_c
 def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str = "ppo") -> ml_collections.ConfigDict:
     """`config.ppo` from the SFT policy on the task's PPO prompts, against the reward model when
     `ppo.reward.source` reads one; for `name` "ppo_ptx" with `ptx.gamma` = `ppo_ptx.gamma` on the
-    task stage's docstring corpus (plain PPO keeps `ppo.ptx.gamma`, 0 unless the user sets it)."""
+    task stage's docstring corpus (plain PPO keeps `ppo.ptx.gamma`, 0 unless the user sets it). A
+    setting PPO would not honour is refused here (`ij.train.ppo.check_config`)."""
     if config.ppo.ptx.gamma > 0 and config.ppo_ptx.gamma > 0:
         raise ValueError(f"ppo.ptx.gamma={config.ppo.ptx.gamma} would make the plain-PPO policy a PPO-ptx one; "
                          "the pipeline trains PPO-ptx beside it with ppo_ptx.gamma: leave ppo.ptx.gamma at 0")
@@ -259,6 +260,7 @@ def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str 
                                  "the task stage's docstring corpus when ptx.gamma > 0, else empty"),
     })
     c.ptx.gamma = gamma
+    check_ppo_config(c)
     return c
 
 

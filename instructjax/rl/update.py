@@ -28,7 +28,7 @@ from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_l
 from instructjax.rl.rewards import token_rewards
 from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
 from instructjax.train.state import TrainState
-from instructjax.train.step import split_microbatches
+from instructjax.train.step import poisoned_at, split_microbatches
 
 
 ADVANTAGES = ("gae", "grpo", "drgrpo", "rloo")
@@ -208,7 +208,7 @@ def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], co
 
 
 def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], policy_tx: optax.GradientTransformation,
-                    value_tx: Optional[optax.GradientTransformation], config: PPOConfig):
+                    value_tx: Optional[optax.GradientTransformation], config: PPOConfig, *, nan_at_step: int = -1):
     """A pure `update(state, rollout, ptx_batch, rng) -> (state, metrics, per_minibatch)`.
 
     `value_cfg` and `value_tx` None: the value head is on the policy trunk (policy params from
@@ -219,7 +219,8 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     minibatches (and microbatches). `metrics`: scalars of docs/formulas.md#ppo-diagnostics; `per_minibatch`: [E, M]
     arrays of the policy statistics in execution order (the first is the first minibatch of the
     first epoch: ratio 1, approx KL 0, clip fraction 0). `config.kl_controller` moves the KL
-    coefficient by the batch's mean episode KL.
+    coefficient by the batch's mean episode KL. `nan_at_step` (a test hook; -1 = off): every minibatch
+    loss of that iteration (1-based) is multiplied by NaN (`ij.train.step.poisoned_at`).
     """
     c = config
     if c.gamma_ptx < 0:
@@ -239,7 +240,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
 
     def minibatch_step(state: PPOState, minibatch: dict, microbatches: int, fresh: jax.Array):
         totals = loss_totals(minibatch, fresh, state.kl_coef, c)
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        grad_fn = jax.value_and_grad(poisoned_at(micro_loss, nan_at_step, state.step + 1), has_aux=True)
         params = trained_params(state)
         if microbatches == 1:
             (loss, stats), grads = grad_fn(params, minibatch, totals)

@@ -35,7 +35,7 @@ from instructjax.train.step import StepFn
 from instructjax.train.workdir import Workdir
 
 EvalFn = Callable[[TrainState, int], Mapping[str, float]]
-GUARDED_METRICS = ("loss", "grad_norm")
+GUARDED_METRICS = ("loss", "grad_norm", "policy_grad_norm", "value_grad_norm")  # the last two: PPO's
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,7 +77,7 @@ class _Tracker:
         self.interval_start, self.interval_steps, self.interval_tokens = None, 0, 0
 
     def record(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Fetch a step's metrics; raise on a non-finite loss; update the bar; log on log steps."""
+        """Fetch a step's metrics; raise on a non-finite loss or gradient norm; update the bar; log on log steps."""
         values = {k: v.item() for k, v in jax.device_get(dict(metrics)).items()}
         now = time.perf_counter()
         bad = {k: values[k] for k in GUARDED_METRICS if k in values and not math.isfinite(values[k])}

@@ -30,7 +30,7 @@ from instructjax.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_
 from instructjax.train import loop
 from instructjax.train.config import loader_config, optim_config
 from instructjax.train.export import export_model, fetch
-from instructjax.train.initial_model import load_initial_model
+from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import make_optimizer
 from instructjax.train.ppo_rewards import FunctionScorer, RewardSources, reward_sources, source_metrics
@@ -83,11 +83,34 @@ def ppo_config(config: ml_collections.ConfigDict) -> PPOConfig:
                      group_size=config.rollout.group_size)
 
 
+def check_config(config: ml_collections.ConfigDict) -> RewardSources:
+    """The reward sources of `config`; a ValueError naming the key of a setting PPO would not honour
+    (`train_ppo` and the pipeline call this before anything is written)."""
+    sources = reward_sources(config.reward)
+    ppo_config(config)  # PPOConfig checks advantage and rollout.group_size
+    if config.num_epochs:
+        raise ValueError(f"ppo: num_epochs={config.num_epochs} is not read: PPO runs num_steps iterations (rollout "
+                         "batches; passes over each batch: ppo.epochs); use num_steps and leave num_epochs at 0")
+    if config.num_steps <= 0:
+        raise ValueError(f"ppo: num_steps={config.num_steps}: set the number of PPO iterations (rollout batches), > 0")
+    if config.model.dropout_rate or config.model.attention_dropout:
+        raise ValueError("ppo: model.dropout_rate / attention_dropout: every PPO forward runs without dropout "
+                         "(docs/formulas.md#dropout-off); set them to 0")
+    if config.advantage == "gae":  # the group baselines read no value.*
+        if config.value.init not in VALUE_INITS:
+            raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
+        if config.value.init == "reward" and not sources.has_reward_model:
+            raise ValueError(f"value.init='reward' needs a reward model, and reward.source={config.reward.source!r} "
+                             "reads none: set value.init to 'policy' (a copy of the policy trunk) or 'shared' (a value "
+                             "head on the policy trunk)")
+    return sources
+
+
 def load_reward(config: ml_collections.ConfigDict, sources: RewardSources, policy_cfg: models.ModelConfig,
                 policy_params: Any, rng: jax.Array):
     """(reward cfg, reward params) of the reward model, as loaded (a random one for "random");
     (None, None) when there is none (token_count, reward functions alone)."""
-    if sources.in_graph in (None, "token_count"):
+    if not sources.has_reward_model:
         return None, None
     if sources.in_graph == "random":
         return policy_cfg, reward_params_from_lm(policy_cfg, policy_params, rng)
@@ -97,25 +120,24 @@ def load_reward(config: ml_collections.ConfigDict, sources: RewardSources, polic
 
 def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, policy_params: Any, reward_cfg,
                reward_params: Any, rng: jax.Array):
-    """(value cfg, value params, policy params) of `config.value.init`: a separate network from the
-    reward model ("reward") or the policy trunk ("policy"), or (None, None, the policy params with a
-    value head added) for a value head on the policy trunk ("shared"); (None, None, the policy params)
-    for the group baselines, which need no value function."""
+    """(value cfg, value params, policy params) of `config.value.init` (`check_config`d): a separate
+    network from the reward model ("reward") or the policy trunk ("policy"), or (None, None, the policy
+    params with a value head added) for a value head on the policy trunk ("shared"); (None, None, the
+    policy params) for the group baselines, which need no value function."""
     if config.advantage != "gae":
         logging.info("advantage=%r: no value function (value.* is not read)", config.advantage)
         return None, None, policy_params
-    if config.value.init not in VALUE_INITS:
-        raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
     if config.value.init == "shared":
         return None, None, rollout_lib.add_value_head(cfg, policy_params, rng)
-    if config.value.init == "reward" and reward_cfg is None:
-        logging.info("value.init='reward' with reward.source=%r, no reward model: the value network starts from "
-                     "the policy trunk", config.reward.source)
-    if config.value.init == "reward" and reward_cfg is not None:
-        value_cfg, value_params = reward_cfg.replace(dtype=cfg.dtype), reward_params
+    if config.value.init == "reward":
+        value_cfg, value_params = reward_cfg, reward_params
     else:
         value_cfg, value_params = cfg, reward_params_from_lm(cfg, policy_params, rng)
-    return value_cfg, jax.tree.map(lambda x: np.asarray(x, jnp.dtype(cfg.param_dtype)), value_params), policy_params
+    # a separate value network, from the reward model or the policy, trains like the policy: config.model's
+    # dtypes, remat_policy, scan_layers and frozen_layers (its lowest blocks frozen too, as a copy of the
+    # policy's cfg always had them); the reward model keeps its own size
+    value_cfg, value_params = with_overrides(value_cfg, value_params, config.model)
+    return value_cfg, value_params, policy_params
 
 
 def reward_function(config: ml_collections.ConfigDict, sources: RewardSources, cfg: models.ModelConfig, reward_cfg,
@@ -173,11 +195,16 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     Rerunning with the same config and workdir resumes from the latest checkpoint (policy, value
     model, optimizer states, KL coefficient, data position) and gives the result of an
     uninterrupted run. `evaluate` runs every `eval.every_steps` iterations and after the last one
-    on the policy's language model (the pipeline measures held-out pass rates along the run).
+    (0: never) on the policy's language model (the pipeline measures held-out pass rates along the
+    run); eval.every_steps > 0 without it is refused.
     Returns the final `PPOState`.
     """
     parallel.initialize_distributed(config.parallel.multi_host)
-    sources = reward_sources(config.reward)  # a bad source, function spec or weight stops here, before any writing
+    sources = check_config(config)  # a setting PPO would not honour stops here, before anything is written
+    if config.eval.every_steps > 0 and evaluate is None:
+        raise ValueError(f"ppo: eval.every_steps={config.eval.every_steps} needs an evaluate function "
+                         "(train_ppo(..., evaluate=fn), as the pipeline passes); PPO has no evaluation of its own: "
+                         "set eval.every_steps=0")
     workdir = Workdir.at(workdir)
     workdir.write_config(config)
     mesh = parallel.make_mesh(config.parallel.mesh_shape)
@@ -239,8 +266,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
     score = jax.jit(rollout_lib.make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
                                             no_eos_penalty_value=penalty, weights=sources.weights))
-    update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c), donate_argnums=0,
-                     out_shardings=(shardings, replicated, replicated))
+    update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c, nan_at_step=config.debug.nan_at_step),
+                     donate_argnums=0, out_shardings=(shardings, replicated, replicated))
     episode_rows = jax.jit(lambda batch: jax.tree.map(lambda x: jnp.repeat(x, c.group_size, axis=0), batch),
                            out_shardings=parallel.batch_sharding(mesh, 1))
 
@@ -277,7 +304,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     try:
         return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir, step_fn=step_fn,
                         init_state=init_state, abstract_state=abstract, train_iterator=train_iterator, rng=train_rng,
-                        eval_fn=eval_fn if evaluate is not None else None,
+                        eval_fn=eval_fn if config.eval.every_steps > 0 else None,
                         export_fn=export if config.export else None, name="ppo")
     finally:
         train_iterator.close()

@@ -42,6 +42,11 @@ class RewardSources:
         """One per source: its metric is `score/<name>`."""
         return (() if self.in_graph is None else (self.in_graph,)) + tuple(f.name for f in self.functions)
 
+    @property
+    def has_reward_model(self) -> bool:
+        """Whether the in-graph source is a reward model (loaded, or random); not a token count or functions alone."""
+        return self.in_graph in ("model", "random")
+
 
 def uses_model(source: str) -> bool:
     """Whether `reward.source` reads a reward model from `reward.path`."""

@@ -61,6 +61,20 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Arr
     return grads, loss_sum, aux
 
 
+def poisoned_at(loss_fn: Callable[..., tuple[jax.Array, Any]], nan_at_step: int,
+                step: jax.Array) -> Callable[..., tuple[jax.Array, Any]]:
+    """The test hook `debug.nan_at_step`: `loss_fn` (returning (loss, aux)) with its loss multiplied by NaN
+    when `step` (1-based, traced) is `nan_at_step`, so the loss and every gradient are NaN; -1: `loss_fn`."""
+    if nan_at_step < 0:
+        return loss_fn
+
+    def poisoned(*args):
+        loss, aux = loss_fn(*args)
+        return loss * jnp.where(step == nan_at_step, jnp.nan, 1.0), aux
+
+    return poisoned
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_microbatches: int = 1,
                     schedule: optax.Schedule | None = None, nan_at_step: int = -1) -> StepFn:
     """A pure `step(state, batch, rng) -> (state, metrics)`.
@@ -69,13 +83,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_mi
     `schedule` is given) and every entry of `aux["totals"]` summed over the batch.
     `nan_at_step` (a test hook; -1 = off): the loss of that step (1-based) is multiplied by NaN.
     """
-    def poisoned(params, batch, rng, step):
-        loss_sum, aux = loss_fn(params, batch, rng)
-        return loss_sum * jnp.where(step == nan_at_step, jnp.nan, 1.0), aux
-
     def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
         this_step = state.step + 1
-        fn = loss_fn if nan_at_step < 0 else lambda p, b, r: poisoned(p, b, r, this_step)
+        fn = poisoned_at(loss_fn, nan_at_step, this_step)
         grads, loss_sum, aux = accumulate_gradients(fn, state.params, batch, rng, num_microbatches)
         weight = jnp.maximum(aux["weight"].astype(jnp.float32), 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)

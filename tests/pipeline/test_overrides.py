@@ -90,7 +90,7 @@ def test_overrides_reach_the_stage_configs(tmp_path):
                       "demonstrations.files": ("my_demos.jsonl",), "sft.optim.lr": 1e-4,
                       "sft.data.validation_files": ("my_validation.jsonl",), "reward.loss.margin": 0.5,
                       "reward.normalize.reference": "none", "ppo.kl.init_coef": 0.1,
-                      "ppo.reward.source": "function", "ppo.reward.function": FUNCTION})
+                      "ppo.reward.source": "function", "ppo.reward.function": FUNCTION, "ppo.value.init": "policy"})
     configs = stages.stage_configs(config, tmp_path)
     assert {c.seed for c in configs.values()} == {7}
     assert (configs["sft"].init.source, configs["sft"].init.path) == ("hf", "/models/hf_dir")

@@ -170,7 +170,8 @@ def test_ppo_stage_with_reward_functions_needs_no_reward_model(finished_run, tmp
         shutil.copytree(workdir / stage, tmp_path / stage)
     function = "instructjax.tasks.rewards:constraint_fraction"
     config = load_experiment_config("pipeline", "tiny", {"ppo.reward.source": "function",
-                                                         "ppo.reward.function": function})
+                                                         "ppo.reward.function": function,
+                                                         "ppo.value.init": "policy"})  # tiny's "reward": no RM
     stages.ppo_stage(config.copy_and_resolve_references(), tmp_path)
     reward = json.loads((tmp_path / "ppo" / "config.json").read_text())["reward"]
     assert (reward["source"], reward["function"], reward["path"]) == ("function", function, "")
