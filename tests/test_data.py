@@ -192,6 +192,21 @@ def test_comparison_loader_batches_and_counts(built):
     assert chosen_rejected  # chosen/rejected records arrive as K = 2 with ranks [0, 1]
 
 
+def test_comparison_elements_carry_their_record_index_and_record_arrays(built):
+    source = built["comparisons"].source("train")
+    extra = np.arange(len(source) * 2, dtype=np.float32).reshape(len(source), 2)
+    batches = list(data.comparison_loader(source, TOK, data.ComparisonConfig(max_len=160, max_completions=5),
+                                          in_order(4), record_arrays={"extra": extra}))
+    real = np.concatenate([b["valid"].any(axis=1) for b in batches])
+    index = np.concatenate([b["index"] for b in batches])[real]
+    assert index.tolist() == sorted(index.tolist()) and len(set(index.tolist())) == len(index)
+    for b in batches:
+        rows = b["valid"].any(axis=1)
+        np.testing.assert_array_equal(b["extra"][rows], extra[b["index"][rows]])
+        first = datasets.decode("comparisons", source[int(b["index"][0])])
+        assert b["valid"][0].sum() == len(first["completions"])
+
+
 # -- prompts and pretraining text -----------------------------------------------------------------
 
 def test_prompts_are_left_padded_with_their_text():

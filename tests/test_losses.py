@@ -1,4 +1,5 @@
-"""Pairwise ranking loss and token cross-entropy against the check values of docs/formulas.md and brute force."""
+"""Pairwise ranking loss, token cross-entropy and the DPO / IPO losses against the check values of
+docs/formulas.md and brute force."""
 
 import itertools
 
@@ -75,3 +76,45 @@ def test_token_logprobs_and_cross_entropy(temperature):
     ce = losses.token_cross_entropy(logits, targets, mask)
     full = -losses.token_logprobs(logits, targets)
     np.testing.assert_allclose(ce, (full[0, 1] + full[0, 2] + full[1, 0]) / 3, rtol=1e-6)
+
+
+# -- DPO / IPO (docs/formulas.md#dpo) --------------------------------------------------------------
+
+CHECK = dict(policy_chosen=jnp.array([-10.0]), policy_rejected=jnp.array([-12.0]), ref_chosen=jnp.array([-11.0]),
+             ref_rejected=jnp.array([-11.0]), beta=0.1)  # h = (-10 + 11) - (-12 + 11) = 2
+
+
+def test_dpo_and_ipo_check_values():
+    np.testing.assert_allclose(losses.dpo_loss(**CHECK), 0.598139, atol=1e-6)  # -log sigmoid(0.2)
+    np.testing.assert_allclose(losses.dpo_loss(**CHECK, kind="ipo"), 9.0, atol=1e-6)  # (2 - 5)^2
+    with pytest.raises(ValueError, match="kind='kto'"):
+        losses.dpo_loss(**CHECK, kind="kto")
+
+
+@pytest.mark.parametrize("kind", ["dpo", "ipo"])
+def test_dpo_loss_is_the_mean_over_pairs_of_the_formula(kind):
+    pc, pr, rc, rr = np.random.default_rng(2).normal(size=(4, 7)) * 3
+    beta = 0.3
+    h = (pc - rc) - (pr - rr)
+    want = np.logaddexp(0.0, -beta * h) if kind == "dpo" else (h - 1 / (2 * beta)) ** 2
+    np.testing.assert_allclose(losses.dpo_loss(pc, pr, rc, rr, beta, kind), want.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "ipo"])
+def test_raising_the_chosen_logprob_lowers_the_loss(kind):
+    grads = jax.grad(lambda pc, pr: losses.dpo_loss(pc, pr, CHECK["ref_chosen"], CHECK["ref_rejected"], 0.1, kind),
+                     argnums=(0, 1))(CHECK["policy_chosen"], CHECK["policy_rejected"])
+    assert grads[0][0] < 0 < grads[1][0]  # (IPO at h = 2 is below its target 1 / (2 beta) = 5)
+    np.testing.assert_allclose(grads[0], -grads[1])
+    lower = losses.dpo_loss(CHECK["policy_chosen"] + 0.5, CHECK["policy_rejected"], CHECK["ref_chosen"],
+                            CHECK["ref_rejected"], 0.1, kind)
+    assert lower < losses.dpo_loss(**CHECK, kind=kind)
+
+
+def test_sequence_logprobs_sum_the_next_token_logprobs_of_the_masked_tokens():
+    logits = jnp.array(np.random.default_rng(3).normal(size=(2, 5, 7)), jnp.float32)
+    tokens = jnp.array([[1, 2, 3, 4, 0], [5, 6, 1, 0, 0]])
+    mask = jnp.array([[False, False, True, True, False], [False, True, True, False, False]])
+    logp = np.asarray(jax.nn.log_softmax(logits))
+    want = [logp[0, 1, 3] + logp[0, 2, 4], logp[1, 0, 6] + logp[1, 1, 1]]  # token i read at position i - 1
+    np.testing.assert_allclose(losses.sequence_logprobs(logits, tokens, mask), want, rtol=1e-6)

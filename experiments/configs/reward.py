@@ -8,7 +8,7 @@
 
 import ml_collections
 
-from instructjax.train.config import base_config, data_config
+from instructjax.train.config import base_config, comparison_rows, data_config
 
 PRESETS = ("tiny", "smollm2")
 
@@ -20,10 +20,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.batch_size = 8  # prompts per step (each with its K completions: K rows per prompt)
 
     config.data = data_config("comparisons")
-    config.data.max_len = 256  # tokens per completion row (prompt + completion + EOS)
-    config.data.max_completions = 4  # K is padded to this; records with more completions are dropped (counted)
-    config.data.truncation = "drop"  # too long: "drop" the record or "truncate_prompt" from the left (counted)
-    config.data.chat_template = True  # render prompts with the tokenizer's chat template
+    config.data = comparison_rows(config.data)  # max_len 256, max_completions (K) 4, truncation, chat_template
 
     config.loss = ml_collections.ConfigDict()
     config.loss.margin = 0.0  # m in -log sigmoid(r_w - r_l - m) (docs/formulas.md#ranking-loss-options); 0: InstructGPT

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -70,11 +70,27 @@ def ordered_pairs(ranks: Any, valid: Any) -> Any:
     return (ranks[..., :, None] < ranks[..., None, :]) & valid[..., :, None] & valid[..., None, :]
 
 
+def with_record_arrays(tokenize: Callable[[dict[str, Any]], Tokenized], arrays: Mapping[str, np.ndarray],
+                       record: dict[str, Any]) -> Tokenized:
+    """`tokenize(record)` with `arrays[name][record index]` added to the element under each name."""
+    item = tokenize(record)
+    if item.element is not None:
+        item.element.update({name: values[record["index"]] for name, values in arrays.items()})
+    return item
+
+
 def comparison_loader(source: Sequence[Any] | grain.MapDataset, tokenizer: Tokenizer, config: ComparisonConfig,
-                      loader: LoaderConfig, mesh: jax.sharding.Mesh | None = None) -> Loader:
-    """Batches of comparisons: the fields of `comparison_example` with a leading batch axis."""
+                      loader: LoaderConfig, mesh: jax.sharding.Mesh | None = None, *,
+                      record_arrays: Mapping[str, np.ndarray] | None = None) -> Loader:
+    """Batches of comparisons: the fields of `comparison_example` with a leading batch axis.
+
+    `record_arrays`: arrays with one row per record of `source`; each element also gets its record's
+    row under the array's name (DPO's cached reference logprobs, `instructjax.train.dpo`).
+    """
     render.eos_id(tokenizer)
     records = sharded_records(source, "comparisons", loader)
     tokenize = functools.partial(comparison_example, tokenizer=tokenizer, config=config)
+    if record_arrays:
+        tokenize = functools.partial(with_record_arrays, tokenize, dict(record_arrays))
     return Loader(lambda tally: batched(tokenized_stream(records, tokenize, loader, tally), loader),
                   num_records=len(source), mesh=mesh)

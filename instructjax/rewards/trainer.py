@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from instructjax import datasets, parallel
-from instructjax.data import ComparisonConfig, SFTConfig, comparison_loader, prompt_texts, sft_loader
+from instructjax.data import SFTConfig, comparison_loader, prompt_texts, sft_loader
 from instructjax.models import ModelConfig
 from instructjax.rewards import references
 from instructjax.rewards.evaluation import (ComparisonScores, accuracy_by_family, comparison_metrics, pair_results,
@@ -36,7 +36,7 @@ from instructjax.rewards.scoring import completion_scores, reward_params_from_lm
 from instructjax.tokenizers import Tokenizer
 from instructjax.train import loop
 from instructjax.train import step as step_lib
-from instructjax.train.config import dataset_config, loader_config, num_train_steps, optim_config
+from instructjax.train.config import comparison_config, dataset_config, loader_config, num_train_steps, optim_config
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
@@ -46,19 +46,9 @@ HISTOGRAM_FILE = "score_histogram.png"
 SUMMARY_FILE = "reward_eval.json"
 
 
-def comparison_config(data: ml_collections.ConfigDict) -> ComparisonConfig:
-    return ComparisonConfig(max_len=data.max_len, max_completions=data.max_completions, truncation=data.truncation,
-                            chat_template=data.chat_template)
-
-
 def with_accuracy(step: step_lib.StepFn) -> step_lib.StepFn:
     """The step with pairwise accuracy and the score mean / std derived from its summed counts."""
-    def wrapped(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-        state, metrics = step(state, batch, rng)
-        metrics.update(derived_metrics(metrics))
-        del metrics["score_sum"], metrics["score_sq_sum"]
-        return state, metrics
-    return wrapped
+    return step_lib.with_derived_metrics(step, derived_metrics, drop=("score_sum", "score_sq_sum"))
 
 
 def token_counting(loss_fn):

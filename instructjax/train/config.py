@@ -11,7 +11,7 @@ import math
 import ml_collections
 
 from instructjax import datasets, parallel
-from instructjax.data import LoaderConfig
+from instructjax.data import ComparisonConfig, LoaderConfig
 from instructjax.train.optim import OptimConfig
 
 INIT_SOURCES = ("random", "hf", "gguf", "default", "workdir")
@@ -87,6 +87,22 @@ def data_config(kind: str) -> ml_collections.ConfigDict:
     c.prefetch = 64  # records read ahead by those threads
     c.worker_count = 0  # grain worker processes for tokenizing; 0: in the training process
     return c
+
+
+def comparison_rows(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`c` (a `data_config("comparisons")`) with how each record becomes K rows of prompt + completion:
+    the reward model's and DPO's data section."""
+    c.max_len = 256  # tokens per completion row (prompt + completion + EOS)
+    c.max_completions = 4  # K is padded to this; records with more completions are dropped (counted)
+    c.truncation = "drop"  # too long: "drop" the record or "truncate_prompt" from the left (counted)
+    c.chat_template = True  # render prompts with the tokenizer's chat template
+    return c
+
+
+def comparison_config(data: ml_collections.ConfigDict) -> ComparisonConfig:
+    """The `ComparisonConfig` of a `comparison_rows` section."""
+    return ComparisonConfig(max_len=data.max_len, max_completions=data.max_completions, truncation=data.truncation,
+                            chat_template=data.chat_template)
 
 
 def optim_config(config: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from instructjax import datasets, parallel
 from instructjax.data import SFTConfig, sft_loader
-from instructjax.losses import token_logprobs
+from instructjax.losses import next_token_targets, token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.tokenizers import Tokenizer
 from instructjax.train import loop
@@ -33,10 +33,7 @@ from instructjax.train.workdir import Workdir
 def shifted_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
     """Targets and loss mask aligned with the logits: position i predicts token i + 1
     (docs/formulas.md#token-alignment); the last position predicts nothing."""
-    tokens, loss_mask = batch["tokens"], batch["loss_mask"]
-    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-    mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
-    return targets, mask
+    return next_token_targets(batch["tokens"], batch["loss_mask"])
 
 
 def sft_loss_fn(cfg: ModelConfig, *, deterministic: bool = False) -> LossFn:

@@ -10,7 +10,7 @@ same gradient as one pass over the full batch (up to float summation order).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -97,6 +97,18 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_mi
         return TrainState(step=this_step, params=params, opt_state=opt_state), metrics
 
     return step
+
+
+def with_derived_metrics(step: StepFn, derive: Callable[[dict], dict], drop: Sequence[str] = ()) -> StepFn:
+    """The step with `derive(metrics)` added to its metrics (ratios of its summed counts: accuracy,
+    means) and the `drop` entries (sums only `derive` needs) removed."""
+    def wrapped(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        state, metrics = step(state, batch, rng)
+        metrics.update(derive(metrics))
+        for name in drop:
+            del metrics[name]
+        return state, metrics
+    return wrapped
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
