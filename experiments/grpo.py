@@ -1,4 +1,5 @@
-"""GRPO / Dr.GRPO / RLOO: the PPO trainer with a group baseline instead of a value function.
+"""GRPO / Dr.GRPO / RLOO: the PPO trainer with a group baseline instead of a value function
+(docs/ppo.md); the same script as experiments/ppo.py, with the grpo configs.
 
     python experiments/grpo.py --config=experiments/configs/grpo.py:tiny --workdir=runs/grpo \\
         --config.advantage=grpo|drgrpo|rloo
@@ -7,24 +8,8 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 policy is exported to WORKDIR/export (HF format with the tokenizer).
 """
 
-from absl import app, flags
-from ml_collections import config_flags
-
-import instructjax as ij
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "grpo config file (experiments/configs/grpo.py:<preset>)",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "directory of the run: checkpoints, metrics, samples, export")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    ij.train.quiet_library_logs()
-    ij.train.train_ppo(_CONFIG.value, _WORKDIR.value)
-
+import pathlib
+import runpy
 
 if __name__ == "__main__":
-    ij.cpu_runtime.apply()  # XLA:CPU settings when jax will run on the CPU, before jax starts
-    app.run(main)
+    runpy.run_path(str(pathlib.Path(__file__).with_name("ppo.py")), run_name="__main__")

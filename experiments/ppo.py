@@ -12,8 +12,8 @@ from ml_collections import config_flags
 import instructjax as ij
 from instructjax.train.ppo import train_ppo
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ppo config file (experiments/configs/ppo.py:<preset>)",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "ppo or grpo config file (experiments/configs/{ppo,grpo}.py:<preset>)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory of the run: checkpoints, metrics, samples, export")
 flags.mark_flags_as_required(["config", "workdir"])
 
