@@ -69,17 +69,17 @@ def ours(args, cfg, params, reward_params, tokens, mask, eos_id, pad_id):
     tx = optax.adam(1e-6, b1=0.9, b2=0.95)
     if args.value == "shared":
         value_cfg, value_tx = None, None
-        state = ij.rl.init_ppo_state(ij.rl.add_value_head(cfg, params, jax.random.key(1)), None, tx, None, 0.02)
+        state = ij.train.init_ppo_state(ij.rl.add_value_head(cfg, params, jax.random.key(1)), None, tx, None, 0.02)
     else:
         value_cfg, value_tx = cfg, tx
-        state = ij.rl.init_ppo_state(params, reward_params, tx, tx, 0.02)
+        state = ij.train.init_ppo_state(params, reward_params, tx, tx, 0.02)
     ref_cfg, ref = ij.rl.frozen_model(cfg, params, args.dtype)
     rm_cfg, rm = ij.rl.frozen_model(cfg, reward_params, args.dtype)
     ref, rm = jax.device_put((ref, rm))
     settings = ij.rl.SamplingSettings(max_new_tokens=args.new_tokens, eos_id=eos_id, pad_id=pad_id, ignore_eos=True)
     score = jax.jit(ij.rl.make_scorer(ref_cfg, ij.rl.reward_model_fn(rm_cfg), temperature=1.0))
-    config = ij.rl.PPOConfig(num_minibatches=args.minibatches, vf_coef=0.1 if args.value == "shared" else 1.0)
-    update = jax.jit(ij.rl.make_ppo_update(cfg, value_cfg, tx, value_tx, config), donate_argnums=0)
+    config = ij.train.PPOConfig(num_minibatches=args.minibatches, vf_coef=0.1 if args.value == "shared" else 1.0)
+    update = jax.jit(ij.train.make_ppo_update(cfg, value_cfg, tx, value_tx, config), donate_argnums=0)
     results = []
     for i in range(args.iterations):
         out, t_gen = timed(lambda: ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,

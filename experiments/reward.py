@@ -23,7 +23,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     ij.train.quiet_library_logs()
-    ij.rewards.train_reward_model(_CONFIG.value, _WORKDIR.value)
+    ij.train.train_reward_model(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Importing it changes nothing in the process; `ij.cpu_runtime.apply()` (called by
 __version__ = "0.1.0"
 
 from instructjax import (checkpoints, cpu_runtime, data, datasets, evaluation, labelers, losses, models, parallel,
-                         pipeline, rewards, rl, sampling, tasks, tokenizers, train)
+                         pipeline, rewards, rl, sampling, stats, tasks, tokenizers, train)
 
 __all__ = ["checkpoints", "data", "datasets", "evaluation", "labelers", "losses", "models", "parallel", "pipeline",
-           "rewards", "rl", "sampling", "tasks", "tokenizers", "train", "cpu_runtime"]
+           "rewards", "rl", "sampling", "stats", "tasks", "tokenizers", "train", "cpu_runtime"]

@@ -76,7 +76,7 @@ print(len(records), "comparisons; first:", records[0])
 # %%
 config = load_experiment_config("reward", "tiny", {"data.train_files": (str(path),), "num_steps": 60,
                                                    "data.max_len": 320})
-ij.rewards.train_reward_model(config, tmp / "rm")
+ij.train.train_reward_model(config, tmp / "rm")
 evaluation = json.loads((tmp / "rm" / "reward_eval.json").read_text())["validation"]
 print(f"held-out pairwise accuracy {evaluation['accuracy']:.2f} on {evaluation['pairs']:.0f} pairs")
 

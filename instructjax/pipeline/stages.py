@@ -26,7 +26,7 @@ from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_
 from instructjax.evaluation.report import write_report
 from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
 from instructjax.rewards.io import load_reward_model
-from instructjax.rewards.trainer import SUMMARY_FILE, train_reward_model
+from instructjax.train.reward import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.ppo import check_config as check_ppo_config, train_ppo

@@ -15,7 +15,6 @@ from instructjax.rewards.objective import (RewardLossConfig, derived_metrics, ra
 from instructjax.rewards.references import demonstration_scores, sample_scores
 from instructjax.rewards.scoring import (completion_scores, init_score_head, last_token_index,
                                          reward_params_from_lm, sequence_scores)
-from instructjax.rewards.trainer import train_reward_model
 
 __all__ = [
     "NORMALIZATION_FILE", "ComparisonScores", "Normalization", "RewardLossConfig", "RewardModel",
@@ -23,5 +22,4 @@ __all__ = [
     "export_reward_model", "fit_normalization", "fold_normalization", "init_score_head", "last_token_index",
     "load_reward_model", "pair_results", "ranking_loss_sums", "read_normalization", "reward_loss", "reward_loss_fn",
     "reward_params_from_lm", "sample_scores", "save_normalization", "score_histogram", "sequence_scores",
-    "train_reward_model",
 ]

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from instructjax.evaluation.metrics import Rate
+from instructjax.stats import Rate
 from instructjax.tasks.constraints import constraints_of_prompt
 
 

@@ -1,6 +1,9 @@
-"""Training: optimizer and train state, the generic sharded step, the shared loop, SFT, DPO/IPO and PPO.
+"""Training: optimizer and train state, the generic sharded step, the shared loop and setup, and every
+trainer on them: SFT, the reward model, DPO/IPO and PPO (with its compiled update; GRPO/RLOO are its
+advantage estimators).
 
     state = ij.train.train_sft(config, workdir)        # config: experiments/configs/sft.py
+    state = ij.train.train_reward_model(config, workdir)  # config: experiments/configs/reward.py
     state = ij.train.train_dpo(config, workdir)        # config: experiments/configs/dpo.py
     state = ij.train.train_ppo(config, workdir)        # config: experiments/configs/ppo.py
 """
@@ -14,14 +17,17 @@ from instructjax.train.loop import LoopConfig, NonFiniteLossError
 from instructjax.train.metrics import MetricsWriter, quiet_library_logs, read_metrics
 from instructjax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from instructjax.train.ppo import train_ppo
+from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update, ptx_logprob_sum
+from instructjax.train.reward import train_reward_model
 from instructjax.train.sft import sft_loss_fn, train_sft
 from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
 from instructjax.train.step import accumulate_gradients, compile_step, make_train_step, with_derived_metrics
 from instructjax.train.workdir import Workdir
 
 __all__ = [
-    "Checkpointer", "LoopConfig", "MetricsWriter", "NonFiniteLossError", "OptimConfig", "TrainState", "Workdir",
-    "abstract_state", "accumulate_gradients", "compile_step", "config", "export_model", "init_state",
-    "learning_rate_schedule", "load_initial_model", "loop", "make_optimizer", "make_train_step", "quiet_library_logs",
-    "read_metrics", "sft_loss_fn", "state_shardings", "train_dpo", "train_ppo", "train_sft", "with_derived_metrics",
+    "Checkpointer", "LoopConfig", "MetricsWriter", "NonFiniteLossError", "OptimConfig", "PPOConfig", "PPOState",
+    "TrainState", "Workdir", "abstract_state", "accumulate_gradients", "compile_step", "config", "export_model",
+    "init_ppo_state", "init_state", "learning_rate_schedule", "load_initial_model", "loop", "make_optimizer",
+    "make_ppo_update", "make_train_step", "ptx_logprob_sum", "quiet_library_logs", "read_metrics", "sft_loss_fn",
+    "state_shardings", "train_dpo", "train_ppo", "train_reward_model", "train_sft", "with_derived_metrics",
 ]

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from instructjax import checkpoints, models, testing
-from instructjax.tokenizers import Tokenizer
+from instructjax import checkpoints, models
+from instructjax.tokenizers import Tokenizer, tiny_tokenizer
 from instructjax.train.config import INIT_SOURCES
 from instructjax.train.workdir import Workdir
 
@@ -44,7 +44,7 @@ def _load(init: ml_collections.ConfigDict, rng: jax.Array) -> tuple[models.Model
         raise ValueError(f"init.source={init.source!r}: expected one of {INIT_SOURCES}")
     if init.source == "random":
         cfg = models.get_preset(init.preset)
-        tokenizer = testing.tiny_tokenizer() if init.tokenizer == "tiny" else Tokenizer.from_pretrained(init.tokenizer)
+        tokenizer = tiny_tokenizer() if init.tokenizer == "tiny" else Tokenizer.from_pretrained(init.tokenizer)
         return cfg, models.init_params(cfg, rng), tokenizer
     if init.source == "default":
         return checkpoints.load_default_model()

@@ -2,8 +2,8 @@
 
 Each loop step is one PPO iteration: a batch of prompts -> responses from the compiled sampler ->
 reward functions' scores on the host (if any, `instructjax.train.ppo_rewards`) -> reference
-logprobs and reward scores (one jit) -> the whole PPO update (one jit, see `instructjax.rl.update`).
-The checkpointed state (`ij.rl.PPOState`) holds the policy, the value model (or a value head on the
+logprobs and reward scores (one jit) -> the whole PPO update (one jit, see `instructjax.train.ppo_update`).
+The checkpointed state (`ij.train.PPOState`) holds the policy, the value model (or a value head on the
 policy trunk), the optimizer states and the KL coefficient; the data position covers the prompts
 and the pretraining text. The final policy LM is exported to WORKDIR/export.
 """
@@ -26,7 +26,7 @@ from instructjax.data import PretrainingConfig, PromptConfig, pretraining_loader
 from instructjax.rewards.io import load_reward_model
 from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.rl import rollout as rollout_lib
-from instructjax.rl.update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
+from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import loop
 from instructjax.train.config import loader_config, optim_config
 from instructjax.train.export import export_model, fetch

@@ -18,11 +18,11 @@ from instructjax.checkpoints import default  # noqa: E402
 from instructjax.checkpoints.gguf import GLOBAL_NAMES, LAYER_NAMES  # noqa: E402
 from instructjax.models import Transformer, decode_step, get_preset, init_cache, prefill, stack_layers  # noqa: E402
 from instructjax.testing.hf_models import hf_outputs, load_hf_model, save_tiny_hf_model  # noqa: E402
-from instructjax.testing.tokenizer import CHATML_TEMPLATE, SPECIAL_TOKENS  # noqa: E402
+from instructjax.tokenizers import CHATML_TEMPLATE, TINY_SPECIAL_TOKENS  # noqa: E402
 from instructjax.tokenizers import bytes_to_unicode  # noqa: E402
 
 # 3 ChatML specials, the 256 bytes, one merge (" t").
-TOKENS = [*SPECIAL_TOKENS, *(bytes_to_unicode()[b] for b in range(256)), "Ġt"]
+TOKENS = [*TINY_SPECIAL_TOKENS, *(bytes_to_unicode()[b] for b in range(256)), "Ġt"]
 TO_GGUF = {**{v: k for k, v in GLOBAL_NAMES.items()}, **{v: k for k, v in LAYER_NAMES.items()}}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import instructjax as ij
 from instructjax.pipeline import stages
-from instructjax.rewards.trainer import SUMMARY_FILE
+from instructjax.train.reward import SUMMARY_FILE
 from instructjax.testing.experiments import CONFIGS, config_leaf_paths, load_experiment_config
 
 FUNCTION = "instructjax.tasks.rewards:constraint_fraction"

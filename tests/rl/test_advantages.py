@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from instructjax import rl
+from instructjax import rl, train
 
 
 def numpy_gae(rewards, values, mask, gamma, lam):
@@ -86,6 +86,6 @@ def test_group_advantages_reject_ragged_groups():
 def test_ppo_config_rejects_a_group_baseline_without_groups():
     import pytest
     with pytest.raises(ValueError, match="group_size >= 2"):
-        rl.PPOConfig(advantage="rloo", group_size=1)
+        train.PPOConfig(advantage="rloo", group_size=1)
     with pytest.raises(ValueError, match="expected one of"):
-        rl.PPOConfig(advantage="reinforce")
+        train.PPOConfig(advantage="reinforce")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructjax import rl
+from instructjax import rl, train
 
 
 def test_kl_estimators():
@@ -48,6 +48,6 @@ def test_fixed_controller():
 
 
 def test_ppo_config_names_its_controller():
-    assert rl.PPOConfig().kl_controller(0.02) == rl.FixedKLController(0.02)
-    config = rl.PPOConfig(adaptive_kl=True, kl_target=3.0, kl_horizon=500.0)
+    assert train.PPOConfig().kl_controller(0.02) == rl.FixedKLController(0.02)
+    config = train.PPOConfig(adaptive_kl=True, kl_target=3.0, kl_horizon=500.0)
     assert config.kl_controller(0.1) == rl.AdaptiveKLController(0.1, target=3.0, horizon=500.0)

@@ -13,6 +13,7 @@ import pytest
 from instructjax import models, rl
 from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.testing.prompts import common_token, left_padded
+from instructjax.train import ppo_update
 
 CFG = models.get_preset("tiny")
 
@@ -103,8 +104,8 @@ def test_sampler_logprobs_equal_the_training_forward(temperature):
         assert (recomputed[~valid] == 0).all() and (sampled[~valid] == 0).all()
 
     assert_equals_sampled(rollout.ref_logprobs)  # rl.response_logprobs
-    _, separate, _ = rl.update.response_forward(CFG, CFG, temperature, (policy, value), rollout)
+    _, separate, _ = ppo_update.response_forward(CFG, CFG, temperature, (policy, value), rollout)
     assert_equals_sampled(separate)
     shared_policy = rl.add_value_head(CFG, policy, jax.random.key(2))
-    _, shared, _ = rl.update.response_forward(CFG, None, temperature, (shared_policy, None), rollout)
+    _, shared, _ = ppo_update.response_forward(CFG, None, temperature, (shared_policy, None), rollout)
     assert_equals_sampled(shared)

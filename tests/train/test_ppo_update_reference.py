@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from instructjax import models, rl
+from instructjax import models, rl, train
+from instructjax.train import ppo_update
 from instructjax.testing.prompts import common_token, left_padded
 
 CFG = models.get_preset("tiny")
@@ -168,10 +169,10 @@ def ptx_rows(rows=4, length=12):
 
 
 CONFIGS = {
-    "k1_whiten_advantages": rl.PPOConfig(kl_kind="k1"),
-    "k2_whiten_rewards_only": rl.PPOConfig(kl_kind="k2", whiten_rewards=True, whiten_advantages=False),
-    "k3_whiten_both_ptx": rl.PPOConfig(kl_kind="k3", whiten_rewards=True, gamma_ptx=2.0, gamma=0.9, lam=0.8),
-    "k1_no_whitening_vf_coef": rl.PPOConfig(whiten_advantages=False, vf_coef=0.5, clip_eps=0.1, value_clip=0.1),
+    "k1_whiten_advantages": train.PPOConfig(kl_kind="k1"),
+    "k2_whiten_rewards_only": train.PPOConfig(kl_kind="k2", whiten_rewards=True, whiten_advantages=False),
+    "k3_whiten_both_ptx": train.PPOConfig(kl_kind="k3", whiten_rewards=True, gamma_ptx=2.0, gamma=0.9, lam=0.8),
+    "k1_no_whitening_vf_coef": train.PPOConfig(whiten_advantages=False, vf_coef=0.5, clip_eps=0.1, value_clip=0.1),
 }
 
 
@@ -197,15 +198,15 @@ def test_minibatch_loss_and_gradient_equal_the_reference(name):
 
     want_loss, want_grads = jax.value_and_grad(reference_loss)(params, rollout, targets, config, ptx)
 
-    _, old_logp, old_values = rl.update.response_forward(CFG, CFG, config.temperature, (old_policy, old_value),
+    _, old_logp, old_values = ppo_update.response_forward(CFG, CFG, config.temperature, (old_policy, old_value),
                                                          rollout)
-    batch, _ = rl.update.ppo_batch(rollout, old_logp, old_values, jnp.float32(KL_COEF), config)
+    batch, _ = ppo_update.ppo_batch(rollout, old_logp, old_values, jnp.float32(KL_COEF), config)
     if ptx is not None:
         batch["ptx"] = ptx
-    totals = rl.update.loss_totals(batch, False, jnp.float32(KL_COEF), config)
+    totals = ppo_update.loss_totals(batch, False, jnp.float32(KL_COEF), config)
 
     def library_loss(params):
-        return rl.update.minibatch_loss(CFG, CFG, config, params, batch, totals)[0]
+        return ppo_update.minibatch_loss(CFG, CFG, config, params, batch, totals)[0]
 
     loss, grads = jax.value_and_grad(library_loss)(params)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
@@ -219,11 +220,11 @@ def test_update_equals_two_reference_sgd_steps(kl_kind):
     the adaptive controller moves beta by the mean summed k1 of the episodes, whatever the kl_kind."""
     old_policy, old_value, rollout = setup()
     lr, target, horizon = (0.05, 1.0), 3.0, 20.0  # SGD learning rates of the policy and the value model
-    config = rl.PPOConfig(ppo_epochs=2, num_minibatches=1, kl_kind=kl_kind, whiten_rewards=True, adaptive_kl=True,
+    config = train.PPOConfig(ppo_epochs=2, num_minibatches=1, kl_kind=kl_kind, whiten_rewards=True, adaptive_kl=True,
                           kl_target=target, kl_horizon=horizon)
     policy_sgd, value_sgd = optax.sgd(lr[0]), optax.sgd(lr[1])
-    state = rl.init_ppo_state(old_policy, old_value, policy_sgd, value_sgd, KL_COEF)
-    new_state, metrics, per_minibatch = jax.jit(rl.make_ppo_update(CFG, CFG, policy_sgd, value_sgd, config))(
+    state = train.init_ppo_state(old_policy, old_value, policy_sgd, value_sgd, KL_COEF)
+    new_state, metrics, per_minibatch = jax.jit(train.make_ppo_update(CFG, CFG, policy_sgd, value_sgd, config))(
         state, rollout, None, jax.random.key(0))
 
     targets = reference_targets(old_policy, old_value, rollout, config, KL_COEF)
@@ -280,10 +281,10 @@ def policy_value_stub():
 
 
 GROUP_CONFIGS = {
-    "grpo_k3_loss": rl.PPOConfig(advantage="grpo", group_size=4, kl_kind="k3", kl_in_loss=True),
-    "drgrpo_k1_reward": rl.PPOConfig(advantage="drgrpo", group_size=2, clip_eps=0.1),
-    "rloo_k2_reward": rl.PPOConfig(advantage="rloo", group_size=4, kl_kind="k2"),
-    "rloo_k3_loss": rl.PPOConfig(advantage="rloo", group_size=2, kl_kind="k3", kl_in_loss=True),
+    "grpo_k3_loss": train.PPOConfig(advantage="grpo", group_size=4, kl_kind="k3", kl_in_loss=True),
+    "drgrpo_k1_reward": train.PPOConfig(advantage="drgrpo", group_size=2, clip_eps=0.1),
+    "rloo_k2_reward": train.PPOConfig(advantage="rloo", group_size=4, kl_kind="k2"),
+    "rloo_k3_loss": train.PPOConfig(advantage="rloo", group_size=2, kl_kind="k3", kl_in_loss=True),
 }
 
 
@@ -295,13 +296,13 @@ def test_group_baseline_loss_and_gradient_equal_the_reference(name):
     old_logp, _ = response_logprobs_and_values(old_policy, policy_value_stub(), rollout, config.temperature)
     want_loss, want_grads = jax.value_and_grad(reference_group_loss)(policy, rollout, old_logp, config, KL_COEF)
 
-    _, lib_old_logp, old_values = rl.update.response_forward(CFG, None, config.temperature, (old_policy, None),
+    _, lib_old_logp, old_values = ppo_update.response_forward(CFG, None, config.temperature, (old_policy, None),
                                                              rollout, with_values=False)
-    batch, _ = rl.update.ppo_batch(rollout, lib_old_logp, old_values, jnp.float32(KL_COEF), config)
-    totals = rl.update.loss_totals(batch, False, jnp.float32(KL_COEF), config)
+    batch, _ = ppo_update.ppo_batch(rollout, lib_old_logp, old_values, jnp.float32(KL_COEF), config)
+    totals = ppo_update.loss_totals(batch, False, jnp.float32(KL_COEF), config)
 
     def library_loss(policy):
-        return rl.update.minibatch_loss(CFG, None, config, (policy, None), batch, totals)[0]
+        return ppo_update.minibatch_loss(CFG, None, config, (policy, None), batch, totals)[0]
 
     loss, grads = jax.value_and_grad(library_loss)(policy)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from instructjax import models, parallel, rl
+from instructjax import models, parallel, rl, train
+from instructjax.train import ppo_update
 from instructjax.train.state import state_shardings
 
 CFG = models.get_preset("tiny")
@@ -51,11 +52,11 @@ def make(config, policy_tx=None, value_tx=None, kl_coef=0.05, shared=False):
     policy, value = models_params()
     policy_tx = policy_tx or optax.adam(1e-3)
     if shared:
-        state = rl.init_ppo_state(shared_params(), None, policy_tx, None, kl_coef)
-        return state, jax.jit(rl.make_ppo_update(CFG, None, policy_tx, None, config))
+        state = train.init_ppo_state(shared_params(), None, policy_tx, None, kl_coef)
+        return state, jax.jit(train.make_ppo_update(CFG, None, policy_tx, None, config))
     value_tx = value_tx or optax.adam(1e-3)
-    state = rl.init_ppo_state(policy, value, policy_tx, value_tx, kl_coef)
-    return state, jax.jit(rl.make_ppo_update(CFG, CFG, policy_tx, value_tx, config))
+    state = train.init_ppo_state(policy, value, policy_tx, value_tx, kl_coef)
+    return state, jax.jit(train.make_ppo_update(CFG, CFG, policy_tx, value_tx, config))
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["separate_value", "shared_trunk"])
@@ -65,7 +66,7 @@ def test_only_the_first_minibatch_reuses_the_recompute(shared):
     which minibatch gets that: exactly the first, every later one sees the updated policy. (Whether
     the recompute equals the sampler's logprobs is test_rollout's test; the loss is checked
     against a reference in test_update_reference.)"""
-    state, update = make(rl.PPOConfig(ppo_epochs=2, num_minibatches=4), shared=shared)
+    state, update = make(train.PPOConfig(ppo_epochs=2, num_minibatches=4), shared=shared)
     batch = rollout_batch(state.policy.params)
     new_state, metrics, per_mb = update(state, batch, None, jax.random.key(1))
     assert per_mb["ratio"].shape == (2, 4)
@@ -88,7 +89,7 @@ def test_microbatch_accumulation_matches_full_minibatch():
     batch = rollout_batch(models_params()[0])
     results = []
     for micro in (1, 2):
-        state, update = make(rl.PPOConfig(num_minibatches=2, microbatches=micro), tx, tx)
+        state, update = make(train.PPOConfig(num_minibatches=2, microbatches=micro), tx, tx)
         new_state, metrics, _ = update(state, batch, None, jax.random.key(1))
         results.append((new_state, metrics))
     a, b = results
@@ -114,7 +115,7 @@ SGD = optax.sgd(1.0)
 @functools.lru_cache(maxsize=None)
 def sgd_update(gamma_ptx):
     """(state after one single-minibatch update with SGD lr 1, metrics) for this gamma_ptx."""
-    state, update = make(rl.PPOConfig(num_minibatches=1, gamma_ptx=gamma_ptx or 0.0), SGD, SGD)
+    state, update = make(train.PPOConfig(num_minibatches=1, gamma_ptx=gamma_ptx or 0.0), SGD, SGD)
     batch = rollout_batch(models_params()[0])
     return update(state, batch, None if gamma_ptx is None else ptx_batch(), jax.random.key(1))[:2]
 
@@ -131,10 +132,10 @@ def test_ptx_gradient_is_added_to_the_ppo_gradient():
     plain, _ = sgd_update(None)
     ptx, metrics = sgd_update(gamma)
     pretrain, params = ptx_batch(), models_params()[0]
-    count = jnp.sum(rl.update.ptx_targets(pretrain)[1])
+    count = jnp.sum(ppo_update.ptx_targets(pretrain)[1])
 
     def ptx_loss(p):
-        return -rl.ptx_logprob_sum(CFG, p, pretrain) / count
+        return -train.ptx_logprob_sum(CFG, p, pretrain) / count
 
     manual = jax.grad(ptx_loss)(params)
     np.testing.assert_allclose(metrics["ptx_loss"], ptx_loss(params), rtol=1e-5)
@@ -145,7 +146,7 @@ def test_ptx_gradient_is_added_to_the_ppo_gradient():
 def run_ppo(kl_coef, iterations, seed=0, shared=False):
     """Sample -> score -> update for `iterations` rollout batches; returns per-iteration metrics."""
     tx = optax.adam(3e-3)
-    config = rl.PPOConfig(num_minibatches=2, ppo_epochs=2, vf_coef=0.1 if shared else 1.0)
+    config = train.PPOConfig(num_minibatches=2, ppo_epochs=2, vf_coef=0.1 if shared else 1.0)
     state, update = make(config, tx, optax.adam(3e-3), kl_coef=kl_coef, shared=shared)
     settings = rl.SamplingSettings(max_new_tokens=8, temperature=1.0, eos_id=None, pad_id=0)
     score = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(TARGET), temperature=1.0, no_eos_penalty_value=None))
@@ -179,17 +180,17 @@ def test_learning_on_a_synthetic_reward():
 def test_sharded_update_equals_single_device():
     policy, value = models_params()
     tx = optax.adam(1e-3)
-    config = rl.PPOConfig(num_minibatches=2, ppo_epochs=2)
-    update = rl.make_ppo_update(CFG, CFG, tx, tx, config)
+    config = train.PPOConfig(num_minibatches=2, ppo_epochs=2)
+    update = train.make_ppo_update(CFG, CFG, tx, tx, config)
     batch = rollout_batch(policy)
-    state = rl.init_ppo_state(policy, value, tx, tx, 0.05)
+    state = train.init_ppo_state(policy, value, tx, tx, 0.05)
     want, want_metrics, _ = jax.jit(update)(state, batch, None, jax.random.key(1))
 
     mesh = parallel.make_mesh((2, 4, 1))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), policy)
     vshapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), value)
     replicated = parallel.replicated(mesh)
-    shardings = rl.PPOState(
+    shardings = train.PPOState(
         step=replicated, kl_coef=replicated,
         policy=state_shardings(tx, shapes, parallel.param_shardings(CFG, shapes, mesh), mesh),
         value=state_shardings(tx, vshapes, parallel.param_shardings(CFG, vshapes, mesh, head="scalar"), mesh))

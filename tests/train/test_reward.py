@@ -14,7 +14,7 @@ import pytest
 
 import instructjax as ij
 from instructjax import rewards
-from instructjax.train import read_metrics
+from instructjax.train import read_metrics, train_reward_model
 from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
                                               load_experiment_config)
 
@@ -68,7 +68,7 @@ def synthetic_run(tmp_path_factory):
     files = write_synthetic(root)
     overrides = synthetic_overrides(files)
     workdir = root / "run"
-    state = rewards.train_reward_model(load_config(**overrides), workdir)
+    state = train_reward_model(load_config(**overrides), workdir)
     return workdir, state, files, overrides
 
 
@@ -180,7 +180,7 @@ def test_presets_and_bad_settings():
     with pytest.raises(ValueError, match="unknown reward preset"):
         load_config("huge")
     with pytest.raises(ValueError, match="without dropout"):
-        rewards.train_reward_model(load_config(**{"model.dropout_rate": 0.1}), "/nonexistent/never/created")
+        train_reward_model(load_config(**{"model.dropout_rate": 0.1}), "/nonexistent/never/created")
 
 
 def test_normalising_on_sft_samples_without_export(tmp_path):
@@ -189,7 +189,7 @@ def test_normalising_on_sft_samples_without_export(tmp_path):
     config = load_config(**{"num_steps": 2, "checkpoint.every_steps": 2, "eval.every_steps": 0, "export": False,
                             "normalize.reference": "sft_samples", "normalize.max_examples": 8,
                             "normalize.max_new_tokens": 8, "normalize.unit_std": True})
-    rewards.train_reward_model(config, tmp_path)
+    train_reward_model(config, tmp_path)
     found = rewards.read_normalization(tmp_path)
     assert found is not None
     norm, notes = found
