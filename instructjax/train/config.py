@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.source = "random"  # one of INIT_SOURCES: where the initial weights and tokenizer come from
     c.init.path = ""  # HF directory ("hf"), GGUF file ("gguf") or an earlier stage's workdir ("workdir")
     c.init.preset = "tiny"  # model preset of a random init (ij.models.PRESETS)
-    c.init.tokenizer = "tiny"  # tokenizer of a random init: "tiny" (ij.testing.tiny_tokenizer) or a directory
+    c.init.tokenizer = "tiny"  # tokenizer of a random init: "tiny" (ij.tokenizers.tiny_tokenizer) or a directory
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision over float32 params
