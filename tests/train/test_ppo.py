@@ -73,16 +73,18 @@ def run_script(workdir, log, *extra, wait=True):
     return process
 
 
-def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("algorithm", [(), ("--config.advantage=rloo", "--config.rollout.group_size=2",
+                                               "--config.batch_size=8")], ids=["gae", "rloo"])
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, algorithm):
     reference = tmp_path / "reference"
-    run_script(reference, tmp_path / "reference.log")
+    run_script(reference, tmp_path / "reference.log", *algorithm)
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=1.0"  # time to kill the run between checkpoints 2 and 4
-    process = run_script(workdir, tmp_path / "killed.log", slow, wait=False)
+    process = run_script(workdir, tmp_path / "killed.log", slow, *algorithm, wait=False)
     kill_after_checkpoint(process, workdir / "checkpoints" / "2", timeout_s=300)
     assert not (workdir / "export").exists()
     assert not (workdir / "checkpoints" / "6").exists()
-    run_script(workdir, tmp_path / "resumed.log", slow)
+    run_script(workdir, tmp_path / "resumed.log", slow, *algorithm)
     assert_same_run(workdir, reference)
 
 
