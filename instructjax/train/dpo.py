@@ -31,14 +31,14 @@ from jax.sharding import Mesh
 from instructjax import datasets, losses, parallel
 from instructjax.data import Loader, comparison_loader, ordered_pairs
 from instructjax.models import ModelConfig, Transformer
-from instructjax.train import loop
+from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
 from instructjax.train.config import comparison_config, loader_config, num_train_steps, optim_config
 from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
-from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
+from instructjax.train.state import TrainState
 from instructjax.train.step import LossFn
 from instructjax.train.workdir import Workdir
 
@@ -94,20 +94,6 @@ def dpo_loss_fn(cfg: ModelConfig, beta: float, kind: str) -> LossFn:
     return loss_fn
 
 
-def host_outputs(fn: Callable, params: Any, loader: Loader, mesh: Mesh, rules, num_batches: int = 0) -> list:
-    """Host copies of `fn(params, batch)` over one pass of `loader` (its first `num_batches`; 0: all)."""
-    outputs, it = [], iter(loader)
-    try:
-        with parallel.activation_sharding(mesh, rules):
-            for i, batch in enumerate(it):
-                if num_batches and i == num_batches:
-                    break
-                outputs.append(jax.device_get(fn(params, batch)))
-    finally:
-        it.close()
-    return outputs
-
-
 def reference_logprobs(cfg: ModelConfig, params: Any, params_shardings: Any, loader: Loader, num_completions: int,
                        mesh: Mesh, rules) -> np.ndarray:
     """float32 [records, K]: `completion_logprobs` of every completion of an in-order, one-epoch
@@ -119,7 +105,8 @@ def reference_logprobs(cfg: ModelConfig, params: Any, params_shardings: Any, loa
     fn = jax.jit(scores, in_shardings=(params_shardings, step_lib.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh))
     table = np.full((loader.num_records, num_completions), np.nan, np.float32)
-    for logprobs, index, valid in host_outputs(fn, jax.device_put(params, params_shardings), loader, mesh, rules):
+    placed = jax.device_put(params, params_shardings)
+    for logprobs, index, valid in setup_lib.host_outputs(fn, placed, loader, mesh, rules):
         real = valid.any(axis=1)  # the padding rows of the last batch have no valid slot
         table[index[real]] = np.where(valid[real], logprobs[real], 0.0)
     return table
@@ -151,9 +138,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.loss={config.loss!r}: expected one of {losses.PREFERENCE_LOSSES}")
     if config.beta <= 0:
         raise ValueError(f"config.beta={config.beta}: must be > 0")
-    if config.model.dropout_rate or config.model.attention_dropout:
-        raise ValueError("config.model.dropout_rate / attention_dropout: DPO trains without dropout, like the "
-                         "reference pass (docs/formulas.md#dropout-off); set them to 0")
+    setup_lib.check_no_dropout(config, "DPO trains without dropout, like the reference pass")
 
 
 def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> TrainState:
@@ -165,16 +150,12 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     when `config.export`.
     """
     check_config(config)
-    parallel.initialize_distributed(config.parallel.multi_host)
-    workdir = Workdir.at(workdir)
-    workdir.write_config(config)
-    mesh = parallel.make_mesh(config.parallel.mesh_shape)
-    rules = tuple(config.parallel.rules)
+    run = setup_lib.start(config, workdir, num_keys=2)
+    workdir, mesh, rules = run.workdir, run.mesh, run.rules
     check_batch_size(config.batch_size, config.microbatches, mesh)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    init_rng, train_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    params_shardings = parallel.param_shardings(cfg, shapes, mesh, rules)
+    params_shardings = parallel.param_shardings(cfg, setup_lib.param_shapes(params), mesh, rules)
 
     built = build_dataset(config.data, "comparisons", workdir.data)
     comparisons = comparison_config(config.data)
@@ -198,26 +179,22 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     train_loader = loader("train", config.batch_size, train=True)
     num_steps = num_train_steps(config, train_loader.num_records)
     optim = optim_config(config, num_steps)
-    tx = make_optimizer(optim)
-    shardings = state_shardings(tx, shapes, params_shardings, mesh)
+    layout = setup_lib.train_state_layout(make_optimizer(optim), params, cfg, mesh, rules,
+                                          param_shardings=params_shardings)
     loss_fn = dpo_loss_fn(cfg, config.beta, config.loss)
-    step = step_lib.make_train_step(loss_fn, tx, num_microbatches=config.microbatches,
+    step = step_lib.make_train_step(loss_fn, layout.tx, num_microbatches=config.microbatches,
                                     schedule=learning_rate_schedule(optim), nan_at_step=config.debug.nan_at_step)
     step = step_lib.with_derived_metrics(step, derived_metrics, drop=SUMS)
 
     evaluate = None
     if config.eval.every_steps > 0:
-        if "validation" not in built.splits:
-            raise ValueError("config.eval.every_steps > 0 needs a validation split: set data.validation_files "
-                             "or data.validation_fraction")
+        setup_lib.check_validation_split(built.splits)
         validation = loader("validation", config.eval.batch_size, train=False)
-        sums = jax.jit(lambda p, batch: loss_fn(p, batch, jax.random.key(0)),
-                       in_shardings=(params_shardings, step_lib.batch_sharding(mesh)),
-                       out_shardings=parallel.replicated(mesh))
+        sums = setup_lib.compile_eval_sums(loss_fn, params_shardings, mesh)
 
         def evaluate(state: TrainState, step_number: int) -> dict[str, float]:
             del step_number
-            outputs = host_outputs(sums, state.params, validation, mesh, rules, config.eval.num_batches)
+            outputs = setup_lib.host_outputs(sums, state.params, validation, mesh, rules, config.eval.num_batches)
             loss_sum, aux = jax.tree.map(lambda *x: np.sum(x, axis=0), *outputs)
             pairs = int(aux["totals"]["pairs"])
             derived = {k: float(v) for k, v in derived_metrics(aux["totals"]).items()}
@@ -226,12 +203,8 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     def export(state: TrainState) -> None:
         export_model(workdir.export, cfg, state.params, tokenizer)
 
-    train_iterator = iter(train_loader)
-    try:
-        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir,
-                        step_fn=step_lib.compile_step(step, shardings, mesh, rules),
-                        init_state=lambda: init_state(params, tx, shardings),
-                        abstract_state=abstract_state(tx, shapes, shardings), train_iterator=train_iterator,
-                        rng=train_rng, eval_fn=evaluate, export_fn=export if config.export else None, name="dpo")
-    finally:
-        train_iterator.close()
+    step_fn = step_lib.compile_step(step, layout.state_shardings, mesh, rules)
+    return setup_lib.run_loop(run, num_steps, step_fn=step_fn, init_state=lambda: layout.init(params),
+                              abstract_state=layout.abstract_state, train_iterator=iter(train_loader),
+                              rng=train_rng, eval_fn=evaluate, export_fn=export if config.export else None,
+                              name="dpo")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -21,14 +21,19 @@ def fetch(tree: Any) -> Any:
     return jax.device_get(tree)
 
 
-def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: Optional[Tokenizer] = None) -> None:
-    """Gather `params` from all devices and hosts and write them with `save_hf` from process 0,
-    atomically: into `<path>.tmp`, then renamed over `path`."""
-    params = fetch(params)
+def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
+    """`write(tmp)` into `<path>.tmp`, then renamed over `path` (process 0 only)."""
     if jax.process_index() != 0:
         return
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(tmp, cfg, params, tokenizer=tokenizer)
+    write(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+
+
+def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: Optional[Tokenizer] = None) -> None:
+    """Gather `params` from all devices and hosts and write them with `save_hf` from process 0,
+    atomically: into `<path>.tmp`, then renamed over `path`."""
+    params = fetch(params)
+    write_atomically(path, lambda tmp: save_hf(tmp, cfg, params, tokenizer=tokenizer))

@@ -27,15 +27,13 @@ from instructjax.rewards.io import load_reward_model
 from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.rl import rollout as rollout_lib
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
-from instructjax.train import loop
+from instructjax.train import setup as setup_lib
 from instructjax.train.config import loader_config, optim_config
 from instructjax.train.export import export_model, fetch
 from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import make_optimizer
 from instructjax.train.ppo_rewards import FunctionScorer, RewardSources, reward_sources, source_metrics
-from instructjax.train.state import state_shardings
-from instructjax.train.workdir import Workdir
 
 VALUE_INITS = ("reward", "policy", "shared")
 
@@ -93,9 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
                          "batches; passes over each batch: ppo.epochs); use num_steps and leave num_epochs at 0")
     if config.num_steps <= 0:
         raise ValueError(f"ppo: num_steps={config.num_steps}: set the number of PPO iterations (rollout batches), > 0")
-    if config.model.dropout_rate or config.model.attention_dropout:
-        raise ValueError("ppo: model.dropout_rate / attention_dropout: every PPO forward runs without dropout "
-                         "(docs/formulas.md#dropout-off); set them to 0")
+    setup_lib.check_no_dropout(config, "every PPO forward runs without dropout", key="ppo: model")
     if config.advantage == "gae":  # the group baselines read no value.*
         if config.value.init not in VALUE_INITS:
             raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
@@ -199,21 +195,18 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     run); eval.every_steps > 0 without it is refused.
     Returns the final `PPOState`.
     """
-    parallel.initialize_distributed(config.parallel.multi_host)
     sources = check_config(config)  # a setting PPO would not honour stops here, before anything is written
     if config.eval.every_steps > 0 and evaluate is None:
         raise ValueError(f"ppo: eval.every_steps={config.eval.every_steps} needs an evaluate function "
                          "(train_ppo(..., evaluate=fn), as the pipeline passes); PPO has no evaluation of its own: "
                          "set eval.every_steps=0")
-    workdir = Workdir.at(workdir)
-    workdir.write_config(config)
-    mesh = parallel.make_mesh(config.parallel.mesh_shape)
-    rules = tuple(config.parallel.rules)
+    run = setup_lib.start(config, workdir, num_keys=4)
+    workdir, mesh, rules = run.workdir, run.mesh, run.rules
     c = ppo_config(config)
     check_batch_size(config.batch_size, 1, mesh)  # the prompt batch is sharded before it is repeated
     episodes = config.batch_size * c.group_size
     check_batch_size(episodes, c.num_minibatches * c.microbatches, mesh, "batch_size x rollout.group_size")
-    init_rng, reward_rng, value_rng, train_rng = jax.random.split(jax.random.key(config.seed), 4)
+    init_rng, reward_rng, value_rng, train_rng = run.keys
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
     value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params,
@@ -238,21 +231,21 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     num_steps = config.num_steps
     num_updates = num_steps * c.ppo_epochs * c.num_minibatches
     policy_tx = make_optimizer(optim_config(config, num_updates))
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), policy_params)
-    policy_shardings = policy_param_shardings(cfg, shapes, mesh, rules)
-    replicated = parallel.replicated(mesh)
-    value_tx = value_shapes = value_param_shardings = value_state_shardings = None
+    policy_layout = setup_lib.train_state_layout(
+        policy_tx, policy_params, cfg, mesh, rules,
+        param_shardings=policy_param_shardings(cfg, setup_lib.param_shapes(policy_params), mesh, rules))
+    value_layout = value_tx = None
     if value_cfg is not None:  # a separate value network with its own optimizer
         value_optim = config.optim.to_dict() | {"lr": config.value.lr}
         value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}), num_updates))
-        value_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), value_params)
-        value_param_shardings = parallel.param_shardings(value_cfg, value_shapes, mesh, rules, head="scalar")
-        value_state_shardings = state_shardings(value_tx, value_shapes, value_param_shardings, mesh)
-    shardings = PPOState(step=replicated, policy=state_shardings(policy_tx, shapes, policy_shardings, mesh),
-                         value=value_state_shardings, kl_coef=replicated)
+        value_layout = setup_lib.train_state_layout(value_tx, value_params, value_cfg, mesh, rules, head="scalar")
+    replicated = parallel.replicated(mesh)
+    shardings = PPOState(step=replicated, policy=policy_layout.state_shardings,
+                         value=None if value_layout is None else value_layout.state_shardings, kl_coef=replicated)
     build_state = lambda p, v: init_ppo_state(p, v, policy_tx, value_tx, config.kl.init_coef)
+    value_shapes = None if value_layout is None else value_layout.shapes
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            jax.eval_shape(build_state, shapes, value_shapes), shardings)
+                            jax.eval_shape(build_state, policy_layout.shapes, value_shapes), shardings)
 
     ref_params = jax.device_put(ref_params, parallel.param_shardings(cfg, ref_params, mesh, rules))
     if reward_params is not None:
@@ -290,8 +283,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         return state, metrics | source_metrics(sources.names, rollout.source_scores)
 
     def init_state() -> PPOState:
-        params = jax.device_put(policy_params, policy_shardings)
-        values = None if value_params is None else jax.device_put(value_params, value_param_shardings)
+        params = jax.device_put(policy_params, policy_layout.param_shardings)
+        values = None if value_params is None else jax.device_put(value_params, value_layout.param_shardings)
         return jax.jit(build_state, out_shardings=shardings)(params, values)
 
     def export(state: PPOState) -> None:
@@ -301,10 +294,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         return evaluate(cfg, rollout_lib.lm_params(state.policy.params), step)
 
     train_iterator = PromptsAndText(iter(prompts), None if text is None else iter(text))
-    try:
-        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir, step_fn=step_fn,
-                        init_state=init_state, abstract_state=abstract, train_iterator=train_iterator, rng=train_rng,
-                        eval_fn=eval_fn if config.eval.every_steps > 0 else None,
-                        export_fn=export if config.export else None, name="ppo")
-    finally:
-        train_iterator.close()
+    return setup_lib.run_loop(run, num_steps, step_fn=step_fn, init_state=init_state, abstract_state=abstract,
+                              train_iterator=train_iterator, rng=train_rng,
+                              eval_fn=eval_fn if config.eval.every_steps > 0 else None,
+                              export_fn=export if config.export else None, name="ppo")

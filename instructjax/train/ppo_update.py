@@ -28,7 +28,7 @@ from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_l
 from instructjax.rl.rewards import token_rewards
 from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
 from instructjax.train.state import TrainState
-from instructjax.train.step import poisoned_at, split_microbatches
+from instructjax.train.step import accumulate_gradients, apply_gradients, poisoned_at
 
 
 ADVANTAGES = ("gae", "grpo", "drgrpo", "rloo")
@@ -240,22 +240,9 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
 
     def minibatch_step(state: PPOState, minibatch: dict, microbatches: int, fresh: jax.Array):
         totals = loss_totals(minibatch, fresh, state.kl_coef, c)
-        grad_fn = jax.value_and_grad(poisoned_at(micro_loss, nan_at_step, state.step + 1), has_aux=True)
-        params = trained_params(state)
-        if microbatches == 1:
-            (loss, stats), grads = grad_fn(params, minibatch, totals)
-        else:
-            micro = split_microbatches(minibatch, microbatches)
-
-            def body(carry, m):
-                (loss, stats), grads = grad_fn(params, m, totals)
-                return jax.tree.map(jnp.add, carry, (loss, stats, grads)), None
-
-            first = jax.tree.map(lambda x: x[0], micro)
-            shapes = jax.eval_shape(lambda m: grad_fn(params, m, totals), first)
-            (loss0, stats0), grads0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            (loss, stats, grads), _ = jax.lax.scan(body, (loss0, stats0, grads0), micro)
-        policy_grads, value_grads = grads
+        loss_fn = poisoned_at(micro_loss, nan_at_step, state.step + 1)
+        (policy_grads, value_grads), loss, stats = accumulate_gradients(
+            lambda params, m, _: loss_fn(params, m, totals), trained_params(state), minibatch, None, microbatches)
         return loss, stats, policy_grads, value_grads
 
     def update(state: PPOState, rollout: Rollout, ptx_batch: Optional[dict], rng: jax.Array):
@@ -300,10 +287,10 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
             loss, stats, policy_grads, value_grads = minibatch_step(state, minibatch, c.microbatches, fresh)
             stats["policy_grad_norm"] = optax.global_norm(policy_grads)
             stats["loss"] = loss
-            state = state.replace(policy=apply(state.policy, policy_grads, policy_tx))
+            state = state.replace(policy=apply_gradients(state.policy, policy_grads, policy_tx))
             if not shared:
                 stats["value_grad_norm"] = optax.global_norm(value_grads)
-                state = state.replace(value=apply(state.value, value_grads, value_tx))
+                state = state.replace(value=apply_gradients(state.value, value_grads, value_tx))
             return state, stats
 
         def epoch_body(state: PPOState, xs):
@@ -335,13 +322,6 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
         return state, metrics, per_minibatch
 
     return update
-
-
-def apply(train_state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
-    """One optax update of a `TrainState`."""
-    updates, opt_state = tx.update(grads, train_state.opt_state, train_state.params)
-    return TrainState(step=train_state.step + 1, params=optax.apply_updates(train_state.params, updates),
-                      opt_state=opt_state)
 
 
 def init_ppo_state(policy_params: Any, value_params: Any, policy_tx: optax.GradientTransformation,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Optional, Union
 
 import jax
@@ -20,7 +19,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from instructjax import datasets, parallel
@@ -34,13 +32,13 @@ from instructjax.rewards.normalization import REFERENCES, Normalization, fit_nor
 from instructjax.rewards.objective import RewardLossConfig, derived_metrics, reward_loss_fn
 from instructjax.rewards.scoring import completion_scores, reward_params_from_lm, sequence_scores
 from instructjax.tokenizers import Tokenizer
-from instructjax.train import loop
+from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
 from instructjax.train.config import comparison_config, dataset_config, loader_config, num_train_steps, optim_config
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
-from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
-from instructjax.train.workdir import Workdir
+from instructjax.train.export import fetch, write_atomically
+from instructjax.train.state import TrainState
 
 HISTOGRAM_FILE = "score_histogram.png"
 SUMMARY_FILE = "reward_eval.json"
@@ -92,16 +90,10 @@ class _Scorer:
 def validation_scores(scorer: _Scorer, params: Any, loader, num_batches: int) -> ComparisonScores:
     """Raw scores of the validation comparisons (`num_batches` batches; 0: all), with their records' indices."""
     scores, ranks, valid, index = [], [], [], []
-    it = iter(loader)
-    try:
-        for i, batch in enumerate(it):
-            if num_batches and i == num_batches:
-                break
-            s, r, v, x = scorer.comparisons(params, batch)
-            keep = v.any(axis=1)  # padding rows of the last batch
-            scores.append(s[keep]), ranks.append(r[keep]), valid.append(v[keep]), index.append(x[keep])
-    finally:
-        it.close()
+    for s, r, v, x in setup_lib.host_outputs(scorer.comparisons, params, loader, scorer.mesh, scorer.rules,
+                                             num_batches):
+        keep = v.any(axis=1)  # padding rows of the last batch
+        scores.append(s[keep]), ranks.append(r[keep]), valid.append(v[keep]), index.append(x[keep])
     return ComparisonScores(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid),
                             np.concatenate(index))
 
@@ -137,16 +129,8 @@ def reference_scores(config: ml_collections.ConfigDict, scorer: _Scorer, params:
     return scores, {"records": count}
 
 
-def _gather(params: Any) -> Any:
-    if jax.process_count() > 1:
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
-    if config.model.dropout_rate or config.model.attention_dropout:
-        raise ValueError("config.model.dropout_rate / attention_dropout: the reward model trains and scores "
-                         "without dropout (docs/formulas.md#dropout-off); set them to 0")
+    setup_lib.check_no_dropout(config, "the reward model trains and scores without dropout")
     if config.normalize.reference not in REFERENCES:
         raise ValueError(f"config.normalize.reference={config.normalize.reference!r}: expected one of {REFERENCES}")
 
@@ -159,12 +143,9 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
     normalised model is in WORKDIR/export when `config.export` (`ij.rewards.load_reward_model(workdir)`).
     """
     check_config(config)
-    parallel.initialize_distributed(config.parallel.multi_host)
-    workdir = Workdir.at(workdir)
-    workdir.write_config(config)
-    mesh = parallel.make_mesh(config.parallel.mesh_shape)
-    rules = tuple(config.parallel.rules)
-    init_rng, head_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 4)
+    run = setup_lib.start(config, workdir, num_keys=4)
+    workdir, mesh, rules = run.workdir, run.mesh, run.rules
+    init_rng, head_rng, train_rng, sample_rng = run.keys
     cfg, lm_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     params = reward_params_from_lm(cfg, lm_params, head_rng)
     policy = None
@@ -183,25 +164,20 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
                                loader_config(config.data, config.batch_size, config.seed, train=True), mesh)
     num_steps = num_train_steps(config, len(train_source))
     optim = optim_config(config, num_steps)
-    tx = make_optimizer(optim)
-
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    params_shardings = parallel.param_shardings(cfg, shapes, mesh, rules, head="scalar")
-    shardings = state_shardings(tx, shapes, params_shardings, mesh)
+    layout = setup_lib.train_state_layout(make_optimizer(optim), params, cfg, mesh, rules, head="scalar")
     options = RewardLossConfig(margin=config.loss.margin, center_coef=config.loss.center_coef)
-    step = step_lib.make_train_step(token_counting(reward_loss_fn(cfg, options)), tx,
+    step = step_lib.make_train_step(token_counting(reward_loss_fn(cfg, options)), layout.tx,
                                     num_microbatches=config.microbatches, schedule=learning_rate_schedule(optim),
                                     nan_at_step=config.debug.nan_at_step)
-    scorer = _Scorer(cfg, params_shardings, mesh, rules)
+    scorer = _Scorer(cfg, layout.param_shardings, mesh, rules)
     validation = validation_source = None
+    if config.eval.every_steps > 0:
+        setup_lib.check_validation_split(built.splits)
     if "validation" in built.splits:
         validation_source = built.source("validation")
         validation = comparison_loader(validation_source, tokenizer, comparisons,
                                        loader_config(config.data, config.eval.batch_size, config.seed, train=False),
                                        mesh)
-    elif config.eval.every_steps > 0:
-        raise ValueError("config.eval.every_steps > 0 needs a validation split: set data.validation_files "
-                         "or data.validation_fraction")
     last_eval: dict[str, Any] = {}
 
     def evaluate(state: TrainState, step_number: int) -> dict[str, float]:
@@ -241,23 +217,13 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         if jax.process_index() == 0:
             (workdir.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if config.export:
-            params = _gather(state.params)
-            if jax.process_index() == 0:
-                tmp = workdir.export.with_name(workdir.export.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                export_reward_model(tmp, cfg, params, tokenizer, norm)
-                shutil.rmtree(workdir.export, ignore_errors=True)
-                tmp.rename(workdir.export)
+            params = fetch(state.params)
+            write_atomically(workdir.export, lambda tmp: export_reward_model(tmp, cfg, params, tokenizer, norm))
         elif jax.process_index() == 0:
             save_normalization(workdir.root, norm, folded_into_params=False)
 
-    train_iterator = iter(loader)
-    try:
-        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir,
-                        step_fn=step_lib.compile_step(with_accuracy(step), shardings, mesh, rules),
-                        init_state=lambda: init_state(params, tx, shardings),
-                        abstract_state=abstract_state(tx, shapes, shardings), train_iterator=train_iterator,
-                        rng=train_rng, eval_fn=evaluate if config.eval.every_steps > 0 else None,
-                        export_fn=finish, name="reward")
-    finally:
-        train_iterator.close()
+    step_fn = step_lib.compile_step(with_accuracy(step), layout.state_shardings, mesh, rules)
+    return setup_lib.run_loop(run, num_steps, step_fn=step_fn, init_state=lambda: layout.init(params),
+                              abstract_state=layout.abstract_state, train_iterator=iter(loader), rng=train_rng,
+                              eval_fn=evaluate if config.eval.every_steps > 0 else None, export_fn=finish,
+                              name="reward")

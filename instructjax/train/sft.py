@@ -10,14 +10,14 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import Mesh
 
-from instructjax import datasets, parallel
+from instructjax import datasets
 from instructjax.data import SFTConfig, sft_loader
 from instructjax.losses import next_token_targets, token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.tokenizers import Tokenizer
 from instructjax.train import loop
+from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
 from instructjax.train.config import loader_config, num_train_steps, optim_config
 from instructjax.train.export import export_model
@@ -25,9 +25,8 @@ from instructjax.train.initial_model import load_initial_model
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.samples import generate_responses, write_samples
-from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
+from instructjax.train.state import TrainState
 from instructjax.train.step import LossFn
-from instructjax.train.workdir import Workdir
 
 
 def shifted_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -57,12 +56,9 @@ def sft_loss_fn(cfg: ModelConfig, *, deterministic: bool = False) -> LossFn:
 
 @dataclasses.dataclass(frozen=True)
 class SFTSetup:
-    """What `train_sft` assembles once from the config: model, tokenizer, data, mesh, workdir."""
+    """What `train_sft` assembles once from the config: the started run (workdir, mesh), model, tokenizer, data."""
 
-    config: ml_collections.ConfigDict
-    workdir: Workdir
-    mesh: Mesh
-    rules: tuple
+    run: setup_lib.Run
     cfg: ModelConfig
     tokenizer: Tokenizer
     dataset: datasets.BuiltDataset
@@ -78,30 +74,21 @@ def sft_data_config(data: ml_collections.ConfigDict) -> SFTConfig:
 def make_evaluator(setup: SFTSetup, params_shardings: Any, rng: jax.Array) -> loop.EvalFn:
     """Validation loss / perplexity over `eval.num_batches` batches (0: all), and `eval.num_samples`
     sampled answers to validation prompts written to WORKDIR/samples/step_<step>.txt."""
-    config, mesh = setup.config, setup.mesh
-    if "validation" not in setup.dataset.splits:
-        raise ValueError("config.eval.every_steps > 0 needs a validation split: set data.validation_files "
-                         "or data.validation_fraction")
+    config, mesh = setup.run.config, setup.run.mesh
+    setup_lib.check_validation_split(setup.dataset.splits)
     check_batch_size(config.eval.batch_size, 1, mesh, "eval.batch_size")
     source = setup.dataset.source("validation")
     loader = sft_loader(source, setup.tokenizer, setup.sft_config,
                         loader_config(config.data, config.eval.batch_size, config.seed, train=False), mesh)
     loss_fn = sft_loss_fn(setup.cfg, deterministic=True)
-    sums = jax.jit(lambda params, batch: loss_fn(params, batch, jax.random.key(0)),
-                   in_shardings=(params_shardings, step_lib.batch_sharding(mesh)),
-                   out_shardings=parallel.replicated(mesh))
+    sums = setup_lib.compile_eval_sums(loss_fn, params_shardings, mesh)
     records = [datasets.decode("demonstrations", source[i]) for i in range(min(config.eval.num_samples, len(source)))]
 
     def validation_loss(params) -> tuple[float, int]:
         loss_sum, weight = 0.0, 0
-        it = iter(loader)
-        with parallel.activation_sharding(mesh, setup.rules):
-            for i, batch in enumerate(it):
-                if config.eval.num_batches and i == config.eval.num_batches:
-                    break
-                batch_loss, aux = jax.device_get(sums(params, batch))
-                loss_sum, weight = loss_sum + float(batch_loss), weight + int(aux["weight"])
-        it.close()
+        for batch_loss, aux in setup_lib.host_outputs(sums, params, loader, mesh, setup.run.rules,
+                                                      config.eval.num_batches):
+            loss_sum, weight = loss_sum + float(batch_loss), weight + int(aux["weight"])
         return loss_sum / max(weight, 1), weight
 
     def evaluate(state: TrainState, step: int) -> dict[str, float]:
@@ -112,7 +99,7 @@ def make_evaluator(setup: SFTSetup, params_shardings: Any, rng: jax.Array) -> lo
                 setup.cfg, state.params, setup.tokenizer, prompts, chat_template=setup.sft_config.chat_template,
                 rng=jax.random.fold_in(rng, step), max_new_tokens=config.eval.max_new_tokens,
                 temperature=config.eval.temperature, mesh=mesh)
-            write_samples(setup.workdir.samples / f"step_{step:06d}.txt", step, prompts, responses,
+            write_samples(setup.run.workdir.samples / f"step_{step:06d}.txt", step, prompts, responses,
                           [r["response"] for r in records])
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "loss_tokens": weight}
 
@@ -126,15 +113,13 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     result of an uninterrupted run. Returns the final train state; the model is exported to
     WORKDIR/export (HF format with the tokenizer) when `config.export`.
     """
-    parallel.initialize_distributed(config.parallel.multi_host)
-    workdir = Workdir.at(workdir)
-    workdir.write_config(config)
-    mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    run = setup_lib.start(config, workdir, num_keys=3)
+    mesh = run.mesh
     check_batch_size(config.batch_size, config.microbatches, mesh)
-    init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+    init_rng, train_rng, sample_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
-    setup = SFTSetup(config=config, workdir=workdir, mesh=mesh, rules=tuple(config.parallel.rules), cfg=cfg,
-                     tokenizer=tokenizer, dataset=build_dataset(config.data, "demonstrations", workdir.data),
+    setup = SFTSetup(run=run, cfg=cfg, tokenizer=tokenizer,
+                     dataset=build_dataset(config.data, "demonstrations", run.workdir.data),
                      sft_config=sft_data_config(config.data))
 
     train_source = setup.dataset.source("train")
@@ -142,23 +127,15 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                         loader_config(config.data, config.batch_size, config.seed, train=True), mesh)
     num_steps = num_train_steps(config, len(train_source))
     optim = optim_config(config, num_steps)
-    tx = make_optimizer(optim)
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    params_shardings = parallel.param_shardings(cfg, shapes, mesh, setup.rules)
-    shardings = state_shardings(tx, shapes, params_shardings, mesh)
-    step = step_lib.make_train_step(sft_loss_fn(cfg), tx, num_microbatches=config.microbatches,
+    layout = setup_lib.train_state_layout(make_optimizer(optim), params, cfg, mesh, run.rules)
+    step = step_lib.make_train_step(sft_loss_fn(cfg), layout.tx, num_microbatches=config.microbatches,
                                     schedule=learning_rate_schedule(optim), nan_at_step=config.debug.nan_at_step)
-    eval_fn = make_evaluator(setup, params_shardings, sample_rng) if config.eval.every_steps > 0 else None
+    eval_fn = make_evaluator(setup, layout.param_shardings, sample_rng) if config.eval.every_steps > 0 else None
 
     def export(state: TrainState) -> None:
-        export_model(workdir.export, cfg, state.params, tokenizer)
+        export_model(run.workdir.export, cfg, state.params, tokenizer)
 
-    train_iterator = iter(loader)
-    try:
-        return loop.run(loop.LoopConfig.from_config(config, num_steps), workdir,
-                        step_fn=step_lib.compile_step(step, shardings, mesh, setup.rules),
-                        init_state=lambda: init_state(params, tx, shardings),
-                        abstract_state=abstract_state(tx, shapes, shardings), train_iterator=train_iterator,
-                        rng=train_rng, eval_fn=eval_fn, export_fn=export if config.export else None, name="sft")
-    finally:
-        train_iterator.close()
+    step_fn = step_lib.compile_step(step, layout.state_shardings, mesh, run.rules)
+    return setup_lib.run_loop(run, num_steps, step_fn=step_fn, init_state=lambda: layout.init(params),
+                              abstract_state=layout.abstract_state, train_iterator=iter(loader), rng=train_rng,
+                              eval_fn=eval_fn, export_fn=export if config.export else None, name="sft")

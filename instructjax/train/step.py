@@ -10,7 +10,7 @@ same gradient as one pass over the full batch (up to float summation order).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -38,9 +38,10 @@ def split_microbatches(batch: dict, num_microbatches: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Array,
-                         num_microbatches: int) -> tuple[Any, jax.Array, dict]:
-    """(gradient of the summed loss, summed loss, summed aux) over `num_microbatches` microbatches."""
+def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: Optional[jax.Array],
+                         num_microbatches: int) -> tuple[Any, jax.Array, Any]:
+    """(gradient of the summed loss, summed loss, summed aux) over `num_microbatches` microbatches;
+    each microbatch gets its own key split from `rng` (None: `loss_fn` is called with None)."""
     def value_and_grad(micro: dict, key: jax.Array):
         (loss_sum, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, key)
         return grads, loss_sum, aux
@@ -48,7 +49,7 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Arr
     if num_microbatches == 1:
         return value_and_grad(batch, rng)
     micro = split_microbatches(batch, num_microbatches)
-    keys = jax.random.split(rng, num_microbatches)
+    keys = None if rng is None else jax.random.split(rng, num_microbatches)
 
     def body(carry, xs):
         grads, loss_sum, aux = value_and_grad(*xs)
@@ -56,7 +57,7 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: jax.Arr
 
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(value_and_grad, first, keys[0]))
+                         jax.eval_shape(value_and_grad, first, None if keys is None else keys[0]))
     (grads, loss_sum, aux), _ = jax.lax.scan(body, zeros, (micro, keys))
     return grads, loss_sum, aux
 
@@ -89,14 +90,18 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_mi
         grads, loss_sum, aux = accumulate_gradients(fn, state.params, batch, rng, num_microbatches)
         weight = jnp.maximum(aux["weight"].astype(jnp.float32), 1.0)
         grads = jax.tree.map(lambda g: g / weight, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss_sum / weight, "grad_norm": optax.global_norm(grads), **aux["totals"]}
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
-        return TrainState(step=this_step, params=params, opt_state=opt_state), metrics
+        return apply_gradients(state, grads, tx), metrics
 
     return step
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
+    """One optax update of a `TrainState`: params and optimizer state updated, step + 1."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
 
 def with_derived_metrics(step: StepFn, derive: Callable[[dict], dict], drop: Sequence[str] = ()) -> StepFn:
