@@ -117,7 +117,7 @@ def test_session_records_answers_and_reasks_invalid(samples_path, tmp_path):
         {"prompt": "Name a fruit.", "completions": ["Apple.", "Car.", "Pear.", "Banana."], "ranking": [0, 2, 2, 1]},
     ]
     assert summary == SessionSummary(total=3, answered_before=0, labelled=2, skipped=1, unrankable=1,
-                                              repeated=1)
+                                     repeated=1)
     text = "\n".join(printed)
     assert "Invalid answer 'b c': (a) not ranked" in text
     assert "(a) 1 2\n(b) one\n    two" in text  # duplicate completion left out, lines indented

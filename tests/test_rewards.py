@@ -153,7 +153,7 @@ def test_microbatches_accumulate_to_the_full_batch(params):
 
 def test_instructgpt_check_value_through_the_metrics():
     s = ComparisonScores(np.array([[1.0, 0.5, 0.0, -1.0]], np.float32), np.array([[0, 1, 2, 3]]),
-                                 np.ones((1, 4), bool))
+                         np.ones((1, 4), bool))
     m = rewards.comparison_metrics(s)
     np.testing.assert_allclose(m["loss"], 0.3171698, atol=1e-6)
     assert m["accuracy"] == 1.0 and m["pairs"] == 6 and m["accuracy_k4"] == 1.0
@@ -185,14 +185,14 @@ def test_metrics_by_k_and_rank_gap_match_brute_force():
 
 def test_accuracy_by_family_counts_each_pair_towards_every_family_of_its_prompt():
     both = compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
-                                                     C.make_constraint(C.LOWERCASE)])
+                                            C.make_constraint(C.LOWERCASE)])
     one = compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
     plain = "What is tea?"  # no constraint sentence: counts towards no family
     # rows 0 (both): scores 1, 0, 2 at ranks 0, 1, 2 -> pairs (0,1) right, (0,2) wrong, (1,2) wrong;
     # row 1 (one): two completions, the better one scored higher -> right.
     s = ComparisonScores(np.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], np.float32),
-                                 np.array([[0, 1, 2], [0, 1, 0]]), np.array([[True, True, True], [True, True, False]]),
-                                 np.array([7, 3], np.int32))
+                         np.array([[0, 1, 2], [0, 1, 0]]), np.array([[True, True, True], [True, True, False]]),
+                         np.array([7, 3], np.int32))
     rows, correct = rewards.pair_results(s)
     assert rows.tolist() == [0, 0, 0, 1] and correct.tolist() == [True, False, False, True]
     # by hand: "both" has 4 pairs, 3 right; "one" 2 pairs, none right; "plain" is left out
@@ -213,7 +213,7 @@ def test_score_histogram_is_written(tmp_path, params):
     batch = comparison_batch()
     scores = completion_scores(CFG, params, batch["tokens"], batch["attention_mask"])
     collected = ComparisonScores(np.asarray(scores, np.float32), np.asarray(batch["ranks"], np.int32),
-                                         np.asarray(batch["valid"], bool))
+                                 np.asarray(batch["valid"], bool))
     path = score_histogram(tmp_path / "hist.png", collected, reference=np.zeros(5))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

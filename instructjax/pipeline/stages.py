@@ -78,7 +78,7 @@ def task_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[st
         start += n
     for split, n in (("validation", c.num_validation), ("test", c.num_test)):
         write_records(files[split], tasks.make_prompts(split, n, seed=c.seed, families=tuple(c.families),
-                                                             max_constraints=c.max_constraints))
+                                                       max_constraints=c.max_constraints))
     heldout = tasks.make_prompts("test", c.num_heldout, seed=c.seed + HELDOUT_SEED_OFFSET, families=heldout_families,
                                  max_constraints=c.max_constraints) if c.num_heldout else []
     write_records(files["heldout"], heldout)
@@ -86,7 +86,7 @@ def task_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[st
     summary: dict[str, Any] = {split: len(read_records(files[split])) for split in SPLITS}
     if config.ptx_corpus.source == "stdlib":
         texts = stdlib_docstrings(max_records=config.ptx_corpus.max_records or None,
-                                        min_chars=config.ptx_corpus.min_chars)
+                                  min_chars=config.ptx_corpus.min_chars)
         train_texts, heldout_texts = _split_corpus(texts, config.ptx_corpus.num_heldout, config.seed)
         write_pretraining_jsonl(files["pretraining"], train_texts)
         write_pretraining_jsonl(files["pretraining_heldout"], heldout_texts)

@@ -155,7 +155,7 @@ def test_edited_demonstrations_meet_every_constraint(finished_run, tmp_path):
 
 def test_edit_source_edits_the_best_finished_sample():
     prompt = TaskPrompt.create("Give me some advice about growing tomatoes.", "growing tomatoes",
-                                        [make_constraint("lowercase")])
+                               [make_constraint("lowercase")])
     labeler, demonstrator = ij.labelers.ConstraintLabeler([prompt]), ij.labelers.ConstraintDemonstrator()
     texts = ["tomatoes need full sun and water every day. they grow", "Tomatoes grow well."]
     made = stages._edited(demonstrator, labeler, prompt, texts, [False, True])  # the labeler prefers the first

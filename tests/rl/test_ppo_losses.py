@@ -45,7 +45,7 @@ def test_value_loss_hand_computed():
     # V_old 0, V_new 1, R 1: V_clip 0.2 -> max(0, 0.64) = 0.64; V_new 0.1, R -1: V_clip 0.1 -> 1.21;
     # 0.5 * mean(0.64, 1.21) = 0.4625
     loss, _ = value_loss(jnp.array([[1.0, 0.1]]), jnp.zeros((1, 2)), jnp.array([[1.0, -1.0]]),
-                            jnp.ones((1, 2), bool), 0.2)
+                         jnp.ones((1, 2), bool), 0.2)
     np.testing.assert_allclose(loss, 0.4625, atol=1e-6)
 
 

@@ -66,7 +66,7 @@ def test_a_prompt_without_constraints_is_an_error_naming_it():
 
 def test_ready_reward_functions_check_the_constraints_of_each_prompt():
     both = compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
-                                                  C.make_constraint(C.LOWERCASE)])
+                                            C.make_constraint(C.LOWERCASE)])
     one = compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
     prompts = [both, both, both, one, one]
     responses = ["tea is a drink.", "Tea is a drink.", "tea is a hot drink from leaves.", "Tea. Hope this helps!",

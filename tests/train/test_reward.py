@@ -96,7 +96,7 @@ def test_synthetic_task_is_learned(synthetic_run):
 
 def demonstration_rows(files, tok):
     rows = [sft_example({**json.loads(line), "source": "demo"}, tok,
-                                ij.data.SFTConfig(max_len=32, chat_template=False)).element["tokens"]
+                        ij.data.SFTConfig(max_len=32, chat_template=False)).element["tokens"]
             for line in files["demos"].read_text().splitlines()]
     tokens = np.full((len(rows), 32), tok.pad_id, np.int32)
     mask = np.zeros((len(rows), 32), bool)
