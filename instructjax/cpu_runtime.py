@@ -34,6 +34,8 @@ import platform
 import sys
 from typing import MutableMapping, Optional, Sequence
 
+__all__ = ["apply", "MALLOC_ENVIRONMENT"]  # the rest: `from instructjax.cpu_runtime import name`
+
 XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-REDUCE"}
 # jaxlib versions whose XLA knows these flags (an unknown flag in XLA_FLAGS aborts the process).
 JAXLIB_RANGE = ((0, 10), (0, 12))

@@ -1,5 +1,5 @@
-"""Losses: token cross-entropy (SFT, PPO-ptx), the pairwise ranking loss (reward model) and the DPO / IPO
-preference losses."""
+"""Losses: token log-probabilities (SFT, PPO-ptx, DPO), the pairwise ranking loss (reward model) and
+the DPO / IPO preference losses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+__all__ = ["pairwise_ranking_loss", "dpo_loss"]  # the rest: `from instructjax.losses import name`
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
@@ -28,13 +30,6 @@ def sequence_logprobs(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> 
     (e.g. a response and its EOS), read from `logits` [..., T, V] of the same rows."""
     targets, target_mask = next_token_targets(tokens, mask)
     return jnp.sum(jnp.where(target_mask, token_logprobs(logits, targets), 0.0), axis=-1)
-
-
-def token_cross_entropy(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
-    """Mean cross-entropy over the tokens where loss_mask is True (docs/formulas.md#sft-loss)."""
-    nll = -token_logprobs(logits, targets)
-    mask = loss_mask.astype(jnp.float32)
-    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def ordered_pair_mask(ranks: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
@@ -61,13 +56,6 @@ def pairwise_ranking_loss(scores: jax.Array, ranks: jax.Array, valid: Optional[j
         valid_f = jnp.ones_like(scores) if valid is None else valid.astype(jnp.float32)
         loss = loss + center_coef * jnp.sum(scores ** 2 * valid_f) / jnp.maximum(jnp.sum(valid_f), 1.0)
     return loss
-
-
-def pairwise_accuracy(scores: jax.Array, ranks: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
-    """Fraction of ordered pairs (w better than l) with r_w > r_l (docs/formulas.md#pairwise-accuracy)."""
-    pairs = ordered_pair_mask(ranks, valid)
-    correct = pairs & (scores[:, :, None] > scores[:, None, :])
-    return jnp.sum(correct) / jnp.maximum(jnp.sum(pairs), 1)
 
 
 PREFERENCE_LOSSES = ("dpo", "ipo")

@@ -28,8 +28,7 @@ from instructjax.models.config import ModelConfig
 from instructjax.models.transformer import KVCache, Transformer, init_cache
 from instructjax.parallel import BATCH_AXES
 
-__all__ = ["SampleOutput", "generate", "bucket_length", "pad_prompts", "sample_logits", "filter_logits", "argmax",
-           "row_keys", "default_cache_dtype"]
+__all__ = ["generate"]  # the rest: `from instructjax.sampling import name`
 
 
 @flax.struct.dataclass

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+__all__ = ["Rate", "mean_and_interval"]
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 

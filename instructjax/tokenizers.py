@@ -22,6 +22,8 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
+__all__ = ["Tokenizer", "tiny_tokenizer"]  # the rest: `from instructjax.tokenizers import name`
+
 PathLike = str | os.PathLike
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]

@@ -16,8 +16,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from instructjax import data, datasets, parallel
-from instructjax.models import Transformer, get_preset, init_params
+from instructjax.models import Transformer, get_preset
+from instructjax.models.functional import init_params
 from instructjax.testing import tiny_tokenizer
+from instructjax.data.comparisons import comparison_example
+from instructjax.data.packing import continuation_mask, segment_positions
+from instructjax.data.sft import sft_example
+from instructjax.datasets.jsonl import KINDS
 
 TOK = tiny_tokenizer()
 EOS = TOK.eos_id
@@ -27,7 +32,7 @@ EOS = TOK.eos_id
 def built(tmp_path_factory):
     tfds.disable_progress_bar()
     data_dir = tmp_path_factory.mktemp("data")
-    return {kind: datasets.build(datasets.example_config(kind), data_dir) for kind in datasets.KINDS}
+    return {kind: datasets.build(datasets.example_config(kind), data_dir) for kind in KINDS}
 
 
 def demo(prompt, response, i=0):
@@ -103,7 +108,7 @@ def test_packing_keeps_examples_apart_and_restarts_positions():
     records = [demo(f"q{i} " + "w" * int(rng.integers(1, 30)), "a" * int(rng.integers(1, 20)), i) for i in range(24)]
     expected = {}
     for r in records:
-        item = data.sft_example(r, TOK, data.SFTConfig(max_len=128))
+        item = sft_example(r, TOK, data.SFTConfig(max_len=128))
         expected[tuple(item.element["tokens"])] = item.element["loss_mask"]
     batches = list(data.sft_loader(records, TOK, data.SFTConfig(max_len=128, pack=True), in_order(4)))
     seen = []
@@ -148,7 +153,7 @@ def test_packed_logits_equal_each_example_alone():
 def test_comparison_with_k4_yields_six_ordered_pairs_and_ties_are_dropped():
     record = {"prompt": "Pick.", "completions": ["best", "second", "third", "worst"], "ranking": [0, 1, 2, 3],
               "source": "mem:0"}
-    element = data.comparison_example(record, TOK, data.ComparisonConfig(max_len=64, max_completions=5)).element
+    element = comparison_example(record, TOK, data.ComparisonConfig(max_len=64, max_completions=5)).element
     pairs = data.ordered_pairs(element["ranks"], element["valid"])
     assert pairs.shape == (5, 5) and pairs.sum() == 6
     assert sorted(zip(*pairs.nonzero())) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
@@ -162,7 +167,7 @@ def test_comparison_with_k4_yields_six_ordered_pairs_and_ties_are_dropped():
 def test_comparison_rows_hold_prompt_completion_eos_once_each():
     record = {"prompt": "Say hi.", "completions": ["Hi!", "Hello there!", "Go."], "ranking": [1, 0, 2],
               "source": "mem:0"}
-    element = data.comparison_example(record, TOK, data.ComparisonConfig(max_len=64, max_completions=4)).element
+    element = comparison_example(record, TOK, data.ComparisonConfig(max_len=64, max_completions=4)).element
     prompt = ids(TOK.render_prompt("Say hi."))
     for k, completion in enumerate(record["completions"]):
         row = prompt + ids(completion) + [EOS]
@@ -264,16 +269,16 @@ def test_pretraining_rows_are_full_and_reassemble_the_text():
     got = []
     for tokens, segments, positions, loss_mask in rows:
         got += tokens[segments > 0].tolist()
-        np.testing.assert_array_equal(positions, data.segment_positions(segments))
-        np.testing.assert_array_equal(loss_mask, data.continuation_mask(segments))
+        np.testing.assert_array_equal(positions, segment_positions(segments))
+        np.testing.assert_array_equal(loss_mask, continuation_mask(segments))
     assert got == stream
     assert all((b["segment_ids"] > 0).all() for b in batches[:-1])
 
 
 def test_segment_helpers():
     segments = np.array([1, 1, 1, 2, 2, 3, 0, 0])
-    assert data.segment_positions(segments).tolist() == [0, 1, 2, 0, 1, 0, 0, 0]
-    assert data.continuation_mask(segments).tolist() == [False, True, True, False, True, False, False, False]
+    assert segment_positions(segments).tolist() == [0, 1, 2, 0, 1, 0, 0, 0]
+    assert continuation_mask(segments).tolist() == [False, True, True, False, True, False, False, False]
 
 
 # -- order, state, hosts, devices -----------------------------------------------------------------

@@ -11,9 +11,12 @@ import time
 import pytest
 
 from instructjax import labelers
-from instructjax.datasets import read_jsonl
+from instructjax.datasets.jsonl import read_jsonl
 from instructjax.datasets.jsonl import validate
-from instructjax.tasks import TaskPrompt, make_constraint
+from instructjax.tasks.constraints import make_constraint
+from instructjax.tasks.instructions import TaskPrompt
+from instructjax.labelers.ranking import dense_ranks
+from instructjax.labelers.session import SessionSummary, parse_ranking
 
 LABEL_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "label.py"
 
@@ -22,8 +25,8 @@ TOMATOES = TaskPrompt.create("Give me some advice about growing tomatoes.", "gro
 
 
 def test_dense_ranks_and_unique_completions():
-    assert labelers.dense_ranks([3, 7, 3, 1]) == [1, 0, 1, 2]
-    assert labelers.dense_ranks([(1, 0.5), (1, 0.7), (0, 0.9)]) == [1, 0, 2]
+    assert dense_ranks([3, 7, 3, 1]) == [1, 0, 1, 2]
+    assert dense_ranks([(1, 0.5), (1, 0.7), (0, 0.9)]) == [1, 0, 2]
     assert labelers.unique_completions(["x", "y", "x", " ", "z", "y"]) == ["x", "y", "z"]
 
 
@@ -59,7 +62,7 @@ def test_rank_to_comparison():
 
 @pytest.mark.parametrize("answer, ranks", [("b a c", [1, 0, 2]), ("b=a c", [0, 0, 1]), (" C = A   b ", [0, 1, 0])])
 def test_parse_ranking(answer, ranks):
-    assert labelers.parse_ranking(answer, 3) == ranks
+    assert parse_ranking(answer, 3) == ranks
 
 
 @pytest.mark.parametrize("answer, message", [
@@ -69,7 +72,7 @@ def test_parse_ranking(answer, ranks):
 ])
 def test_parse_ranking_errors(answer, message):
     with pytest.raises(ValueError) as e:
-        labelers.parse_ranking(answer, 3)
+        parse_ranking(answer, 3)
     assert message in str(e.value)
 
 
@@ -113,8 +116,8 @@ def test_session_records_answers_and_reasks_invalid(samples_path, tmp_path):
         {"prompt": "Say hi.", "completions": ["Hi.", "Hello!", "Go away."], "ranking": [1, 0, 2]},
         {"prompt": "Name a fruit.", "completions": ["Apple.", "Car.", "Pear.", "Banana."], "ranking": [0, 2, 2, 1]},
     ]
-    assert summary == labelers.SessionSummary(total=3, answered_before=0, labelled=2, skipped=1, unrankable=1,
-                                              repeated=1)
+    assert summary == SessionSummary(total=3, answered_before=0, labelled=2, skipped=1, unrankable=1,
+                                     repeated=1)
     text = "\n".join(printed)
     assert "Invalid answer 'b c': (a) not ranked" in text
     assert "(a) 1 2\n(b) one\n    two" in text  # duplicate completion left out, lines indented

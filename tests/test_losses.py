@@ -1,4 +1,4 @@
-"""Pairwise ranking loss, token cross-entropy and the DPO / IPO losses against the check values of
+"""Pairwise ranking loss, token log-probabilities and the DPO / IPO losses against the check values of
 docs/formulas.md and brute force."""
 
 import itertools
@@ -57,25 +57,19 @@ def test_centering_adds_mean_square():
                                rtol=1e-6)
 
 
-def test_k4_has_six_ordered_pairs_and_accuracy():
+def test_k4_has_six_ordered_pairs():
     ranks = jnp.array([[0, 1, 2, 3]])
     assert int(losses.ordered_pair_mask(ranks).sum()) == 6
     assert int(losses.ordered_pair_mask(jnp.array([[0, 1, 1, 2]])).sum()) == 5  # the tie is dropped
-    acc = losses.pairwise_accuracy(jnp.array([[3.0, 2.0, 4.0, 1.0]]), ranks)
-    np.testing.assert_allclose(acc, 4 / 6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs_and_cross_entropy(temperature):
+def test_token_logprobs(temperature):
     logits = jnp.array(np.random.default_rng(1).normal(size=(2, 3, 5)), jnp.float32)
     targets = jnp.array([[1, 2, 3], [4, 0, 1]])
     logp = losses.token_logprobs(logits, targets, temperature)
     ref = jax.nn.log_softmax(logits / temperature)[jnp.arange(2)[:, None], jnp.arange(3)[None], targets]
     np.testing.assert_allclose(logp, ref, atol=1e-6)
-    mask = jnp.array([[False, True, True], [True, False, False]])
-    ce = losses.token_cross_entropy(logits, targets, mask)
-    full = -losses.token_logprobs(logits, targets)
-    np.testing.assert_allclose(ce, (full[0, 1] + full[0, 2] + full[1, 0]) / 3, rtol=1e-6)
 
 
 # -- DPO / IPO (docs/formulas.md#dpo) --------------------------------------------------------------

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from instructjax import parallel
-from instructjax.models import Transformer, get_preset, init_params
+from instructjax.models import Transformer, get_preset
+from instructjax.models.functional import init_params
 
 needs_8 = pytest.mark.needs_devices(8)
 

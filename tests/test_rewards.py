@@ -12,12 +12,22 @@ import pytest
 
 import instructjax as ij  # noqa: F401  (ij.rewards is imported below explicitly too)
 from instructjax import losses, rewards
-from instructjax.models import ModelConfig, Transformer, get_preset, init_params
+from instructjax.models import ModelConfig, Transformer, get_preset
+from instructjax.models.functional import init_params
 from instructjax.tasks import constraints as C
 from instructjax.testing import tiny_tokenizer
-from instructjax.train import OptimConfig, make_optimizer
+from instructjax.train import make_optimizer
+from instructjax.train.optim import OptimConfig
 from instructjax.train.state import TrainState
 from instructjax.train.step import make_train_step
+from instructjax.data.sft import sft_example
+from instructjax.rewards.evaluation import ComparisonScores, score_histogram
+from instructjax.rewards.io import export_reward_model
+from instructjax.rewards.normalization import NORMALIZATION_FILE, fit_normalization, fold_normalization
+from instructjax.rewards.objective import RewardLossConfig, derived_metrics, reward_loss_fn
+from instructjax.rewards.references import demonstration_scores
+from instructjax.rewards.scoring import completion_scores, last_token_index, reward_params_from_lm
+from instructjax.tasks.instructions import compose_prompt
 
 CFG = get_preset("tiny", num_layers=1, max_len=64)
 score_jit = jax.jit(rewards.sequence_scores, static_argnums=0)
@@ -58,7 +68,7 @@ def full_scores(p, tokens, mask):
 
 def test_last_token_index_left_and_right_padding():
     mask = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
-    np.testing.assert_array_equal(rewards.last_token_index(mask), [2, 4, 2, 4])
+    np.testing.assert_array_equal(last_token_index(mask), [2, 4, 2, 4])
 
 
 def test_sequence_scores_read_the_last_real_token(params):
@@ -85,12 +95,18 @@ def test_each_completion_forwarded_once_per_step(params):
         return next_fun(*args, **kwargs)
 
     tx = make_optimizer(OptimConfig(lr=1e-3))
-    step = jax.jit(make_train_step(rewards.reward_loss_fn(CFG), tx))
+    step = jax.jit(make_train_step(reward_loss_fn(CFG), tx))
     with nn.intercept_methods(record):
         state, metrics = step(TrainState.create(params, tx), batch, jax.random.key(0))
     assert calls == [(3 * 4, 12)]
     assert np.isfinite(metrics["loss"]) and int(state.step) == 1
     assert metrics["pairs"] == losses.ordered_pair_mask(jnp.asarray(batch["ranks"]), jnp.asarray(batch["valid"])).sum()
+
+
+def mean_reward_loss(params, batch, options):
+    """(mean loss, derived metrics) of one comparison batch: the loss the train step minimises."""
+    loss_sum, aux = reward_loss_fn(CFG, options)(params, batch, jax.random.key(0))
+    return loss_sum / max(int(aux["weight"]), 1), derived_metrics(aux["totals"])
 
 
 def test_loss_equals_ranking_loss_of_separately_scored_completions(params):
@@ -99,13 +115,15 @@ def test_loss_equals_ranking_loss_of_separately_scored_completions(params):
     separate = np.array([[score_jit(CFG, params, batch["tokens"][i, j][None],
                                                   batch["attention_mask"][i, j][None])[0] if batch["valid"][i, j]
                           else 0.0 for j in range(k)] for i in range(b)])
-    options = rewards.RewardLossConfig(margin=0.5)
-    loss, metrics = rewards.reward_loss(CFG, params, batch, options)
+    options = RewardLossConfig(margin=0.5)
+    loss, metrics = mean_reward_loss(params, batch, options)
     expected = losses.pairwise_ranking_loss(jnp.asarray(separate), batch["ranks"], batch["valid"], margin=0.5)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    np.testing.assert_allclose(metrics["accuracy"], losses.pairwise_accuracy(separate, batch["ranks"], batch["valid"]))
+    pairs = np.asarray(losses.ordered_pair_mask(jnp.asarray(batch["ranks"]), jnp.asarray(batch["valid"])))
+    accuracy = (pairs & (separate[:, :, None] > separate[:, None, :])).sum() / pairs.sum()
+    np.testing.assert_allclose(metrics["accuracy"], accuracy, rtol=1e-6)
     # centering is per prompt (mean r^2 of its valid completions), so that microbatches accumulate exactly
-    loss, _ = rewards.reward_loss(CFG, params, batch, rewards.RewardLossConfig(center_coef=0.01))
+    loss, _ = mean_reward_loss(params, batch, RewardLossConfig(center_coef=0.01))
     per_prompt = [losses.pairwise_ranking_loss(jnp.asarray(separate[i:i + 1]), batch["ranks"][i:i + 1],
                                                batch["valid"][i:i + 1])
                   + 0.01 * np.mean(separate[i][batch["valid"][i]] ** 2) for i in range(b)]
@@ -118,10 +136,10 @@ def test_microbatches_accumulate_to_the_full_batch(params):
     batch["valid"][1, 2:] = False
     batch["ranks"] = np.array([[0, 1, 2, 3], [1, 0, 0, 0], [1, 1, 1, 1], [3, 0, 2, 0]], np.int32)  # row 2: all tied
     tx = make_optimizer(OptimConfig(lr=1e-3, eps=1e-6))
-    options = rewards.RewardLossConfig(margin=0.1, center_coef=0.01)
+    options = RewardLossConfig(margin=0.1, center_coef=0.01)
     out = []
     for m in (1, 4):
-        step = jax.jit(make_train_step(rewards.reward_loss_fn(CFG, options), tx, num_microbatches=m))
+        step = jax.jit(make_train_step(reward_loss_fn(CFG, options), tx, num_microbatches=m))
         out.append(jax.device_get(step(TrainState.create(params, tx), batch, jax.random.key(0))))
     (ref_state, ref_metrics), others = out[0], out[1:]
     assert ref_metrics["prompts"] == 3
@@ -134,8 +152,8 @@ def test_microbatches_accumulate_to_the_full_batch(params):
 
 
 def test_instructgpt_check_value_through_the_metrics():
-    s = rewards.ComparisonScores(np.array([[1.0, 0.5, 0.0, -1.0]], np.float32), np.array([[0, 1, 2, 3]]),
-                                 np.ones((1, 4), bool))
+    s = ComparisonScores(np.array([[1.0, 0.5, 0.0, -1.0]], np.float32), np.array([[0, 1, 2, 3]]),
+                         np.ones((1, 4), bool))
     m = rewards.comparison_metrics(s)
     np.testing.assert_allclose(m["loss"], 0.3171698, atol=1e-6)
     assert m["accuracy"] == 1.0 and m["pairs"] == 6 and m["accuracy_k4"] == 1.0
@@ -147,7 +165,7 @@ def test_metrics_by_k_and_rank_gap_match_brute_force():
     scores = rng.normal(size=(40, 5)).astype(np.float32)
     ranks = rng.integers(0, 4, (40, 5))
     valid = np.arange(5)[None] < rng.integers(2, 6, (40, 1))
-    m = rewards.comparison_metrics(rewards.ComparisonScores(scores, ranks, valid))
+    m = rewards.comparison_metrics(ComparisonScores(scores, ranks, valid))
     by_k, by_gap, all_pairs = {}, {}, []
     for s, r, v in zip(scores, ranks, valid):
         for w, l in itertools.permutations(range(5), 2):
@@ -166,15 +184,15 @@ def test_metrics_by_k_and_rank_gap_match_brute_force():
 
 
 def test_accuracy_by_family_counts_each_pair_towards_every_family_of_its_prompt():
-    both = ij.tasks.compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
-                                                     C.make_constraint(C.LOWERCASE)])
-    one = ij.tasks.compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
+    both = compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
+                                            C.make_constraint(C.LOWERCASE)])
+    one = compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
     plain = "What is tea?"  # no constraint sentence: counts towards no family
     # rows 0 (both): scores 1, 0, 2 at ranks 0, 1, 2 -> pairs (0,1) right, (0,2) wrong, (1,2) wrong;
     # row 1 (one): two completions, the better one scored higher -> right.
-    s = rewards.ComparisonScores(np.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], np.float32),
-                                 np.array([[0, 1, 2], [0, 1, 0]]), np.array([[True, True, True], [True, True, False]]),
-                                 np.array([7, 3], np.int32))
+    s = ComparisonScores(np.array([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0]], np.float32),
+                         np.array([[0, 1, 2], [0, 1, 0]]), np.array([[True, True, True], [True, True, False]]),
+                         np.array([7, 3], np.int32))
     rows, correct = rewards.pair_results(s)
     assert rows.tolist() == [0, 0, 0, 1] and correct.tolist() == [True, False, False, True]
     # by hand: "both" has 4 pairs, 3 right; "one" 2 pairs, none right; "plain" is left out
@@ -191,13 +209,12 @@ def test_accuracy_by_family_counts_each_pair_towards_every_family_of_its_prompt(
         rewards.accuracy_by_family([both, one], [True])
 
 
-def test_collect_drops_padding_rows_and_histogram_is_written(tmp_path, params):
+def test_score_histogram_is_written(tmp_path, params):
     batch = comparison_batch()
-    batch["valid"][2] = False  # a padding row of a finite loader
-    collected = rewards.ComparisonScores.collect(
-        jax.jit(lambda b: rewards.completion_scores(CFG, params, b["tokens"], b["attention_mask"])), [batch, batch])
-    assert collected.scores.shape == (4, 4)
-    path = rewards.score_histogram(tmp_path / "hist.png", collected, reference=np.zeros(5))
+    scores = completion_scores(CFG, params, batch["tokens"], batch["attention_mask"])
+    collected = ComparisonScores(np.asarray(scores, np.float32), np.asarray(batch["ranks"], np.int32),
+                                 np.asarray(batch["valid"], bool))
+    path = score_histogram(tmp_path / "hist.png", collected, reference=np.zeros(5))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
@@ -207,7 +224,7 @@ def rows_scorer(cfg, p):
 
 def demonstration_batches(tok, n=10, max_len=48):
     records = [{"prompt": f"Say {i}", "response": "ok " * (i % 4 + 1), "source": f"demo:{i}"} for i in range(n)]
-    rows = [ij.data.sft_example(r, tok, ij.data.SFTConfig(max_len=max_len)).element for r in records]
+    rows = [sft_example(r, tok, ij.data.SFTConfig(max_len=max_len)).element for r in records]
     tokens = np.full((n, max_len), tok.pad_id, np.int32)
     mask = np.zeros((n, max_len), bool)
     for i, row in enumerate(rows):
@@ -220,11 +237,11 @@ def test_normalisation_gives_demonstrations_mean_zero(params, unit_std):
     tok = tiny_tokenizer()
     batches = demonstration_batches(tok)
     params = noisy(params)
-    raw = rewards.demonstration_scores(rows_scorer(CFG, params), batches)
+    raw = demonstration_scores(rows_scorer(CFG, params), batches)
     assert len(raw) == 10 and abs(raw.mean()) > 1e-2
-    norm = rewards.fit_normalization(raw, unit_std=unit_std)
-    folded = rewards.fold_normalization(params, norm)
-    after = rewards.demonstration_scores(rows_scorer(CFG, folded), batches)
+    norm = fit_normalization(raw, unit_std=unit_std)
+    folded = fold_normalization(params, norm)
+    after = demonstration_scores(rows_scorer(CFG, folded), batches)
     assert abs(after.mean()) < 1e-5
     np.testing.assert_allclose(after, norm.apply(raw), atol=1e-5)
     if unit_std:
@@ -235,16 +252,16 @@ def test_normalisation_gives_demonstrations_mean_zero(params, unit_std):
 
 def test_fit_normalization_rejects_bad_scores():
     with pytest.raises(ValueError, match="not finite"):
-        rewards.fit_normalization([1.0, np.nan])
+        fit_normalization([1.0, np.nan])
     with pytest.raises(ValueError, match="all equal"):
-        rewards.fit_normalization([2.0, 2.0], unit_std=True)
+        fit_normalization([2.0, 2.0], unit_std=True)
     with pytest.raises(ValueError, match="no demonstrations scores"):
-        rewards.fit_normalization([])
+        fit_normalization([])
 
 
 def test_reward_params_from_lm_swaps_the_head():
     lm = init_params(CFG, jax.random.key(0), head="lm")
-    rm = rewards.reward_params_from_lm(CFG, lm, jax.random.key(1))
+    rm = reward_params_from_lm(CFG, lm, jax.random.key(1))
     assert "lm_head" not in rm and rm["score_head"]["kernel"].shape == (CFG.d_model, 1)
     assert not rm["score_head"]["bias"].any()
     std = (CFG.d_model + 1) ** -0.5
@@ -268,9 +285,9 @@ def test_exported_reward_model_scores_equal_in_transformers(tmp_path, cfg):
     tok = tiny_tokenizer()
     p = noisy(init_params(cfg, jax.random.key(2), head="scalar"))
     batches = demonstration_batches(tok)
-    raw = rewards.demonstration_scores(rows_scorer(cfg, p), batches)
-    norm = rewards.fit_normalization(raw, unit_std=True)
-    rewards.export_reward_model(tmp_path, cfg, p, tok, norm)
+    raw = demonstration_scores(rows_scorer(cfg, p), batches)
+    norm = fit_normalization(raw, unit_std=True)
+    export_reward_model(tmp_path, cfg, p, tok, norm)
 
     rm = rewards.load_reward_model(tmp_path)
     assert rm.normalization == norm and rm.tokenizer.pad_id != tok.eos_id
@@ -280,7 +297,7 @@ def test_exported_reward_model_scores_equal_in_transformers(tmp_path, cfg):
 
     hf_config = json.loads((tmp_path / "config.json").read_text())
     assert hf_config["pad_token_id"] != hf_config["eos_token_id"] == tok.eos_id
-    notes = json.loads((tmp_path / rewards.NORMALIZATION_FILE).read_text())
+    notes = json.loads((tmp_path / NORMALIZATION_FILE).read_text())
     offset = notes["transformers_offset"]
     assert offset == hf_config.get("instructjax_score_bias", 0.0)
     if cfg.norm == "layer":

@@ -12,6 +12,7 @@ from instructjax import models, sampling
 from instructjax.checkpoints import load_hf
 from instructjax.models import ModelConfig, Transformer
 from instructjax.testing.prompts import left_padded
+from instructjax.models.functional import init_params
 
 TINY = models.get_preset("tiny")
 PROMPT_LENGTHS = (3, 9, 6)
@@ -19,7 +20,7 @@ PROMPT_LENGTHS = (3, 9, 6)
 
 @pytest.fixture(scope="module")
 def tiny_params():
-    return models.init_params(TINY, jax.random.key(0))
+    return init_params(TINY, jax.random.key(0))
 
 
 def first_index(row, ids):
@@ -72,7 +73,7 @@ def test_logprobs_equal_training_forward(tiny_params):
 
 
 def test_values_equal_value_model_forward(tiny_params):
-    value_params = models.init_params(TINY, jax.random.key(5), head="scalar")
+    value_params = init_params(TINY, jax.random.key(5), head="scalar")
     tokens, mask = left_padded(PROMPT_LENGTHS, TINY.vocab_size, seed=2)
     out = sampling.generate(TINY, tiny_params, tokens, mask, rng=jax.random.key(1), max_new_tokens=6,
                             value_params=value_params)
@@ -94,7 +95,7 @@ def fixed_logits_model():
     vocab, d = len(FIXED_LOGITS), 8
     cfg = ModelConfig(vocab_size=vocab, d_model=d, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4,
                       ffn_dim=8, tie_embeddings=False, norm_eps=0.0)
-    params = jax.tree.map(jnp.zeros_like, models.init_params(cfg, jax.random.key(0)))
+    params = jax.tree.map(jnp.zeros_like, init_params(cfg, jax.random.key(0)))
     one_hot = np.zeros(d, np.float32)
     one_hot[0] = 1.0
     params["embed"]["embedding"] = jnp.tile(jnp.asarray(one_hot), (vocab, 1))
@@ -297,7 +298,7 @@ def test_bad_inputs_raise(tiny_params):
 def test_sharded_generate_equals_unsharded(tiny_params):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
     tokens, mask = left_padded((3, 9, 6, 2, 7, 5, 8, 4), TINY.vocab_size, seed=11)
-    value_params = models.init_params(TINY, jax.random.key(5), head="scalar")
+    value_params = init_params(TINY, jax.random.key(5), head="scalar")
     kw = dict(rng=jax.random.key(2), max_new_tokens=9, temperature=1.0, top_k=50, eos_id=(4, 5, 6, 7),
               n=2, value_params=value_params)
     single = sampling.generate(TINY, tiny_params, tokens, mask, **kw)

@@ -22,7 +22,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from instructjax.models import ModelConfig, RopeScaling, stack_layers, unstack_layers
+from instructjax.models import ModelConfig
+from instructjax.models.config import RopeScaling
+from instructjax.models.functional import stack_layers, unstack_layers
 
 PathLike = Union[str, pathlib.Path]
 

@@ -5,13 +5,10 @@
     records = built.source("train")   # random access, no TensorFlow needed
 """
 
-from instructjax.datasets.build import BUILDERS, EXAMPLES_DIR, BuiltDataset, build, example_config, load
+from instructjax.datasets.build import EXAMPLES_DIR, BuiltDataset, build, example_config, load
 from instructjax.datasets.builder import DatasetConfig, format_summary
-from instructjax.datasets.catalog import CatalogConfig, catalog_source
 from instructjax.datasets.features import decode
-from instructjax.datasets.jsonl import KINDS, RecordError, read_jsonl
+from instructjax.datasets.jsonl import RecordError
 
-__all__ = [
-    "BUILDERS", "EXAMPLES_DIR", "KINDS", "BuiltDataset", "CatalogConfig", "DatasetConfig", "RecordError",
-    "build", "catalog_source", "decode", "example_config", "format_summary", "load", "read_jsonl",
-]
+__all__ = ["EXAMPLES_DIR", "BuiltDataset", "DatasetConfig", "RecordError", "build", "decode", "example_config",
+           "format_summary", "load"]

@@ -10,7 +10,7 @@ from scipy import stats
 
 from instructjax.labelers import Labeler
 from instructjax.stats import Rate, mean_and_interval
-from instructjax.tasks import TaskPrompt
+from instructjax.tasks.instructions import TaskPrompt
 
 __all__ = ["Rate", "mcnemar_exact", "mean_and_interval", "pass_rates", "prompt_passes", "win_rate"]
 

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from instructjax.tasks import TaskPrompt  # noqa: E402
+from instructjax.tasks.instructions import TaskPrompt  # noqa: E402
 from instructjax.train.metrics import read_metrics  # noqa: E402
 
 LABELS = {"initial": "initial", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx"}

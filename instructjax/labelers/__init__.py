@@ -7,13 +7,9 @@ a rule-based labeler and demonstrator for the default task, and a terminal sessi
     answer = ij.labelers.ConstraintDemonstrator().edit(task_prompt, sample)   # None: could not
 """
 
-from instructjax.labelers.demonstrator import MIN_CLOSENESS, ConstraintDemonstrator, closeness
-from instructjax.labelers.ranking import (QUALITY_DECIMALS, ConstraintLabeler, Labeler, dense_ranks,
-                                          rank_to_comparison, unique_completions)
-from instructjax.labelers.session import QUESTION, SessionSummary, label_session, parse_ranking
+from instructjax.labelers.demonstrator import ConstraintDemonstrator, closeness
+from instructjax.labelers.ranking import ConstraintLabeler, Labeler, rank_to_comparison, unique_completions
+from instructjax.labelers.session import label_session
 
-__all__ = [
-    "MIN_CLOSENESS", "QUALITY_DECIMALS", "QUESTION", "ConstraintDemonstrator", "ConstraintLabeler", "Labeler",
-    "SessionSummary", "closeness", "dense_ranks", "label_session", "parse_ranking", "rank_to_comparison",
-    "unique_completions",
-]
+__all__ = ["ConstraintDemonstrator", "ConstraintLabeler", "Labeler", "closeness", "label_session",
+           "rank_to_comparison", "unique_completions"]

@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from instructjax.labelers import edits
-from instructjax.tasks import TITLE_PATTERN, Constraint, TaskPrompt, sentence_spans, split_words, word_pattern
+from instructjax.tasks.constraints import TITLE_PATTERN, Constraint, sentence_spans, split_words, word_pattern
+from instructjax.tasks.instructions import TaskPrompt
 from instructjax.tasks import constraints as C
 
 MIN_CLOSENESS = 0.5  # an edit keeps at least half of the shorter text's words, in order

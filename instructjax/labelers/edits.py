@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
-from instructjax.tasks import sentence_spans, split_words, word_pattern, word_spans
+from instructjax.tasks.constraints import sentence_spans, split_words, word_pattern, word_spans
 
 # Words a cut should not end on: articles, prepositions, conjunctions, pronouns and auxiliaries.
 _DANGLING = frozenset("""a an the and or but nor so yet of to in on at by for from with about into onto over

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
-from instructjax.tasks import TaskPrompt, quality
+from instructjax.tasks.quality import quality
+from instructjax.tasks.instructions import TaskPrompt
 
 QUALITY_DECIMALS = 2  # quality is compared rounded, so near-equal completions tie
 

@@ -1,12 +1,7 @@
-"""Transformer models, their configs and pure prefill / decode functions."""
+"""Transformer models and their configs."""
 
-from instructjax.models.config import PRESETS, ModelConfig, RopeScaling, get_preset
-from instructjax.models.functional import (decode_step, init_params, param_logical_axes, prefill,
-                                           stack_layers, unstack_layers)
-from instructjax.models.transformer import KVCache, Transformer, init_cache, positions_from_mask
+from instructjax.models.config import ModelConfig, get_preset
+from instructjax.models.functional import param_logical_axes
+from instructjax.models.transformer import Transformer
 
-__all__ = [
-    "PRESETS", "ModelConfig", "RopeScaling", "get_preset", "Transformer", "KVCache", "init_cache",
-    "positions_from_mask", "init_params", "param_logical_axes", "prefill", "decode_step",
-    "stack_layers", "unstack_layers",
-]
+__all__ = ["ModelConfig", "Transformer", "get_preset", "param_logical_axes"]

@@ -1,4 +1,4 @@
-"""Pure functions around `Transformer`: parameter init, logical axes, prefill and decode."""
+"""Pure functions around `Transformer`: parameter init, logical axes, stacked layers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructjax.models.config import ModelConfig
-from instructjax.models.transformer import KVCache, Transformer
+from instructjax.models.transformer import Transformer
 
 
 def _dummy_tokens():
@@ -25,18 +25,6 @@ def param_logical_axes(cfg: ModelConfig, head: str = "lm") -> dict:
     """PartitionSpecs of logical axis names, one per parameter (same tree as `init_params`)."""
     shapes = jax.eval_shape(lambda: Transformer(cfg, head=head).init(jax.random.key(0), _dummy_tokens()))
     return nn.get_partition_spec(shapes)["params"]
-
-
-def prefill(cfg: ModelConfig, params, tokens, attention_mask, cache: KVCache, head: str = "lm"):
-    """Run prompt tokens [B, T] (left-padded, mask True = real) into the cache: (outputs [B, T, ...], cache)."""
-    return Transformer(cfg, head=head).apply({"params": params}, tokens, attention_mask=attention_mask,
-                                             cache=cache)
-
-
-def decode_step(cfg: ModelConfig, params, tokens, cache: KVCache, head: str = "lm"):
-    """One new token per row, tokens int32 [B]: (outputs [B, ...], cache)."""
-    out, cache = Transformer(cfg, head=head).apply({"params": params}, tokens[:, None], cache=cache)
-    return out[:, 0], cache
 
 
 def _is_layer(name: str) -> bool:

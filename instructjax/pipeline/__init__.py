@@ -5,6 +5,6 @@ PPO, evaluation and report (experiments/pipeline.py).
 """
 
 from instructjax.pipeline.run import run_pipeline
-from instructjax.pipeline.stages import POLICIES, STAGES, LabelingNeeded, stage_configs, task_files
+from instructjax.pipeline.stages import LabelingNeeded, stage_configs
 
-__all__ = ["POLICIES", "STAGES", "LabelingNeeded", "run_pipeline", "stage_configs", "task_files"]
+__all__ = ["LabelingNeeded", "run_pipeline", "stage_configs"]

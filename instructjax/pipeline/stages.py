@@ -32,6 +32,8 @@ from instructjax.train.initial_model import load_initial_model
 from instructjax.train.ppo import check_config as check_ppo_config, train_ppo
 from instructjax.train.ppo_rewards import uses_model
 from instructjax.train.sft import train_sft
+from instructjax.tasks.corpus import stdlib_docstrings, write_pretraining_jsonl
+from instructjax.tasks.instructions import TaskPrompt, read_records, write_records
 
 SPLITS = ("sft", "reward", "ppo", "validation", "test", "heldout")  # prompt sets of the task stage
 POLICIES = ("initial", "sft", "ppo", "ppo_ptx")  # the models the evaluation compares (ppo_ptx when trained)
@@ -72,22 +74,22 @@ def task_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[st
                                max_constraints=c.max_constraints)
     start = 0
     for split, n in counts.items():
-        tasks.write_records(files[split], train[start:start + n])
+        write_records(files[split], train[start:start + n])
         start += n
     for split, n in (("validation", c.num_validation), ("test", c.num_test)):
-        tasks.write_records(files[split], tasks.make_prompts(split, n, seed=c.seed, families=tuple(c.families),
-                                                             max_constraints=c.max_constraints))
+        write_records(files[split], tasks.make_prompts(split, n, seed=c.seed, families=tuple(c.families),
+                                                       max_constraints=c.max_constraints))
     heldout = tasks.make_prompts("test", c.num_heldout, seed=c.seed + HELDOUT_SEED_OFFSET, families=heldout_families,
                                  max_constraints=c.max_constraints) if c.num_heldout else []
-    tasks.write_records(files["heldout"], heldout)
-    write_jsonl(files["ppo_prompts"], ({"prompt": p.prompt} for p in tasks.read_records(files["ppo"])))
-    summary: dict[str, Any] = {split: len(tasks.read_records(files[split])) for split in SPLITS}
+    write_records(files["heldout"], heldout)
+    write_jsonl(files["ppo_prompts"], ({"prompt": p.prompt} for p in read_records(files["ppo"])))
+    summary: dict[str, Any] = {split: len(read_records(files[split])) for split in SPLITS}
     if config.ptx_corpus.source == "stdlib":
-        texts = tasks.stdlib_docstrings(max_records=config.ptx_corpus.max_records or None,
-                                        min_chars=config.ptx_corpus.min_chars)
+        texts = stdlib_docstrings(max_records=config.ptx_corpus.max_records or None,
+                                  min_chars=config.ptx_corpus.min_chars)
         train_texts, heldout_texts = _split_corpus(texts, config.ptx_corpus.num_heldout, config.seed)
-        tasks.write_pretraining_jsonl(files["pretraining"], train_texts)
-        tasks.write_pretraining_jsonl(files["pretraining_heldout"], heldout_texts)
+        write_pretraining_jsonl(files["pretraining"], train_texts)
+        write_pretraining_jsonl(files["pretraining_heldout"], heldout_texts)
         summary["pretraining_texts"], summary["pretraining_heldout_texts"] = len(train_texts), len(heldout_texts)
     return summary
 
@@ -111,7 +113,7 @@ def _policy(root: pathlib.Path, stage: str):
     return cfg, params, Tokenizer.from_pretrained(export)
 
 
-def _best_of_k(labeler: labelers.Labeler, prompt: tasks.TaskPrompt, completions: list[str]) -> str:
+def _best_of_k(labeler: labelers.Labeler, prompt: TaskPrompt, completions: list[str]) -> str:
     ranks = labeler.rank(prompt.prompt, completions)
     return completions[int(np.argmin(ranks))]
 
@@ -127,7 +129,7 @@ def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) 
         return {"source": "files", "files": list(c.files)}
     if c.source not in DEMONSTRATION_SOURCES:
         raise ValueError(f"demonstrations.source={c.source!r}: expected one of {DEMONSTRATION_SOURCES}")
-    prompts = tasks.read_records(task_files(root)["sft"])
+    prompts = read_records(task_files(root)["sft"])
     cfg, params, tokenizer = _initial_model(config)
     samples = sample_to_file(folder / "samples.jsonl", cfg, params, tokenizer, [p.prompt for p in prompts],
                              sampling_config(c), jax.random.key(config.seed + 1), desc="demonstrations: K samples")
@@ -162,7 +164,7 @@ class _Demonstration:
     closeness: float = 1.0  # of the response to the sample it was made from (labelers.closeness)
 
 
-def _best_passing(c: ml_collections.ConfigDict, labeler: labelers.ConstraintLabeler, prompt: tasks.TaskPrompt,
+def _best_passing(c: ml_collections.ConfigDict, labeler: labelers.ConstraintLabeler, prompt: TaskPrompt,
                   texts: list[str], ended: list[bool]) -> _Demonstration:
     """best_of_k: the labeler's best sample as it is."""
     if c.require_eos:  # a demonstration is a finished answer, not one cut off by the budget
@@ -177,7 +179,7 @@ def _best_passing(c: ml_collections.ConfigDict, labeler: labelers.ConstraintLabe
 
 
 def _edited(demonstrator: labelers.ConstraintDemonstrator, labeler: labelers.ConstraintLabeler,
-            prompt: tasks.TaskPrompt, texts: list[str], ended: list[bool]) -> _Demonstration:
+            prompt: TaskPrompt, texts: list[str], ended: list[bool]) -> _Demonstration:
     """edit: the labeler's best sample (among the finished ones, if any) edited by the demonstrator."""
     finished: dict[str, bool] = {}
     for text, e in zip(texts, ended):
@@ -292,7 +294,7 @@ def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> 
     c, folder = config.comparisons, root / "comparisons"
     if c.labeler not in ("task", "human"):
         raise ValueError(f"comparisons.labeler={c.labeler!r}: expected 'task' or 'human'")
-    prompts = tasks.read_records(task_files(root)["reward"])
+    prompts = read_records(task_files(root)["reward"])
     cfg, params, tokenizer = _policy(root, "sft")
     samples = sample_to_file(folder / "samples.jsonl", cfg, params, tokenizer, [p.prompt for p in prompts],
                              sampling_config(c), jax.random.key(config.seed + 2), desc="comparisons: K samples")
@@ -353,7 +355,7 @@ def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
     """evaluate(cfg, params, iteration) -> greedy validation pass rate (the task's checker: the gold reward)
     and mean RM score (the proxy; only when the reward stage ran), so the report can plot both against KL
     (Gao et al. 2022)."""
-    prompts = tasks.read_records(task_files(root)["validation"])
+    prompts = read_records(task_files(root)["validation"])
     texts = [p.prompt for p in prompts]
     tokenizer = Tokenizer.from_pretrained(root / "sft" / "export")
     rm = load_reward_model(root / "reward") if (root / "reward" / SUMMARY_FILE).exists() else None
@@ -394,7 +396,7 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     the pass rates, win rates by the labeler, KL of the RL policies to SFT, and the reward stage's held-out
     pairwise accuracy (overall and per constraint family); then `report.md` with plots."""
     c, folder, files = config.evaluation, root / "evaluation", task_files(root)
-    prompt_sets = {"test": tasks.read_records(files["test"]), "heldout": tasks.read_records(files["heldout"])}
+    prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
     rm = load_reward_model(root / "reward")
     names = _trained_policies(root)

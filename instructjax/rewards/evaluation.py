@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -23,23 +23,6 @@ class ComparisonScores:
     ranks: np.ndarray  # int32 [N, K]
     valid: np.ndarray  # bool [N, K]
     index: Optional[np.ndarray] = None  # int32 [N]: each row's record in the comparisons source, when known
-
-    @classmethod
-    def collect(cls, score_batch: Callable[[dict], Any], batches: Iterable[dict]) -> "ComparisonScores":
-        """Scores of all batches (`score_batch(batch) -> [B, K]`); padding rows (no valid completion) dropped."""
-        scores, ranks, valid, index = [], [], [], []
-        for batch in batches:
-            v = np.asarray(batch["valid"]).astype(bool)
-            keep = v.any(axis=1)
-            scores.append(np.asarray(score_batch(batch), np.float32)[keep])
-            ranks.append(np.asarray(batch["ranks"], np.int32)[keep])
-            valid.append(v[keep])
-            if "index" in batch:
-                index.append(np.asarray(batch["index"], np.int32)[keep])
-        if not scores:
-            raise ValueError("no validation batches to evaluate")
-        return cls(np.concatenate(scores), np.concatenate(ranks), np.concatenate(valid),
-                   np.concatenate(index) if len(index) == len(scores) else None)
 
 
 def _log_sigmoid(x: np.ndarray) -> np.ndarray:

@@ -67,10 +67,3 @@ def derived_metrics(totals: dict) -> dict:
     return {"accuracy": totals["correct_pairs"] / jnp.maximum(totals["pairs"], 1).astype(jnp.float32),
             "score_mean": mean, "score_std": jnp.sqrt(jnp.maximum(totals["score_sq_sum"] / n - mean ** 2, 0.0))}
 
-
-def reward_loss(cfg: ModelConfig, params: Any, batch: dict, options: RewardLossConfig = RewardLossConfig()
-                ) -> tuple[jax.Array, dict]:
-    """(mean loss, metrics) of one comparison batch: the loss the train step minimises."""
-    loss_sum, aux = reward_loss_fn(cfg, options)(params, batch, jax.random.key(0))
-    loss = loss_sum / jnp.maximum(aux["weight"], 1).astype(jnp.float32)
-    return loss, {"loss": loss, **derived_metrics(aux["totals"]), **aux["totals"]}

@@ -14,20 +14,19 @@ from instructjax.train.dpo import train_dpo
 from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.loop import LoopConfig, NonFiniteLossError
-from instructjax.train.metrics import MetricsWriter, quiet_library_logs, read_metrics
-from instructjax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from instructjax.train.metrics import quiet_library_logs, read_metrics
+from instructjax.train.optim import make_optimizer
 from instructjax.train.ppo import train_ppo
-from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update, ptx_logprob_sum
+from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train.reward import train_reward_model
-from instructjax.train.sft import sft_loss_fn, train_sft
-from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
-from instructjax.train.step import accumulate_gradients, compile_step, make_train_step, with_derived_metrics
+from instructjax.train.sft import train_sft
+from instructjax.train.state import abstract_state, init_state, state_shardings
+from instructjax.train.step import compile_step, make_train_step
 from instructjax.train.workdir import Workdir
 
 __all__ = [
-    "Checkpointer", "LoopConfig", "MetricsWriter", "NonFiniteLossError", "OptimConfig", "PPOConfig", "PPOState",
-    "TrainState", "Workdir", "abstract_state", "accumulate_gradients", "compile_step", "config", "export_model",
-    "init_ppo_state", "init_state", "learning_rate_schedule", "load_initial_model", "loop", "make_optimizer",
-    "make_ppo_update", "make_train_step", "ptx_logprob_sum", "quiet_library_logs", "read_metrics", "sft_loss_fn",
-    "state_shardings", "train_dpo", "train_ppo", "train_reward_model", "train_sft", "with_derived_metrics",
+    "Checkpointer", "LoopConfig", "NonFiniteLossError", "PPOConfig", "PPOState", "Workdir", "abstract_state",
+    "compile_step", "config", "export_model", "init_ppo_state", "init_state", "load_initial_model", "loop",
+    "make_optimizer", "make_ppo_update", "make_train_step", "quiet_library_logs", "read_metrics", "state_shardings",
+    "train_dpo", "train_ppo", "train_reward_model", "train_sft",
 ]

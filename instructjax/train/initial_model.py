@@ -15,6 +15,7 @@ from instructjax import checkpoints, models
 from instructjax.tokenizers import Tokenizer, tiny_tokenizer
 from instructjax.train.config import INIT_SOURCES
 from instructjax.train.workdir import Workdir
+from instructjax.models.functional import init_params, stack_layers, unstack_layers
 
 
 def load_initial_model(init: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
@@ -31,9 +32,9 @@ def with_overrides(cfg: models.ModelConfig, params: Any,
                    model: ml_collections.ConfigDict) -> tuple[models.ModelConfig, Any]:
     """`cfg` with the run's model settings; params cast to param_dtype and (un)stacked for scan_layers."""
     if model.scan_layers and not cfg.scan_layers:
-        params = models.stack_layers(params)
+        params = stack_layers(params)
     elif cfg.scan_layers and not model.scan_layers:
-        params = models.unstack_layers(params)
+        params = unstack_layers(params)
     cfg = cfg.replace(**model)
     params = jax.tree.map(lambda x: np.asarray(x, dtype=jnp.dtype(cfg.param_dtype)), params)
     return cfg, params
@@ -45,7 +46,7 @@ def _load(init: ml_collections.ConfigDict, rng: jax.Array) -> tuple[models.Model
     if init.source == "random":
         cfg = models.get_preset(init.preset)
         tokenizer = tiny_tokenizer() if init.tokenizer == "tiny" else Tokenizer.from_pretrained(init.tokenizer)
-        return cfg, models.init_params(cfg, rng), tokenizer
+        return cfg, init_params(cfg, rng), tokenizer
     if init.source == "default":
         return checkpoints.load_default_model()
     if not init.path:

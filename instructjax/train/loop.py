@@ -27,7 +27,7 @@ import ml_collections
 import tqdm
 from absl import logging
 
-from instructjax.data import BatchIterator
+from instructjax.data.loader import BatchIterator
 from instructjax.train.checkpointing import Checkpointer
 from instructjax.train.metrics import MetricsWriter
 from instructjax.train.state import TrainState

@@ -16,10 +16,13 @@ pytest.importorskip("transformers")
 from instructjax import checkpoints  # noqa: E402
 from instructjax.checkpoints import default  # noqa: E402
 from instructjax.checkpoints.gguf import GLOBAL_NAMES, LAYER_NAMES  # noqa: E402
-from instructjax.models import Transformer, decode_step, get_preset, init_cache, prefill, stack_layers  # noqa: E402
+from instructjax import sampling  # noqa: E402
+from instructjax.models import Transformer, get_preset  # noqa: E402
+from instructjax.models.functional import stack_layers  # noqa: E402
 from instructjax.testing.hf_models import hf_outputs, load_hf_model, save_tiny_hf_model  # noqa: E402
 from instructjax.tokenizers import CHATML_TEMPLATE, TINY_SPECIAL_TOKENS  # noqa: E402
 from instructjax.tokenizers import bytes_to_unicode  # noqa: E402
+from instructjax.checkpoints.gguf import load_gguf_weights  # noqa: E402
 
 # 3 ChatML specials, the 256 bytes, one merge (" t").
 TOKENS = [*TINY_SPECIAL_TOKENS, *(bytes_to_unicode()[b] for b in range(256)), "Ġt"]
@@ -97,7 +100,7 @@ def test_tiny_gguf_matches_transformers(tmp_path, tied):
 
 def test_quantized_tensors_dequantize_and_unpermute(tmp_path, tiny_llama):
     _, want = checkpoints.load_hf(tiny_llama)
-    _, got = checkpoints.load_gguf_weights(write_gguf(tmp_path / "q8.gguf", tiny_llama, quantize=True))
+    _, got = load_gguf_weights(write_gguf(tmp_path / "q8.gguf", tiny_llama, quantize=True))
     for path, x in jax.tree_util.tree_leaves_with_path(want):
         y = got
         for key in path:
@@ -192,13 +195,8 @@ def test_smollm2_greedy_answer_says_paris(smollm2):
     cfg, params = cfg.replace(scan_layers=True), stack_layers(params)  # one compiled layer: faster to jit
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]))
     tokens = np.array([prompt], np.int32)
-    logits, cache = jax.jit(prefill, static_argnums=0)(cfg, params, tokens, np.ones_like(tokens, bool),
-                                                       init_cache(cfg, 1, len(prompt) + 16))
-    step = jax.jit(decode_step, static_argnums=0)
-    answer = [int(np.argmax(logits[0, -1]))]
-    while answer[-1] != tok.eos_id and len(answer) < 16:
-        logits, cache = step(cfg, params, np.array(answer[-1:], np.int32), cache)
-        answer.append(int(np.argmax(logits[0])))
-    text = tok.decode(answer)
+    out = sampling.generate(cfg, params, tokens, np.ones_like(tokens, bool), rng=jax.random.key(0),
+                            max_new_tokens=16, temperature=0.0, eos_id=tok.eos_id)
+    text = tok.decode(np.asarray(out.tokens[0])[np.asarray(out.mask[0])].tolist())
     print(f"greedy answer: {text!r}")
     assert "Paris" in text

@@ -15,7 +15,9 @@ pytest.importorskip("transformers")
 
 from instructjax import checkpoints  # noqa: E402
 from instructjax.checkpoints.hf import config_from_hf  # noqa: E402
-from instructjax.models import ModelConfig, RopeScaling, Transformer, get_preset, init_params  # noqa: E402
+from instructjax.models import ModelConfig, Transformer, get_preset  # noqa: E402
+from instructjax.models.config import RopeScaling  # noqa: E402
+from instructjax.models.functional import init_params  # noqa: E402
 from instructjax.testing import tiny_tokenizer  # noqa: E402
 from instructjax.testing.hf_models import hf_outputs, load_hf_model, save_tiny_hf_model  # noqa: E402
 

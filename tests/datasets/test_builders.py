@@ -9,13 +9,14 @@ import pytest
 import tensorflow_datasets as tfds
 
 from instructjax import datasets
+from instructjax.datasets.jsonl import KINDS, read_jsonl
 
 
 def records_of(kind, path):
-    return [p.record for p in datasets.read_jsonl(kind, path)]
+    return [p.record for p in read_jsonl(kind, path)]
 
 
-@pytest.mark.parametrize("kind", datasets.KINDS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_builds_examples_and_reads_them_back(kind, tmp_path):
     config = datasets.example_config(kind)
     built = datasets.build(config, tmp_path)

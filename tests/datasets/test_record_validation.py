@@ -5,6 +5,7 @@ import json
 import pytest
 
 from instructjax import datasets
+from instructjax.datasets.jsonl import read_jsonl
 
 GOOD = {
     "demonstrations": {"prompt": "Say hi.", "response": "Hi."},
@@ -87,7 +88,7 @@ def test_blank_lines_are_not_records_and_line_numbers_count_them(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n\n   \n{"prompt": 1}\n')
     with pytest.raises(datasets.RecordError, match=rf"^{path}:4: "):
-        list(datasets.read_jsonl("prompts", path))
+        list(read_jsonl("prompts", path))
 
 
 def test_config_errors(tmp_path):

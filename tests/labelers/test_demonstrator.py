@@ -10,7 +10,10 @@ import pytest
 
 from instructjax import labelers, tasks
 from instructjax.labelers import ConstraintDemonstrator, closeness
-from instructjax.tasks import TaskPrompt, make_constraint
+from instructjax.labelers.demonstrator import MIN_CLOSENESS
+from instructjax.tasks.constraints import make_constraint
+from instructjax.tasks.instructions import TaskPrompt
+from instructjax.tasks.constraints import CONFLICTING_FAMILIES, sample_constraint, split_words
 
 MEAN_CLOSENESS = 0.9  # the edits of a family (or pair) keep on average at least this share of words
 PAIR_FAILURES = 0.01  # share of the pair edits allowed to return None (too little left to keep)
@@ -63,7 +66,7 @@ def edit_many(prompts: list[TaskPrompt], samples_per_prompt: int, seed: int) -> 
             broken = [c.family for c in prompt.constraints if not c.check(answer)]
             assert not broken, (prompt.prompt, sample, answer, broken)
             kept.append(closeness(sample, answer))
-            assert kept[-1] >= labelers.MIN_CLOSENESS, (prompt.prompt, sample, answer)
+            assert kept[-1] >= MIN_CLOSENESS, (prompt.prompt, sample, answer)
     return kept, failed
 
 
@@ -81,7 +84,7 @@ def test_every_pair_that_prompt_generation_draws():
         if len(prompt.constraints) == 2:
             by_pair[frozenset(c.family for c in prompt.constraints)].append(prompt)
     every_pair = {frozenset((a, b)) for i, a in enumerate(tasks.FAMILIES) for b in tasks.FAMILIES[i + 1:]}
-    assert set(by_pair) == every_pair - tasks.CONFLICTING_FAMILIES  # 95 pairs
+    assert set(by_pair) == every_pair - CONFLICTING_FAMILIES  # 95 pairs
     kept, failed = edit_many([p for prompts in by_pair.values() for p in prompts[:4]], samples_per_prompt=8, seed=1)
     assert failed <= PAIR_FAILURES * (len(kept) + failed)
     assert sum(kept) / len(kept) >= MEAN_CLOSENESS
@@ -150,10 +153,10 @@ def test_the_end_phrase_ends_the_answer_once():
 
 def test_topic_sentences_fit_every_family():
     rng = random.Random(0)
-    avoided = {w for _ in range(100) for w in tasks.sample_constraint("avoid_words", rng).arg("words")}
+    avoided = {w for _ in range(100) for w in sample_constraint("avoid_words", rng).arg("words")}
     for sentence in labelers.demonstrator.TOPIC_SENTENCES:
-        assert "," not in sentence and not avoided & set(tasks.split_words(sentence))
-        assert len(tasks.split_words(sentence.format(topic=""))) <= 6  # one fits between min and max words
+        assert "," not in sentence and not avoided & set(split_words(sentence))
+        assert len(split_words(sentence.format(topic=""))) <= 6  # one fits between min and max words
 
 
 def test_a_sample_meeting_every_constraint_comes_back_as_it_is():

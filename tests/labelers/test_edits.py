@@ -5,7 +5,7 @@ import json
 import pytest
 
 from instructjax.labelers import edits
-from instructjax.tasks import count_sentences, make_constraint
+from instructjax.tasks.constraints import count_sentences, make_constraint
 
 
 @pytest.mark.parametrize("text, closed", [

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 import instructjax as ij
+from instructjax.models.functional import init_params
 
 
 def test_frozen_layers_keep_the_forward_and_cut_the_gradient_below():
     cfg = ij.models.get_preset("tiny").replace(num_layers=3, tie_embeddings=False)
     frozen = cfg.replace(frozen_layers=2)
-    params = ij.models.init_params(cfg, jax.random.key(0))
+    params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
 
     def loss(c, p):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from instructjax import parallel
-from instructjax.models import Transformer, get_preset, init_params, stack_layers
+from instructjax.models import Transformer, get_preset
+from instructjax.models.functional import init_params, stack_layers
 from instructjax.models import transformer as transformer_module
 from instructjax.models.matmul import contract
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import instructjax as ij
-from instructjax.models import Transformer, get_preset, init_cache, init_params, prefill, decode_step
+from instructjax.models import Transformer, get_preset
+from instructjax.models.functional import init_params
+from instructjax.models.transformer import init_cache
+from instructjax.models.functional import stack_layers, unstack_layers
 
 GPT2_TINY = get_preset("tiny").replace(arch="gpt2", norm="layer", activation="gelu_tanh", position="learned",
                                        qkv_bias=True, out_bias=True, tie_embeddings=True, max_len=64)
@@ -46,12 +49,13 @@ def test_cache_decode_equals_full_forward(model):
     mask = jnp.array([[True] * 8, [False, False] + [True] * 6])
     full = Transformer(cfg).apply({"params": params}, seq, attention_mask=mask)
     cache = init_cache(cfg, batch=2, max_len=10)
-    logits, cache = prefill(cfg, params, seq[:, :5], mask[:, :5], cache)
+    model = Transformer(cfg)
+    logits, cache = model.apply({"params": params}, seq[:, :5], attention_mask=mask[:, :5], cache=cache)
     np.testing.assert_allclose(logits[0], full[0, :5], atol=1e-5)
     np.testing.assert_allclose(logits[1, 2:], full[1, 2:5], atol=1e-5)
     for t in range(5, 8):
-        step_logits, cache = decode_step(cfg, params, seq[:, t], cache)
-        np.testing.assert_allclose(step_logits, full[:, t], atol=1e-5)
+        step_logits, cache = model.apply({"params": params}, seq[:, t:t + 1], cache=cache)
+        np.testing.assert_allclose(step_logits[:, 0], full[:, t], atol=1e-5)
     assert int(cache.index) == 8
     np.testing.assert_array_equal(cache.next_position, [8, 6])
 
@@ -62,16 +66,16 @@ def test_scan_and_remat_give_same_logits_and_grads(remat):
     params = init_params(cfg, jax.random.key(0))
     seq = tokens((2, 5))
     scanned_cfg = cfg.replace(scan_layers=True, remat_policy=remat)
-    scanned = ij.models.stack_layers(params)
+    scanned = stack_layers(params)
 
     def loss(c, p):
         return jnp.mean(Transformer(c).apply({"params": p}, seq) ** 2)
 
     np.testing.assert_allclose(loss(scanned_cfg, scanned), loss(cfg, params), rtol=1e-6)
-    grads = ij.models.unstack_layers(jax.grad(lambda p: loss(scanned_cfg, p))(scanned))
+    grads = unstack_layers(jax.grad(lambda p: loss(scanned_cfg, p))(scanned))
     ref = jax.grad(lambda p: loss(cfg, p))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, ref)
-    assert jax.tree.structure(ij.models.unstack_layers(scanned)) == jax.tree.structure(params)
+    assert jax.tree.structure(unstack_layers(scanned)) == jax.tree.structure(params)
 
 
 def test_bf16_compute_with_f32_params_gives_f32_logits():

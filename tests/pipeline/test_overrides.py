@@ -13,6 +13,7 @@ import instructjax as ij
 from instructjax.pipeline import stages
 from instructjax.train.reward import SUMMARY_FILE
 from instructjax.testing.experiments import CONFIGS, config_leaf_paths, load_experiment_config
+from instructjax.tasks.instructions import read_records
 
 FUNCTION = "instructjax.tasks.rewards:constraint_fraction"
 PRESETS = ("tiny", "quick", "full", "hf", "gold")
@@ -144,5 +145,5 @@ def test_task_overrides_reach_the_task_stage(tmp_path):
                       "ptx_corpus.source": "none"})
     summary = stages.task_stage(config, tmp_path)
     assert (summary["test"], summary["heldout"]) == (5, 3)
-    prompts = ij.tasks.read_records(tmp_path / "task" / "test.jsonl")
+    prompts = read_records(tmp_path / "task" / "test.jsonl")
     assert {c.family for p in prompts for c in p.constraints} <= set(families)

@@ -14,6 +14,11 @@ from instructjax.pipeline import stages
 from instructjax.pipeline.files import sample_to_file
 from instructjax.testing.experiments import load_experiment_config
 from instructjax.train import read_metrics
+from instructjax.evaluation.generation import SamplingConfig
+from instructjax.labelers.demonstrator import MIN_CLOSENESS
+from instructjax.pipeline.stages import POLICIES, STAGES
+from instructjax.tasks.constraints import make_constraint
+from instructjax.tasks.instructions import TaskPrompt, read_records
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +30,15 @@ def finished_run(tmp_path_factory):
 
 def test_tiny_pipeline_runs_every_stage(finished_run):
     workdir, config, summaries = finished_run
-    assert list(summaries) == list(ij.pipeline.STAGES)
-    for stage in ij.pipeline.STAGES:
+    assert list(summaries) == list(STAGES)
+    for stage in STAGES:
         assert (workdir / stage / "stage.json").is_file()
     for stage in ("sft", "reward", "ppo", "ppo_ptx"):
         assert (workdir / stage / "export" / "config.json").is_file()
     assert summaries["ppo"]["ptx_gamma"] == 0.0 and summaries["ppo_ptx"]["ptx_gamma"] == 1.0
     evaluation = summaries["evaluation"]
     assert evaluation["num_test_prompts"] == 16 and evaluation["num_heldout_prompts"] == 16
-    assert set(evaluation["models"]) == set(ij.pipeline.POLICIES)
+    assert set(evaluation["models"]) == set(POLICIES)
     for result in evaluation["models"].values():
         for split in ("test", "heldout"):
             overall = result[split]["pass_rates"]["overall"]
@@ -75,8 +80,8 @@ def test_report_has_tables_plots_and_samples(finished_run):
 
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     workdir, config, summaries = finished_run
-    for name in ij.pipeline.STAGES:
-        monkeypatch.setitem(ij.pipeline.STAGES, name, lambda *args, name=name: pytest.fail(f"stage {name} ran again"))
+    for name in STAGES:
+        monkeypatch.setitem(STAGES, name, lambda *args, name=name: pytest.fail(f"stage {name} ran again"))
     again = ij.pipeline.run_pipeline(config, workdir)
     assert again == json.loads(json.dumps(summaries))
 
@@ -93,7 +98,7 @@ def test_sampling_stage_resumes_after_a_torn_write(finished_run, tmp_path):
     cfg, params = ij.checkpoints.load_hf(workdir / "sft" / "export")
     tokenizer = ij.tokenizers.Tokenizer.from_pretrained(workdir / "sft" / "export")
     prompts = [f"prompt number {i}" for i in range(10)]
-    sampling = ij.evaluation.SamplingConfig(k=2, max_new_tokens=6, temperature=1.0, batch_size=4)
+    sampling = SamplingConfig(k=2, max_new_tokens=6, temperature=1.0, batch_size=4)
     whole = sample_to_file(tmp_path / "whole.jsonl", cfg, params, tokenizer, prompts, sampling, jax.random.key(3), "t")
     lines = (tmp_path / "whole.jsonl").read_text().splitlines()
     assert len(lines) == 3  # batches of 4, 4, 2 prompts
@@ -132,7 +137,7 @@ def test_edited_demonstrations_meet_every_constraint(finished_run, tmp_path):
     shutil.copy(workdir / "demonstrations" / "samples.jsonl", tmp_path / "demonstrations")  # the same K samples
     edit = load_experiment_config("pipeline", "tiny", {"demonstrations.source": "edit"}).copy_and_resolve_references()
     summary = stages.demonstrations_stage(edit, tmp_path)
-    prompts = {p.prompt: p for p in ij.tasks.read_records(tmp_path / "task" / "sft.jsonl")}
+    prompts = {p.prompt: p for p in read_records(tmp_path / "task" / "sft.jsonl")}
     records = [json.loads(line) for line in open(tmp_path / "demonstrations" / "demonstrations.jsonl")]
     best_of_k = [json.loads(line) for line in open(workdir / "demonstrations" / "demonstrations.jsonl")]
     passing_best = sum(all(c.check(r["response"]) for c in prompts[r["prompt"]].constraints) for r in best_of_k)
@@ -142,15 +147,15 @@ def test_edited_demonstrations_meet_every_constraint(finished_run, tmp_path):
     for record in records:
         assert set(record) == {"prompt", "response"}
         assert all(c.check(record["response"]) for c in prompts[record["prompt"]].constraints), record
-    assert ij.labelers.MIN_CLOSENESS <= summary["closeness"]["min"] <= summary["closeness"]["mean"] <= 1.0
+    assert MIN_CLOSENESS <= summary["closeness"]["min"] <= summary["closeness"]["mean"] <= 1.0
     with pytest.raises(ValueError, match="demonstrations.source='oracle'"):
         stages.demonstrations_stage(load_experiment_config("pipeline", "tiny", {"demonstrations.source": "oracle"}),
                                     tmp_path)
 
 
 def test_edit_source_edits_the_best_finished_sample():
-    prompt = ij.tasks.TaskPrompt.create("Give me some advice about growing tomatoes.", "growing tomatoes",
-                                        [ij.tasks.make_constraint("lowercase")])
+    prompt = TaskPrompt.create("Give me some advice about growing tomatoes.", "growing tomatoes",
+                               [make_constraint("lowercase")])
     labeler, demonstrator = ij.labelers.ConstraintLabeler([prompt]), ij.labelers.ConstraintDemonstrator()
     texts = ["tomatoes need full sun and water every day. they grow", "Tomatoes grow well."]
     made = stages._edited(demonstrator, labeler, prompt, texts, [False, True])  # the labeler prefers the first

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructjax import rl, train
+from instructjax.rl.advantages import masked_mean
 
 
 def numpy_gae(rewards, values, mask, gamma, lam):
@@ -48,7 +49,7 @@ def test_whiten_masked_population_statistics():
     assert float(out[0, 3]) == 0.0
     kept = rl.whiten(x, mask, shift_mean=False)
     np.testing.assert_allclose(kept[0, :3], expected + 2.0, rtol=1e-6)
-    np.testing.assert_allclose(rl.masked_mean(kept, mask), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(masked_mean(kept, mask), 2.0, rtol=1e-6)
 
 
 def test_group_advantages_check_values():

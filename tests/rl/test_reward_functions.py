@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from instructjax import rl, tasks
+from instructjax import rl
+from instructjax.tasks import rewards as task_rewards
+from instructjax.rl.reward_functions import NamedRewardFunction, call_reward_function, resolve_reward_functions
 
 SPEC = f"{__name__}:letters"
 CALLS = []
@@ -33,10 +35,10 @@ not_callable = 3.0
 
 
 def test_specs_resolve_in_order_with_their_names():
-    functions = rl.resolve_reward_functions(f" {SPEC}, instructjax.tasks.rewards:constraint_fraction")
+    functions = resolve_reward_functions(f" {SPEC}, instructjax.tasks.rewards:constraint_fraction")
     assert [f.spec for f in functions] == [SPEC, "instructjax.tasks.rewards:constraint_fraction"]
     assert [f.name for f in functions] == ["letters", "constraint_fraction"]
-    assert functions[1].fn is tasks.constraint_fraction
+    assert functions[1].fn is task_rewards.constraint_fraction
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -52,13 +54,13 @@ def test_specs_resolve_in_order_with_their_names():
 ])
 def test_bad_specs_name_the_spec(spec, message):
     with pytest.raises(rl.RewardFunctionError, match=message):
-        rl.resolve_reward_functions(spec)
+        resolve_reward_functions(spec)
 
 
 def test_called_once_with_the_whole_batch():
     CALLS.clear()
-    (function,) = rl.resolve_reward_functions(SPEC)
-    scores = rl.call_reward_function(function, ("p1", "p2", "p3"), ("ab", "a1", ""))
+    (function,) = resolve_reward_functions(SPEC)
+    scores = call_reward_function(function, ("p1", "p2", "p3"), ("ab", "a1", ""))
     assert CALLS == [(["p1", "p2", "p3"], ["ab", "a1", ""])]
     assert scores.dtype == np.float32 and scores.tolist() == [2.0, 1.0, 0.0]
 
@@ -66,8 +68,8 @@ def test_called_once_with_the_whole_batch():
 @pytest.mark.parametrize("value", [(1, 0.5, -2), np.array([1.0, 0.5, -2.0]), [np.float32(1), np.int64(0), 2.5],
                                    iter([1, 2, 3])])
 def test_accepted_return_values(value):
-    function = rl.NamedRewardFunction("m:f", returns(value))
-    assert rl.call_reward_function(function, ["a", "b", "c"], ["x", "y", "z"]).shape == (3,)
+    function = NamedRewardFunction("m:f", returns(value))
+    assert call_reward_function(function, ["a", "b", "c"], ["x", "y", "z"]).shape == (3,)
 
 
 @pytest.mark.parametrize("value, message", [
@@ -85,13 +87,13 @@ def test_accepted_return_values(value):
     ([1.0, 2.0, 1e39], "m:f: score 2 is 1e\\+39, not finite in float32"),
 ])
 def test_broken_return_values_name_the_function_index_and_value(value, message):
-    function = rl.NamedRewardFunction("m:f", returns(value))
+    function = NamedRewardFunction("m:f", returns(value))
     with pytest.raises(rl.RewardFunctionError, match=message):
-        rl.call_reward_function(function, ["a", "b", "c"], ["x", "y", "z"])
+        call_reward_function(function, ["a", "b", "c"], ["x", "y", "z"])
 
 
 def test_a_raising_function_is_named_and_chained():
-    function = rl.NamedRewardFunction(f"{__name__}:raises", raises)
+    function = NamedRewardFunction(f"{__name__}:raises", raises)
     with pytest.raises(rl.RewardFunctionError, match=f"{__name__}:raises raised KeyError: 'no grader") as info:
-        rl.call_reward_function(function, ["a"], ["x"])
+        call_reward_function(function, ["a"], ["x"])
     assert isinstance(info.value.__cause__, KeyError)

@@ -14,6 +14,8 @@ from instructjax import models, rl
 from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.testing.prompts import common_token, left_padded
 from instructjax.train import ppo_update
+from instructjax.models.functional import init_params
+from instructjax.rl.rollout import VALUE_HEAD, token_count_reward
 
 CFG = models.get_preset("tiny")
 
@@ -22,7 +24,7 @@ CFG = models.get_preset("tiny")
 def sample():
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(10, 200, size=(8, 6)), jnp.int32)
-    policy = models.init_params(CFG, jax.random.key(0))
+    policy = init_params(CFG, jax.random.key(0))
     settings = rl.SamplingSettings(max_new_tokens=8, eos_id=3, pad_id=0)
     out = rl.sample_responses(CFG, policy, tokens, jnp.ones(tokens.shape, bool), rng=jax.random.key(1),
                               settings=settings)
@@ -34,7 +36,7 @@ def test_frozen_model_casts_params_once_and_keeps_the_scalar_head_float32():
     cfg, params = rl.frozen_model(CFG, reward, "bfloat16")
     assert cfg.dtype == "bfloat16"
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(rl.lm_params(params)))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params[rl.VALUE_HEAD]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params[VALUE_HEAD]))
     same_cfg, same = rl.frozen_model(CFG, policy)  # "": the model's own compute dtype (float32 here)
     assert same_cfg == CFG
     jax.tree.map(np.testing.assert_array_equal, same, policy)
@@ -57,7 +59,7 @@ def test_bf16_reference_and_reward_are_close_to_float32():
 
 def test_reward_is_the_weighted_sum_of_the_in_graph_source_and_the_function_scores():
     policy, _, out = sample()
-    count = rl.token_count_reward(42)
+    count = token_count_reward(42)
     functions = jnp.asarray(np.random.default_rng(3).normal(size=(2, 8)), jnp.float32)
     weighted = jax.jit(rl.make_scorer(CFG, count, temperature=1.0, no_eos_penalty_value=1.0, weights=(0.5, 2.0, -1.0)))
     rollout = weighted(policy, None, out, functions)
@@ -80,8 +82,8 @@ def test_sampler_logprobs_equal_the_training_forward(temperature):
     sampler recorded for each response token equals the one the PPO path recomputes from the
     assembled rollout, in the scorer (reference = policy here) and in the update's forward (separate
     value model, and value head on the policy trunk). Off by one position, every token differs."""
-    policy = models.init_params(CFG, jax.random.key(0))
-    value = models.init_params(CFG, jax.random.key(1), head="scalar")
+    policy = init_params(CFG, jax.random.key(0))
+    value = init_params(CFG, jax.random.key(1), head="scalar")
     tokens, mask = left_padded((3, 9, 6, 2, 7, 5, 8, 4), CFG.vocab_size)
     settings = rl.SamplingSettings(max_new_tokens=10, temperature=temperature, pad_id=0)
 
@@ -93,7 +95,7 @@ def test_sampler_logprobs_equal_the_training_forward(temperature):
     lengths = np.asarray(out.mask).sum(-1)
     assert np.sum(lengths < 10) >= 2 and not out.ended.all(), lengths  # several end early, not all
 
-    rollout = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(7), temperature=temperature))(policy, None, out)
+    rollout = jax.jit(rl.make_scorer(CFG, token_count_reward(7), temperature=temperature))(policy, None, out)
     valid = np.asarray(rollout.response_mask)
     sampled = np.asarray(rollout.sample_logprobs)
     np.testing.assert_array_equal(sampled, out.logprobs)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructjax import rl
+from instructjax.rl.rewards import no_eos_penalty
 
 
 def test_score_on_last_valid_token_and_nothing_after_eos():
@@ -32,5 +33,5 @@ def test_empty_response_gets_no_reward():
 
 
 def test_no_eos_penalty():
-    np.testing.assert_allclose(rl.no_eos_penalty(jnp.array([1.0, 1.0]), jnp.array([True, False])), [1.0, 0.0])
-    np.testing.assert_allclose(rl.no_eos_penalty(jnp.array([1.0]), jnp.array([False]), 3.0), [-2.0])
+    np.testing.assert_allclose(no_eos_penalty(jnp.array([1.0, 1.0]), jnp.array([True, False])), [1.0, 0.0])
+    np.testing.assert_allclose(no_eos_penalty(jnp.array([1.0]), jnp.array([False]), 3.0), [-2.0])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from instructjax.datasets import read_jsonl
+from instructjax.datasets.jsonl import read_jsonl
 from instructjax.tasks import corpus
 
 

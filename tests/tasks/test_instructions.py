@@ -7,6 +7,9 @@ import pytest
 
 from instructjax import tasks
 from instructjax.tasks import constraints as C
+from instructjax.tasks.instructions import TaskPrompt, read_records, write_records
+from instructjax.tasks.quality import quality
+from instructjax.tasks.topics import TOPICS, split_topics
 
 
 def test_deterministic_and_counted():
@@ -19,10 +22,10 @@ def test_deterministic_and_counted():
 
 
 def test_test_topics_are_held_out():
-    assert len(tasks.TOPICS) >= 150 and len(set(tasks.TOPICS)) == len(tasks.TOPICS)
-    test = set(tasks.split_topics("test"))
-    assert test and not test & set(tasks.split_topics("train"))
-    assert set(tasks.split_topics("train")) == set(tasks.split_topics("validation"))
+    assert len(TOPICS) >= 150 and len(set(TOPICS)) == len(TOPICS)
+    test = set(split_topics("test"))
+    assert test and not test & set(split_topics("train"))
+    assert set(split_topics("train")) == set(split_topics("validation"))
     assert {p.topic for p in tasks.make_prompts("test", 200, seed=0)} <= test
     assert not {p.topic for p in tasks.make_prompts("train", 500, seed=0)} & test
 
@@ -54,8 +57,8 @@ def test_bad_arguments(kwargs, message):
 def test_records_round_trip(tmp_path):
     prompts = tasks.make_prompts("test", 20, seed=0)
     path = tmp_path / "tasks.jsonl"
-    tasks.write_records(path, prompts)
-    assert tasks.read_records(path) == prompts
+    write_records(path, prompts)
+    assert read_records(path) == prompts
     assert set(json.loads(path.read_text().splitlines()[0])) == {"prompt", "topic", "constraints"}
 
 
@@ -71,17 +74,17 @@ def test_bad_records_name_file_and_line(tmp_path):
     ]:
         path.write_text(json.dumps(good) + "\n\n" + line + "\n")
         with pytest.raises(ValueError) as e:
-            tasks.read_records(path)
+            read_records(path)
         assert str(e.value).startswith(f"{path}:3: ") and message in str(e.value)
 
 
 def test_quality():
-    prompt = tasks.TaskPrompt.create("Give me some advice about growing tomatoes.", "growing tomatoes", ())
+    prompt = TaskPrompt.create("Give me some advice about growing tomatoes.", "growing tomatoes", ())
     good = "Plant tomato seedlings in a sunny spot, water them deeply and support the growing stems."
     off_topic = "Paris is the capital of France and it has many famous museums and wide avenues."
     repetitive = "tomatoes grow tomatoes grow tomatoes grow tomatoes grow tomatoes grow tomatoes grow"
-    assert tasks.quality(prompt, "") == 0.0
-    assert tasks.quality(prompt, good) == pytest.approx(1.0)
-    assert 0 < tasks.quality(prompt, off_topic) < tasks.quality(prompt, good)
-    assert 0 < tasks.quality(prompt, repetitive) < tasks.quality(prompt, good)
-    assert tasks.quality(prompt, "Tomatoes.") < tasks.quality(prompt, good)
+    assert quality(prompt, "") == 0.0
+    assert quality(prompt, good) == pytest.approx(1.0)
+    assert 0 < quality(prompt, off_topic) < quality(prompt, good)
+    assert 0 < quality(prompt, repetitive) < quality(prompt, good)
+    assert quality(prompt, "Tomatoes.") < quality(prompt, good)

@@ -7,6 +7,8 @@ import pytest
 
 from instructjax import tasks
 from instructjax.tasks import constraints as C
+from instructjax.tasks.instructions import SPLITS, compose_prompt
+from instructjax.tasks.rewards import all_constraints, constraint_fraction
 
 
 def every_choice(family):
@@ -32,12 +34,12 @@ def test_every_sentence_parses_back_to_its_constraint(family):
         # at the end of a prompt, alone and after another constraint
         assert tasks.constraints_of_prompt(f"Tell me about tea. {constraint.text}") == (constraint,)
         other = C.make_constraint(C.NO_COMMAS if family != C.NO_COMMAS else C.TITLE)
-        prompt = tasks.compose_prompt("Tell me about tea.", [other, constraint])
+        prompt = compose_prompt("Tell me about tea.", [other, constraint])
         assert tasks.constraints_of_prompt(prompt) == (other, constraint)
 
 
 def test_sampled_task_prompts_parse_back():
-    for split in tasks.SPLITS:
+    for split in SPLITS:
         for prompt in tasks.make_prompts(split, 300, seed=1):
             assert tasks.constraints_of_prompt(prompt.prompt) == prompt.constraints
 
@@ -63,15 +65,15 @@ def test_a_prompt_without_constraints_is_an_error_naming_it():
 
 
 def test_ready_reward_functions_check_the_constraints_of_each_prompt():
-    both = tasks.compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
-                                                  C.make_constraint(C.LOWERCASE)])
-    one = tasks.compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
+    both = compose_prompt("Describe tea.", [C.make_constraint(C.MAX_WORDS, n=5),
+                                            C.make_constraint(C.LOWERCASE)])
+    one = compose_prompt("Describe tea.", [C.make_constraint(C.END_PHRASE, phrase="Hope this helps!")])
     prompts = [both, both, both, one, one]
     responses = ["tea is a drink.", "Tea is a drink.", "tea is a hot drink from leaves.", "Tea. Hope this helps!",
                  "Hope this helps! Tea."]
-    assert tasks.constraint_fraction(prompts, responses) == [1.0, 0.5, 0.5, 1.0, 0.0]
-    assert tasks.all_constraints(prompts, responses) == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert constraint_fraction(prompts, responses) == [1.0, 0.5, 0.5, 1.0, 0.0]
+    assert all_constraints(prompts, responses) == [1.0, 0.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="2 prompts for 1 responses"):
-        tasks.constraint_fraction([one, one], ["x"])
+        constraint_fraction([one, one], ["x"])
     with pytest.raises(ValueError, match="'Describe tea.' does not end with a constraint"):
-        tasks.all_constraints([one, "Describe tea."], ["x", "y"])
+        all_constraints([one, "Describe tea."], ["x", "y"])

@@ -25,6 +25,9 @@ from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
 from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
                                               kill_after_checkpoint, load_experiment_config, without_timings)
+from instructjax.models.functional import init_params
+from instructjax.rewards.io import export_reward_model
+from instructjax.rl.rollout import VALUE_HEAD
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "ppo.py"
@@ -96,7 +99,7 @@ def test_shared_value_head_with_bf16_frozen_models_exports_the_lm_and_resumes(tm
                            "samples.every_steps": 0})
     workdir = tmp_path / "run"
     state = train_ppo(config, workdir)
-    assert state.value is None and rl.VALUE_HEAD in state.policy.params
+    assert state.value is None and VALUE_HEAD in state.policy.params
     records = read_metrics(workdir / "metrics.jsonl")
     assert all(np.isfinite(r["train/value_loss"]) and np.isfinite(r["train/score"]) for r in records)
     _, exported = ij.checkpoints.load_hf(workdir / "export")
@@ -159,8 +162,8 @@ def reward_export(tmp_path_factory):
     """A tiny random reward model, exported as a reward stage leaves it."""
     path = tmp_path_factory.mktemp("reward") / "export"
     cfg = ij.models.get_preset("tiny")
-    params = reward_params_from_lm(cfg, ij.models.init_params(cfg, jax.random.key(5)), jax.random.key(6))
-    ij.rewards.export_reward_model(path, cfg, params, tiny_tokenizer())
+    params = reward_params_from_lm(cfg, init_params(cfg, jax.random.key(5)), jax.random.key(6))
+    export_reward_model(path, cfg, params, tiny_tokenizer())
     return path
 
 
@@ -245,7 +248,7 @@ def test_group_baselines_sample_each_prompt_group_size_times_and_learn(tmp_path,
                            "ppo.epochs": 4, "rollout.max_new_tokens": 2, "ptx.gamma": 0.0,
                            "samples.every_steps": 0, "checkpoint.every_steps": 12, "export": False})
     state = ij.train.train_ppo(config, tmp_path / "run")
-    assert state.value is None and rl.VALUE_HEAD not in state.policy.params
+    assert state.value is None and VALUE_HEAD not in state.policy.params
     assert all(len(p) == 64 and all(p[i] == p[i - i % 4] for i in range(64)) for p in CALLS)
     assert len({p for p in CALLS[0]}) > 1
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import instructjax as ij
-from instructjax import rl
 from instructjax.pipeline import stages
 from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.testing import tiny_tokenizer
@@ -17,6 +16,9 @@ from instructjax.testing.experiments import load_experiment_config
 from instructjax.train import NonFiniteLossError, Workdir, loop, read_metrics
 from instructjax.train.initial_model import with_overrides
 from instructjax.train.ppo import check_config, init_value, train_ppo
+from instructjax.models.functional import init_params
+from instructjax.rewards.io import export_reward_model
+from instructjax.rl.rollout import response_values
 
 FUNCTION = "instructjax.tasks.rewards:constraint_fraction"
 
@@ -90,8 +92,8 @@ def test_a_separate_value_network_gets_the_policys_model_settings(value_init, mo
     scan, frozen layers and dtypes, and (from the reward model) scores as the reward model does."""
     config = ppo_config(**{"value.init": value_init, **{f"model.{k}": v for k, v in model.items()}})
     base = ij.models.get_preset("tiny")
-    reward_params = reward_params_from_lm(base, ij.models.init_params(base, jax.random.key(1)), jax.random.key(2))
-    cfg, policy_params = with_overrides(base, ij.models.init_params(base, jax.random.key(3)), config.model)
+    reward_params = reward_params_from_lm(base, init_params(base, jax.random.key(1)), jax.random.key(2))
+    cfg, policy_params = with_overrides(base, init_params(base, jax.random.key(3)), config.model)
     value_cfg, value_params, _ = init_value(config, cfg, policy_params, base, reward_params, jax.random.key(4))
     assert value_cfg == cfg == base.replace(**config.model)
     assert ("layers" in value_params) == model.get("scan_layers", False)
@@ -99,8 +101,8 @@ def test_a_separate_value_network_gets_the_policys_model_settings(value_init, mo
     if value_init == "reward":
         tokens = jax.random.randint(jax.random.key(5), (2, 12), 3, tiny_tokenizer().vocab_size)
         attention, response = jnp.ones((2, 12), bool), jnp.ones((2, 4), bool)
-        np.testing.assert_allclose(rl.response_values(value_cfg, value_params, tokens, attention, response),
-                                   rl.response_values(base, reward_params, tokens, attention, response),
+        np.testing.assert_allclose(response_values(value_cfg, value_params, tokens, attention, response),
+                                   response_values(base, reward_params, tokens, attention, response),
                                    atol=2e-2 if config.model.param_dtype == "bfloat16" else 1e-5)
 
 
@@ -108,8 +110,8 @@ def test_a_separate_value_network_gets_the_policys_model_settings(value_init, mo
 def reward_export(tmp_path_factory):
     path = tmp_path_factory.mktemp("reward") / "export"
     cfg = ij.models.get_preset("tiny")
-    params = reward_params_from_lm(cfg, ij.models.init_params(cfg, jax.random.key(5)), jax.random.key(6))
-    ij.rewards.export_reward_model(path, cfg, params, tiny_tokenizer())
+    params = reward_params_from_lm(cfg, init_params(cfg, jax.random.key(5)), jax.random.key(6))
+    export_reward_model(path, cfg, params, tiny_tokenizer())
     return path
 
 

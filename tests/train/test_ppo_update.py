@@ -13,6 +13,9 @@ import pytest
 from instructjax import models, parallel, rl, train
 from instructjax.train import ppo_update
 from instructjax.train.state import state_shardings
+from instructjax.models.functional import init_params
+from instructjax.rl.rollout import VALUE_HEAD, response_values, token_count_reward
+from instructjax.train.ppo_update import ptx_logprob_sum
 
 CFG = models.get_preset("tiny")
 TARGET = 7  # the synthetic reward counts this token
@@ -30,7 +33,7 @@ def prompts(rows=16, length=6, seed=0):
 @functools.lru_cache(maxsize=None)
 def models_params(seed=0):
     k1, k2 = jax.random.split(jax.random.key(seed))
-    return models.init_params(CFG, k1), models.init_params(CFG, k2, head="scalar")
+    return init_params(CFG, k1), init_params(CFG, k2, head="scalar")
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +46,7 @@ def rollout_batch(policy, rows=16, new=8, seed=0, eos_id=3):
     tokens, mask = prompts(rows, seed=seed)
     settings = rl.SamplingSettings(max_new_tokens=new, temperature=1.0, eos_id=eos_id, pad_id=0)
     out = rl.sample_responses(CFG, policy, tokens, mask, rng=jax.random.key(seed + 100), settings=settings)
-    score = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(TARGET), temperature=1.0))
+    score = jax.jit(rl.make_scorer(CFG, token_count_reward(TARGET), temperature=1.0))
     return score(policy, None, out)
 
 
@@ -77,7 +80,7 @@ def test_only_the_first_minibatch_reuses_the_recompute(shared):
     assert int(new_state.step) == 1 and int(new_state.policy.step) == 8
     assert (new_state.value is None) == shared
     if shared:  # the value loss trained the value head through the policy optimizer
-        head = rl.VALUE_HEAD
+        head = VALUE_HEAD
         assert not np.allclose(new_state.policy.params[head]["kernel"], state.policy.params[head]["kernel"])
     for key in ("score", "kl", "kl_coef", "entropy", "approx_kl", "clip_frac", "value_loss", "explained_variance",
                 "response_length", "eos_fraction", "pg_loss", "loss"):
@@ -135,7 +138,7 @@ def test_ptx_gradient_is_added_to_the_ppo_gradient():
     count = jnp.sum(ppo_update.ptx_targets(pretrain)[1])
 
     def ptx_loss(p):
-        return -train.ptx_logprob_sum(CFG, p, pretrain) / count
+        return -ptx_logprob_sum(CFG, p, pretrain) / count
 
     manual = jax.grad(ptx_loss)(params)
     np.testing.assert_allclose(metrics["ptx_loss"], ptx_loss(params), rtol=1e-5)
@@ -149,7 +152,7 @@ def run_ppo(kl_coef, iterations, seed=0, shared=False):
     config = train.PPOConfig(num_minibatches=2, ppo_epochs=2, vf_coef=0.1 if shared else 1.0)
     state, update = make(config, tx, optax.adam(3e-3), kl_coef=kl_coef, shared=shared)
     settings = rl.SamplingSettings(max_new_tokens=8, temperature=1.0, eos_id=None, pad_id=0)
-    score = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(TARGET), temperature=1.0, no_eos_penalty_value=None))
+    score = jax.jit(rl.make_scorer(CFG, token_count_reward(TARGET), temperature=1.0, no_eos_penalty_value=None))
     ref = models_params()[0]
     tokens, mask = prompts(32, seed=seed)
     history = []
@@ -222,6 +225,6 @@ def test_shared_forward_reads_both_heads_from_one_trunk():
                                                    batch.response_mask)
     num_new = batch.response_mask.shape[1]
     want_logits = rl.rollout.response_logits(CFG, rl.lm_params(params), batch.tokens, batch.attention_mask, num_new)
-    want_values = rl.response_values(CFG, params, batch.tokens, batch.attention_mask, batch.response_mask)
+    want_values = response_values(CFG, params, batch.tokens, batch.attention_mask, batch.response_mask)
     np.testing.assert_array_equal(logits, want_logits)
     np.testing.assert_allclose(values, want_values, atol=1e-5)

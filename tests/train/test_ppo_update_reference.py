@@ -16,6 +16,8 @@ import pytest
 from instructjax import models, rl, train
 from instructjax.train import ppo_update
 from instructjax.testing.prompts import common_token, left_padded
+from instructjax.models.functional import init_params
+from instructjax.rl.rollout import token_count_reward
 
 CFG = models.get_preset("tiny")
 NEW_TOKENS = 8
@@ -138,8 +140,8 @@ def perturbed(params, key, scale):
 def setup():
     """(sampling policy, its value model, rollout): prompts of 8 lengths (left-padded), responses
     of which some end early with EOS, a reference model near the policy, random scores."""
-    policy = models.init_params(CFG, jax.random.key(0))
-    value = models.init_params(CFG, jax.random.key(1), head="scalar")
+    policy = init_params(CFG, jax.random.key(0))
+    value = init_params(CFG, jax.random.key(1), head="scalar")
     prompts, prompt_mask = (jnp.asarray(x) for x in left_padded((3, 9, 6, 2, 7, 5, 8, 4), CFG.vocab_size))
 
     def draw(eos_id):
@@ -148,7 +150,7 @@ def setup():
 
     out = draw(common_token(draw(None).tokens))
     reference = perturbed(policy, jax.random.key(3), 0.1)  # KL to the policy about 3 nats per episode
-    rollout = jax.jit(rl.make_scorer(CFG, rl.token_count_reward(7), temperature=1.0))(reference, None, out)
+    rollout = jax.jit(rl.make_scorer(CFG, token_count_reward(7), temperature=1.0))(reference, None, out)
     scores = jax.random.normal(jax.random.key(4), rollout.scores.shape)
     rollout = rollout.replace(scores=scores, raw_scores=scores)
     lengths = np.asarray(rollout.response_mask).sum(1)
@@ -277,7 +279,7 @@ def reference_group_loss(policy, rollout, old_logp, config, kl_coef):
 
 @functools.lru_cache(maxsize=None)
 def policy_value_stub():
-    return models.init_params(CFG, jax.random.key(1), head="scalar")
+    return init_params(CFG, jax.random.key(1), head="scalar")
 
 
 GROUP_CONFIGS = {

@@ -17,6 +17,8 @@ from instructjax import rewards
 from instructjax.train import read_metrics, train_reward_model
 from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
                                               load_experiment_config)
+from instructjax.data.sft import sft_example
+from instructjax.rewards.normalization import NORMALIZATION_FILE, read_normalization
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG_FILE = REPO / "experiments" / "configs" / "reward.py"
@@ -93,8 +95,8 @@ def test_synthetic_task_is_learned(synthetic_run):
 
 
 def demonstration_rows(files, tok):
-    rows = [ij.data.sft_example({**json.loads(line), "source": "demo"}, tok,
-                                ij.data.SFTConfig(max_len=32, chat_template=False)).element["tokens"]
+    rows = [sft_example({**json.loads(line), "source": "demo"}, tok,
+                        ij.data.SFTConfig(max_len=32, chat_template=False)).element["tokens"]
             for line in files["demos"].read_text().splitlines()]
     tokens = np.full((len(rows), 32), tok.pad_id, np.int32)
     mask = np.zeros((len(rows), 32), bool)
@@ -129,7 +131,7 @@ def test_export_scores_equal_in_transformers(synthetic_run):
     enc = hf_tok(texts, padding=True, return_tensors="pt", add_special_tokens=False)  # padded by transformers
     with torch.no_grad():
         theirs = model(**enc).logits[:, 0].numpy()
-    offset = json.loads((export / rewards.NORMALIZATION_FILE).read_text())["transformers_offset"]
+    offset = json.loads((export / NORMALIZATION_FILE).read_text())["transformers_offset"]
     # Llama-family classifiers have no score bias: the normalisation bias is config.json's instructjax_score_bias
     assert offset == json.loads((export / "config.json").read_text()).get("instructjax_score_bias", 0.0)
     diff = np.abs(theirs + offset - ours).max()
@@ -162,7 +164,7 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
 
     run_script(workdir, overrides, slow)
     assert_same_run(workdir, reference)
-    for name in (rewards.NORMALIZATION_FILE, "config.json"):
+    for name in (NORMALIZATION_FILE, "config.json"):
         assert (workdir / "export" / name).read_text() == (reference / "export" / name).read_text()
 
 
@@ -190,7 +192,7 @@ def test_normalising_on_sft_samples_without_export(tmp_path):
                             "normalize.reference": "sft_samples", "normalize.max_examples": 8,
                             "normalize.max_new_tokens": 8, "normalize.unit_std": True})
     train_reward_model(config, tmp_path)
-    found = rewards.read_normalization(tmp_path)
+    found = read_normalization(tmp_path)
     assert found is not None
     norm, notes = found
     assert norm.reference == "sft_samples" and norm.count == 8 and notes == {"folded_into_params": False}
