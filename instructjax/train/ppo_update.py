@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from instructjax.losses import token_logprobs
+from instructjax.losses import next_token_targets, token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.rl.advantages import gae, group_advantages, masked_mean, rloo_advantages, whiten
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
@@ -89,12 +89,10 @@ class PPOState:
 
 def ptx_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
     """(targets, mask) [B, L] of packed pretraining rows: position i predicts token i + 1 of the same segment."""
-    tokens = batch["tokens"]
-    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-    loss_mask = batch["loss_mask"].astype(bool)
-    mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
-    seg = batch["segment_ids"]
-    return targets, mask & jnp.concatenate([seg[:, 1:] == seg[:, :-1], jnp.zeros_like(seg[:, :1], bool)], axis=1)
+    targets, mask = next_token_targets(batch["tokens"], batch["loss_mask"].astype(bool))
+    segments = batch["segment_ids"]
+    next_segments, _ = next_token_targets(segments, mask)
+    return targets, mask & (segments == next_segments)  # the last position's mask is already False
 
 
 def ptx_logprob_sum(cfg: ModelConfig, params: Any, batch: dict) -> jax.Array:
