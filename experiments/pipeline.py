@@ -2,9 +2,10 @@
 
     python experiments/pipeline.py --config=experiments/configs/pipeline.py:quick --workdir=runs/demo
 
-Stages, one subfolder of the workdir each: task, demonstrations, sft, comparisons, reward, ppo,
-evaluation; the report is WORKDIR/report.md. Rerunning the same command skips finished stages and
-resumes the interrupted one.
+Stages, one subfolder of the workdir each: task, demonstrations, sft, comparisons, reward, the policy
+step (`--config.algorithm=ppo|grpo|rloo|dpo`, a folder of that name), ppo_ptx, the later rounds'
+comparisons_rR, reward_rR and <algorithm>_rR (`--config.rounds=N`), evaluation; the report is
+WORKDIR/report.md. Rerunning the same command skips finished stages and resumes the interrupted one.
 """
 
 from absl import app, flags

@@ -2,12 +2,14 @@
 tests and notebooks), `quick` (`make demo`: SmolLM2-135M-Instruct on a 2-core CPU, plain PPO), `full`
 (a longer run of the same, PPO-ptx beside PPO), `hf` (an HF checkpoint directory given on the command
 line) and `gold` (`quick` with PPO against the task's own checker: the gold-reward diagnostic).
+`--config.algorithm=ppo|grpo|rloo|dpo` picks the policy step and `--config.rounds=N` iterates comparisons,
+reward model and policy (docs/pipeline.md).
 
     python experiments/pipeline.py --config=experiments/configs/pipeline.py:quick --workdir=runs/demo
     python experiments/pipeline.py --config=experiments/configs/pipeline.py:hf --workdir=runs/qwen \\
         --config.init.path=/path/to/hf_dir
 
-The stage sections `sft`, `reward` and `ppo` are the configs of experiments/configs/{sft,reward,ppo}.py;
+The stage sections `sft`, `reward`, `ppo` and `dpo` are the configs of experiments/configs/{sft,reward,ppo,dpo}.py;
 any of their fields can be overridden (`--config.sft.optim.lr=1e-5`) except PIPELINE_FIELDS: the pipeline
 fills in their seed, export, initial checkpoints and data files from `seed`, `init` and the earlier
 stages (PPO's reward model only when `ppo.reward.source` reads one: `--config.ppo.reward.source=function
@@ -24,6 +26,8 @@ from ml_collections.config_dict import placeholder
 from instructjax.tasks import FAMILIES
 
 PRESETS = ("tiny", "quick", "full", "hf", "gold")
+# The policy step: PPO with GAE, the group baselines on the same trainer (the `ppo` section), or DPO.
+ALGORITHMS = ("ppo", "grpo", "rloo", "dpo")
 # Families no training stage sees: the report's alignment tax (does training on the others cost these?).
 HELDOUT_FAMILIES = ("min_sentences", "bullets")
 TRAINED_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
@@ -34,7 +38,8 @@ SHORT_FAMILIES = ("max_words", "min_words", "max_sentences", "lowercase", "upper
 # exports later stages read, `init` or the SFT model, the earlier stages' files); unset (None) here.
 _INIT_AND_DATA = ("seed", "export", "init.source", "init.path", "init.preset", "init.tokenizer", "data.train_files")
 PIPELINE_FIELDS = {"sft": _INIT_AND_DATA, "reward": _INIT_AND_DATA + ("normalize.data.train_files",),
-                   "ppo": _INIT_AND_DATA + ("reward.path", "ptx.data.train_files")}
+                   "ppo": _INIT_AND_DATA + ("reward.path", "ptx.data.train_files", "advantage", "rollout.group_size"),
+                   "dpo": _INIT_AND_DATA}
 
 
 def _stage_config(stage: str, preset: str) -> ml_collections.ConfigDict:
@@ -62,6 +67,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     real = arg != "tiny"
     config = ml_collections.ConfigDict()
     config.seed = 0  # seeds the task prompts, every sampling stage and (via the stage configs) training
+    config.algorithm = "ppo"  # the policy step: ppo | grpo | rloo (the `ppo` section's trainer) | dpo (`dpo`)
+    config.group_size = 4  # grpo / rloo: responses per prompt (episodes per iteration: ppo.batch_size x this)
+    config.rounds = 1  # rounds of comparisons -> reward model -> policy; each later round samples from the last policy
 
     config.init = ml_collections.ConfigDict()  # the initial model (the same fields as a stage's init)
     config.init.source = "default" if real else "random"  # random | hf | gguf | default | workdir
@@ -97,7 +105,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.ptx_corpus.min_chars = 200  # shorter docstrings are skipped
     config.ptx_corpus.num_heldout = 200  # docstrings kept out of PPO-ptx: the policies' held-out perplexity
 
-    config.ppo_ptx = ml_collections.ConfigDict()  # a PPO-ptx policy trained beside plain PPO (the `ppo` section)
+    config.ppo_ptx = ml_collections.ConfigDict()  # round 1's policy step again with the pretraining loss (not DPO)
     config.ppo_ptx.gamma = 1.0  # its pretraining-loss coefficient (InstructGPT eq. 2: 27.8); 0: no PPO-ptx run
 
     config.evaluation = _sampling(k=1, temperature=0.0, max_new_tokens=64, batch_size=40)
@@ -108,6 +116,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.sft = _stage_config("sft", stage_preset)
     config.reward = _stage_config("reward", stage_preset)
     config.ppo = _stage_config("ppo", stage_preset)
+    config.dpo = _stage_config("dpo", stage_preset)
     for stage, fields in PIPELINE_FIELDS.items():
         for field in fields:
             section, _, name = f"{stage}.{field}".rpartition(".")
@@ -121,7 +130,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.demonstrations.batch_size = config.comparisons.batch_size = config.evaluation.batch_size = 16
         config.comparisons.max_new_tokens = config.evaluation.max_new_tokens = 16
         config.ptx_corpus.max_records, config.ptx_corpus.num_heldout = 64, 16
-        config.sft.num_steps, config.reward.num_steps, config.ppo.num_steps = 8, 8, 2
+        config.sft.num_steps, config.reward.num_steps, config.ppo.num_steps, config.dpo.num_steps = 8, 8, 2, 8
+        config.dpo.eval.every_steps = 0
         config.sft.eval.every_steps = config.reward.eval.every_steps = 0
         config.reward.normalize.max_examples = 16
         config.ppo.reward.source = "model"
@@ -129,7 +139,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.ppo.value.init = "reward"
         config.ppo.samples.every_steps = config.ppo.eval.every_steps = 1
         config.ppo.data.max_prompt_len = 320  # byte-level tokenizer: a token per character
-        config.sft.data.max_len = config.reward.data.max_len = 400
+        config.sft.data.max_len = config.reward.data.max_len = config.dpo.data.max_len = 400
     else:
         _real_model_settings(config, arg)
     return config
@@ -141,7 +151,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
         config.init.source = "hf"
     for c in (config.demonstrations, config.comparisons, config.evaluation):
         c.dtype = "bfloat16"
-    sft, reward, ppo = config.sft, config.reward, config.ppo
+    sft, reward, ppo, dpo = config.sft, config.reward, config.ppo, config.dpo
     sft.num_steps, sft.num_epochs = 0, 2.0
     sft.batch_size, sft.microbatches = 16, 1
     sft.optim.lr = 2e-5
@@ -177,6 +187,16 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.checkpoint.every_steps = 4
     ppo.samples.every_steps = 4
     ppo.eval.every_steps = 4  # validation pass rate and RM score along the run (the over-optimisation plot)
+
+    dpo.num_steps, dpo.num_epochs = 0, 1.0  # one pass over the comparisons, on the reward stage's rows
+    dpo.batch_size, dpo.microbatches = 8, 1
+    dpo.model.scan_layers = False
+    dpo.model.frozen_layers = 20  # the top 10 blocks, as PPO
+    dpo.optim.lr = 5e-6
+    dpo.data.max_len = reward.data.max_len
+    dpo.data.max_completions = config.comparisons.k
+    dpo.eval.every_steps = 0
+    dpo.checkpoint.every_steps = 20
     if arg in ("quick", "gold"):  # make demo's 30 minutes hold one RL run: PPO-ptx beside it in `full`
         config.ppo_ptx.gamma = 0.0
         config.task.num_heldout = 100

@@ -15,9 +15,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from instructjax.tasks.instructions import TaskPrompt  # noqa: E402
 from instructjax.train.metrics import read_metrics  # noqa: E402
 
-LABELS = {"initial": "initial", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx"}
-COLORS = {"initial": "#999", "sft": "#4a90d9", "ppo": "#d9534f", "ppo_ptx": "#5cb85c"}
-RL_STAGES = ("ppo", "ppo_ptx")
+LABELS = {"initial": "initial", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx", "grpo": "GRPO", "rloo": "RLOO",
+          "dpo": "DPO"}
+COLORS = {"initial": "#999", "sft": "#4a90d9", "ppo": "#d9534f", "ppo_ptx": "#5cb85c", "grpo": "#f0ad4e",
+          "rloo": "#9b59b6", "dpo": "#16a085"}
+LATER_ROUND_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def _base_and_round(name: str) -> tuple[str, int]:
+    """("grpo", 2) for "grpo_r2" (a later round's folder), (name, 1) otherwise."""
+    base, sep, round_ = name.rpartition("_r")
+    return (base, int(round_)) if sep and round_.isdigit() else (name, 1)
+
+
+def label(name: str) -> str:
+    """A policy's name in the report: "GRPO round 2" for "grpo_r2"."""
+    base, round_ = _base_and_round(name)
+    return LABELS[base] + (f" round {round_}" if round_ > 1 else "")
+
+
+def color(name: str) -> str:
+    base, round_ = _base_and_round(name)
+    return COLORS[base] if round_ == 1 else LATER_ROUND_COLORS[round_ % len(LATER_ROUND_COLORS)]
 
 
 def _pct(rate: dict[str, Any]) -> str:
@@ -29,27 +48,29 @@ def _series(path: pathlib.Path, key: str) -> tuple[list[int], list[float]]:
     return [r["step"] for r in records], [r[key] for r in records]
 
 
-def _stages(root: pathlib.Path) -> list[str]:
-    return [s for s in RL_STAGES if (root / s / "metrics.jsonl").exists()]
+def _rl_stages(root: pathlib.Path, names: Sequence[str]) -> list[str]:
+    """The policies of `names` trained by the PPO trainer (their stage logged a validation curve)."""
+    return [n for n in names if (root / n / "validation_start.json").exists()]
 
 
-def plot_ppo(root: pathlib.Path, out: pathlib.Path) -> None:
-    """Mean RM score and KL to the SFT policy per iteration of each RL run."""
+def plot_ppo(root: pathlib.Path, names: Sequence[str], out: pathlib.Path) -> None:
+    """Mean RM score and KL to the starting policy per iteration of each RL run."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, title in ((axes[0], "train/score", "rollout reward (score)"), (axes[1], "train/kl", "KL to SFT (nats)")):
-        for stage in _stages(root):
-            ax.plot(*_series(root / stage / "metrics.jsonl", key), marker=".", label=LABELS[stage],
-                    color=COLORS[stage])
+    for ax, key, title in ((axes[0], "train/score", "rollout reward (score)"),
+                           (axes[1], "train/kl", "KL to the starting policy (nats)")):
+        for stage in _rl_stages(root, names):
+            ax.plot(*_series(root / stage / "metrics.jsonl", key), marker=".", label=label(stage), color=color(stage))
         ax.set_xlabel("iteration")
         ax.set_title(title)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
 def overoptimization_points(stage_dir: pathlib.Path) -> list[tuple[float, float, float]]:
-    """(rollout KL to SFT, validation pass rate, validation RM score or NaN) of an RL stage's starting
+    """(rollout KL to the starting policy, validation pass rate, validation RM score or NaN) of an RL stage's starting
     policy (KL 0, from `validation_start.json`) and at each evaluated iteration (`metrics.jsonl`)."""
     metrics_file, start_file = stage_dir / "metrics.jsonl", stage_dir / "validation_start.json"
     kl = dict(zip(*_series(metrics_file, "train/kl")))
@@ -62,18 +83,20 @@ def overoptimization_points(stage_dir: pathlib.Path) -> list[tuple[float, float,
     return points
 
 
-def plot_overoptimization(root: pathlib.Path, out: pathlib.Path) -> None:
-    """Gold (the checker's validation pass rate) and proxy (RM score) against KL to SFT (Gao et al. 2022)."""
+def plot_overoptimization(root: pathlib.Path, names: Sequence[str], out: pathlib.Path) -> None:
+    """Gold (the checker's validation pass rate) and proxy (RM score) against KL to the starting policy
+    (Gao et al. 2022)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for stage in _stages(root):
+    for stage in _rl_stages(root, names):
         points = overoptimization_points(root / stage)
         kl = [p[0] for p in points]
-        axes[0].plot(kl, [100 * p[1] for p in points], marker="o", label=LABELS[stage], color=COLORS[stage])
-        axes[1].plot(kl, [p[2] for p in points], marker="o", label=LABELS[stage], color=COLORS[stage])
+        axes[0].plot(kl, [100 * p[1] for p in points], marker="o", label=label(stage), color=color(stage))
+        axes[1].plot(kl, [p[2] for p in points], marker="o", label=label(stage), color=color(stage))
     for ax, title in ((axes[0], "gold: validation pass rate (%)"), (axes[1], "proxy: validation RM score")):
-        ax.set_xlabel("KL to SFT (nats, rollout mean)")
+        ax.set_xlabel("KL to the starting policy (nats, rollout mean)")
         ax.set_title(title)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -82,10 +105,10 @@ def plot_overoptimization(root: pathlib.Path, out: pathlib.Path) -> None:
 def plot_reward_model(root: pathlib.Path, out: pathlib.Path) -> None:
     """Pairwise accuracy of the reward model over training (train batches and held-out comparisons)."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for key, label in (("train/accuracy", "train batches"), ("eval/accuracy", "held-out")):
+    for key, name in (("train/accuracy", "train batches"), ("eval/accuracy", "held-out")):
         steps, values = _series(root / "reward" / "metrics.jsonl", key)
         if steps:
-            ax.plot(steps, values, marker=".", label=label)
+            ax.plot(steps, values, marker=".", label=name)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("step")
     ax.set_ylabel("pairwise accuracy")
@@ -104,7 +127,7 @@ def plot_pass_rates(summary: dict[str, Any], out: pathlib.Path) -> None:
         rates = [summary["models"][n][split]["pass_rates"]["overall"] for n in names]
         values = [100 * r["value"] for r in rates]
         errors = [[100 * (r["value"] - r["low"]) for r in rates], [100 * (r["high"] - r["value"]) for r in rates]]
-        ax.bar([LABELS[n] for n in names], values, yerr=errors, capsize=6, color=[COLORS[n] for n in names])
+        ax.bar([label(n) for n in names], values, yerr=errors, capsize=6, color=[color(n) for n in names])
         ax.set_ylabel("prompts with every constraint met (%)")
         ax.set_title("trained families" if split == "test" else "held-out families")
     fig.tight_layout()
@@ -119,11 +142,11 @@ def _cell(text: str, limit: int = 400) -> str:
 
 def _pass_table(models: dict[str, Any], names: list[str], split: str) -> list[str]:
     families = sorted({f for n in names for f in models[n][split]["pass_rates"]} - {"overall"})
-    lines = ["| constraint | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+    lines = ["| constraint | " + " | ".join(label(n) for n in names) + " |", "|---|" + "---|" * len(names)]
     for family in ["overall"] + families:
         rates = [models[n][split]["pass_rates"].get(family) for n in names]
-        label = "**all constraints of the prompt**" if family == "overall" else family
-        lines.append(f"| {label} | " + " | ".join(_pct(r) if r else "-" for r in rates) + " |")
+        row = "**all constraints of the prompt**" if family == "overall" else family
+        lines.append(f"| {row} | " + " | ".join(_pct(r) if r else "-" for r in rates) + " |")
     return lines
 
 
@@ -132,7 +155,7 @@ def _paired_table(tests: dict[str, dict[str, Any]]) -> list[str]:
              "McNemar exact p |", "|---|---|---|---|---|"]
     for key, t in tests.items():
         a, b = key.split("_vs_")
-        lines.append(f"| {LABELS[a]} vs {LABELS[b]} | {100 * t['difference']:+.1f} points | {t['ours_only']} | "
+        lines.append(f"| {label(a)} vs {label(b)} | {100 * t['difference']:+.1f} points | {t['ours_only']} | "
                      f"{t['theirs_only']} | {t['p_value']:.3g} |")
     return lines
 
@@ -140,12 +163,12 @@ def _paired_table(tests: dict[str, dict[str, Any]]) -> list[str]:
 def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[TaskPrompt],
                  responses: dict[str, list[str]], num_samples: int = 8) -> pathlib.Path:
     """Write ROOT/report.md and its plots (ROOT/report_*.png); returns the report's path."""
-    plot_ppo(root, root / "report_ppo.png")
-    plot_overoptimization(root, root / "report_overoptimization.png")
-    plot_reward_model(root, root / "report_reward_model.png")
-    plot_pass_rates(summary, root / "report_pass_rates.png")
     models = summary["models"]
     names = list(models)
+    plot_ppo(root, names, root / "report_ppo.png")
+    plot_overoptimization(root, names, root / "report_overoptimization.png")
+    plot_reward_model(root, root / "report_reward_model.png")
+    plot_pass_rates(summary, root / "report_pass_rates.png")
     lines = [f"# InstructGPT pipeline report: `{root}`", "",
              f"{summary['num_test_prompts']} held-out test prompts (topics disjoint from training), greedy "
              "responses. Rates with 95% Wilson intervals; means with normal 95% half-widths; paired differences "
@@ -153,7 +176,7 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
              "## Constraint pass rate", "", *_pass_table(models, names, "test"), "",
              "![pass rates](report_pass_rates.png)", "", "Paired tests (every constraint met, same prompts):", "",
              *_paired_table(summary["paired_tests"]["test"]), "", "## Policies", "",
-             "| | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+             "| | " + " | ".join(label(n) for n in names) + " |", "|---|" + "---|" * len(names)]
     lines.append("| reward-model score | " + " | ".join(
         f"{models[n]['test']['reward'][0]:.3f} ± {models[n]['test']['reward'][1]:.3f}" for n in names) + " |")
     lines.append("| response length (tokens) | " + " | ".join(
@@ -162,9 +185,9 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
     lines.append("")
     for key, rate in summary["win_rates"].items():
         a, b = key.split("_vs_")
-        lines.append(f"- Win rate of {LABELS[a]} against {LABELS[b]} (by the labeler, ties count half): {_pct(rate)}")
+        lines.append(f"- Win rate of {label(a)} against {label(b)} (by the labeler, ties count half): {_pct(rate)}")
     for name, (mean, half) in summary["kl_to_sft"].items():
-        lines.append(f"- KL({LABELS[name]} || SFT) per response, sampled: {mean:.2f} ± {half:.2f} nats")
+        lines.append(f"- KL({label(name)} || SFT) per response, sampled: {mean:.2f} ± {half:.2f} nats")
     lines.append("")
     if summary.get("num_heldout_prompts") or summary.get("num_heldout_texts"):
         lines += ["## Alignment tax", "", "What training costs outside the task: constraint families no training "
@@ -176,7 +199,7 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
                       ""]
         if summary.get("num_heldout_texts"):
             lines += [f"Perplexity on {summary['num_heldout_texts']} held-out docstrings:", "",
-                      "| | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names),
+                      "| | " + " | ".join(label(n) for n in names) + " |", "|---|" + "---|" * len(names),
                       "| perplexity | " + " | ".join(f"{models[n]['perplexity']:.2f}" for n in names) + " |", ""]
     reward = summary.get("reward_model", {})
     if reward:
@@ -187,12 +210,15 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
                       "prompt has; 95% Wilson intervals):", "", "| family | pairs | accuracy |", "|---|---|---|",
                       *(f"| {family} | {rate['total']} | {_pct(rate)} |"
                         for family, rate in reward["families"].items()), ""]
-    lines += ["![reward model accuracy](report_reward_model.png)", "", "## PPO", "",
-              "![PPO reward and KL](report_ppo.png)", "",
-              "Gold (the task's checker) and proxy (the reward model) on the validation prompts against KL to SFT "
-              "along the RL runs (reward over-optimisation, Gao et al. 2022):", "",
+    for name, later in summary.get("later_reward_models", {}).items():
+        lines += [f"Reward model of round {name.rpartition('_r')[2]} (on the comparisons of every round so far): "
+                  f"{100 * later['accuracy']:.1f}% on {int(later['pairs'])} held-out pairs.", ""]
+    lines += ["![reward model accuracy](report_reward_model.png)", "", "## RL runs", "",
+              "![RL reward and KL](report_ppo.png)", "",
+              "Gold (the task's checker) and proxy (the reward model) on the validation prompts against KL to the "
+              "starting policy along the runs of the PPO trainer (reward over-optimisation, Gao et al. 2022):", "",
               "![over-optimisation](report_overoptimization.png)", "", "## Sample responses", "",
-              "| prompt | " + " | ".join(LABELS[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+              "| prompt | " + " | ".join(label(n) for n in names) + " |", "|---|" + "---|" * len(names)]
     for i, prompt in enumerate(prompts[:num_samples]):
         lines.append(f"| {_cell(prompt.prompt)} | " + " | ".join(_cell(responses[n][i]) for n in names) + " |")
     path = root / "report.md"

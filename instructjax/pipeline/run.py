@@ -1,4 +1,5 @@
-"""`run_pipeline(config, workdir)`: the InstructGPT stages in order, one subfolder each; a rerun
+"""`run_pipeline(config, workdir)`: the InstructGPT stages in order (`stages.pipeline_stages`: the
+policy step `config.algorithm`, `config.rounds` rounds), one subfolder each; a rerun
 skips finished stages (their `stage.json` exists) and resumes the interrupted one. A stage field the
 pipeline owns but the config sets is refused before anything is written (`stages.stage_configs`)."""
 
@@ -14,7 +15,7 @@ from typing import Any, Union
 import ml_collections
 
 from instructjax.pipeline.files import write_json
-from instructjax.pipeline.stages import STAGES, stage_configs
+from instructjax.pipeline.stages import pipeline_stages, stage_configs
 from instructjax.train.workdir import Workdir
 
 DONE_FILE = "stage.json"
@@ -27,7 +28,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: Union[str, os.PathL
     stage_configs(config, root)  # a stage field the config must not set: refused before anything is written
     Workdir.at(root).write_config(config)  # a rerun must use the same config
     summaries = {}
-    for name, stage in STAGES.items():
+    for name, stage in pipeline_stages(config).items():
         done = root / name / DONE_FILE
         if done.exists():
             summaries[name] = json.loads(done.read_text())["summary"]

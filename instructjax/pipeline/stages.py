@@ -1,8 +1,11 @@
 """The stages of the InstructGPT pipeline (docs/pipeline.md; Ouyang et al. 2022, figure 2). Each stage is a
 function `stage(config, root) -> summary` that reads what earlier stages left under `root` and writes
 its own subfolder; `instructjax.pipeline.run` calls them in order and skips finished ones. The
-training stages' configs are built by `sft_config`, `reward_config` and `ppo_config` (`stage_configs`:
-all of them), which fill in the fields the pipeline owns and refuse a user's value for one."""
+training stages' configs are built by `sft_config`, `reward_config`, `ppo_config` and `dpo_config`
+(`stage_configs`: all of them), which fill in the fields the pipeline owns and refuse a user's value for
+one. `pipeline_stages(config)` lists the stages of a config: the policy step is `config.algorithm`, and
+`config.rounds` repeats comparisons, reward model and policy step, each round's in its own folder
+(`round_name`)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import logging
 import pathlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,6 +33,7 @@ from instructjax.rewards.io import load_reward_model
 from instructjax.train.reward import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.initial_model import load_initial_model
+from instructjax.train.dpo import train_dpo
 from instructjax.train.ppo import check_config as check_ppo_config, train_ppo
 from instructjax.train.ppo_rewards import uses_model
 from instructjax.train.sft import train_sft
@@ -36,7 +41,7 @@ from instructjax.tasks.corpus import stdlib_docstrings, write_pretraining_jsonl
 from instructjax.tasks.instructions import TaskPrompt, read_records, write_records
 
 SPLITS = ("sft", "reward", "ppo", "validation", "test", "heldout")  # prompt sets of the task stage
-POLICIES = ("initial", "sft", "ppo", "ppo_ptx")  # the models the evaluation compares (ppo_ptx when trained)
+ALGORITHMS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "dpo": None}  # policy steps: PPO trainer's `advantage`
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out-family prompts: a draw independent of the test prompts' (same topics)
 VALIDATION_START_FILE = "validation_start.json"  # an RL stage's validation metrics of its starting (SFT) policy
 DEMONSTRATION_SOURCES = ("edit", "best_of_k")  # how the demonstrations stage makes a demonstration
@@ -232,19 +237,52 @@ def sft_config(config: ml_collections.ConfigDict, root: pathlib.Path) -> ml_coll
     })
 
 
-def reward_config(config: ml_collections.ConfigDict, root: pathlib.Path) -> ml_collections.ConfigDict:
-    """`config.reward` from the SFT model on the comparisons, normalised on the demonstrations."""
+def round_name(stage: str, round_: int) -> str:
+    """The folder of a round's stage: `stage` in round 1, `stage_r<round>` in later rounds."""
+    return stage if round_ == 1 else f"{stage}_r{round_}"
+
+
+def trains_reward_model(config: ml_collections.ConfigDict, round_: int) -> bool:
+    """Whether round `round_` trains a reward model: round 1 always (the evaluation scores every policy
+    with it), later rounds when the policy step reads one."""
+    return round_ == 1 or (config.algorithm != "dpo" and uses_model(config.ppo.reward.source))
+
+
+def started_from(config: ml_collections.ConfigDict, name: str) -> str:
+    """The policy that policy `name` was trained from (its KL reference)."""
+    if name in ("sft", "ppo_ptx"):
+        return {"sft": "initial", "ppo_ptx": "sft"}[name]
+    round_ = int(name.rpartition("_r")[2]) if name != config.algorithm else 1
+    return "sft" if round_ == 1 else round_name(config.algorithm, round_ - 1)
+
+
+def _comparison_files(root: pathlib.Path, round_: int) -> tuple[str, ...]:
+    """The comparisons of rounds 1 to `round_`: a round adds its comparisons to all earlier ones."""
+    return tuple(str(root / round_name("comparisons", r) / "comparisons.jsonl") for r in range(1, round_ + 1))
+
+
+def reward_config(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> ml_collections.ConfigDict:
+    """`config.reward` from the SFT model on the comparisons of rounds 1 to `round_`, normalised on the
+    demonstrations."""
     return _filled(config, "reward", {
         **_init(config, "workdir", str(root / "sft"), "the SFT stage's model"),
-        "data.train_files": ((str(root / "comparisons" / "comparisons.jsonl"),), "the comparisons stage's output"),
+        "data.train_files": (_comparison_files(root, round_), "the comparisons stages' output"),
         "normalize.data.train_files": (_demonstration_files(config, root), "the demonstrations SFT trained on"),
     })
 
 
-def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str = "ppo") -> ml_collections.ConfigDict:
-    """`config.ppo` from the SFT policy on the task's PPO prompts, against the reward model when
-    `ppo.reward.source` reads one; for `name` "ppo_ptx" with `ptx.gamma` = `ppo_ptx.gamma` on the
-    task stage's docstring corpus (plain PPO keeps `ppo.ptx.gamma`, 0 unless the user sets it). A
+def _previous_policy(config: ml_collections.ConfigDict, root: pathlib.Path, name: str) -> dict[str, tuple[Any, str]]:
+    start = started_from(config, name)
+    return _init(config, "workdir", str(root / start), f"the {start} stage's model")
+
+
+def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str = "ppo",
+               round_: int = 1) -> ml_collections.ConfigDict:
+    """`config.ppo` for the policy stage `name` of round `round_` (`config.algorithm` ppo, grpo or rloo:
+    the trainer's `advantage`, with `group_size` responses per prompt for the group baselines) on the
+    task's PPO prompts, from the policy it starts from (`started_from`), against the round's reward model
+    when `ppo.reward.source` reads one; for `name` "ppo_ptx" with `ptx.gamma` = `ppo_ptx.gamma` on the
+    task stage's docstring corpus (the policy step keeps `ppo.ptx.gamma`, 0 unless the user sets it). A
     setting PPO would not honour is refused here (`ij.train.ppo.check_config`)."""
     if config.ppo.ptx.gamma > 0 and config.ppo_ptx.gamma > 0:
         raise ValueError(f"ppo.ptx.gamma={config.ppo.ptx.gamma} would make the plain-PPO policy a PPO-ptx one; "
@@ -252,11 +290,14 @@ def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str 
     gamma = config.ppo_ptx.gamma if name == "ppo_ptx" else config.ppo.ptx.gamma
     if gamma > 0 and config.ptx_corpus.source != "stdlib":
         raise ValueError(f"{name}: ptx.gamma={gamma} needs a pretraining corpus: set ptx_corpus.source='stdlib'")
-    files = task_files(root)
+    files, advantage = task_files(root), ALGORITHMS[config.algorithm]
     c = _filled(config, "ppo", {
-        **_init(config, "workdir", str(root / "sft"), "the SFT stage's model"),
-        "reward.path": (str(root / "reward") if uses_model(config.ppo.reward.source) else "",
-                        "the reward stage's model when ppo.reward.source reads one, else empty"),
+        **_previous_policy(config, root, name),
+        "advantage": (advantage, f"--config.algorithm={config.algorithm}"),
+        "rollout.group_size": (1 if advantage == "gae" else config.group_size,
+                               "--config.group_size for algorithm grpo or rloo, else 1"),
+        "reward.path": (str(root / round_name("reward", round_)) if uses_model(config.ppo.reward.source) else "",
+                        "the round's reward stage when ppo.reward.source reads a reward model, else empty"),
         "data.train_files": ((str(files["ppo_prompts"]),), "the task stage's PPO prompts"),
         "ptx.data.train_files": ((str(files["pretraining"]),) if gamma > 0 else (),
                                  "the task stage's docstring corpus when ptx.gamma > 0, else empty"),
@@ -266,13 +307,40 @@ def ppo_config(config: ml_collections.ConfigDict, root: pathlib.Path, name: str 
     return c
 
 
+def dpo_config(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> ml_collections.ConfigDict:
+    """`config.dpo` for round `round_`'s policy step (algorithm dpo): from the policy it starts from (also
+    its reference) on the comparisons of rounds 1 to `round_`."""
+    return _filled(config, "dpo", {
+        **_previous_policy(config, root, round_name("dpo", round_)),
+        "data.train_files": (_comparison_files(root, round_), "the comparisons stages' output"),
+    })
+
+
+def _check_rounds(config: ml_collections.ConfigDict) -> None:
+    if config.algorithm not in ALGORITHMS:
+        raise ValueError(f"--config.algorithm={config.algorithm!r}: expected one of {tuple(ALGORITHMS)}")
+    if config.rounds < 1:
+        raise ValueError(f"--config.rounds={config.rounds}: expected at least 1")
+    if config.rounds > 1 and not (config.algorithm == "dpo" or uses_model(config.ppo.reward.source)):
+        raise ValueError(f"--config.rounds={config.rounds}: later rounds collect comparisons for a reward model or "
+                         f"DPO, and ppo.reward.source={config.ppo.reward.source!r} reads none")
+
+
 def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
-    """The config of every training stage `config` runs (ppo_ptx only when `ppo_ptx.gamma` > 0): what
-    `run_pipeline` builds first, so that a config the stages would refuse is refused before anything
-    is written."""
-    configs = {"sft": sft_config(config, root), "reward": reward_config(config, root),
-               "ppo": ppo_config(config, root)}
-    if config.ppo_ptx.gamma > 0:
+    """The config of every training stage `config` runs, by stage folder: what `run_pipeline` builds
+    first, so that a config the stages would refuse is refused before anything is written."""
+    _check_rounds(config)
+    configs = {"sft": sft_config(config, root)}
+    for round_ in range(1, config.rounds + 1):
+        if trains_reward_model(config, round_):
+            configs[round_name("reward", round_)] = reward_config(config, root, round_)
+        name = round_name(config.algorithm, round_)
+        configs[name] = (dpo_config(config, root, round_) if config.algorithm == "dpo"
+                         else ppo_config(config, root, name, round_))
+    if config.ppo_ptx.gamma > 0 and config.algorithm == "dpo":
+        logging.warning("algorithm='dpo': no PPO-ptx policy is trained (DPO has no pretraining-loss term); "
+                        "ppo_ptx.gamma=%s is not read", config.ppo_ptx.gamma)
+    elif config.ppo_ptx.gamma > 0:
         configs["ppo_ptx"] = ppo_config(config, root, "ppo_ptx")
     return configs
 
@@ -287,17 +355,20 @@ class LabelingNeeded(RuntimeError):
     """The comparisons stage waits for a person to rank the candidates (comparisons.labeler='human')."""
 
 
-def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """4. Comparisons: K samples per RM prompt from the SFT policy (`candidates.jsonl`), ranked by the
-    task's labeler, or by a person with experiments/label.py (labeler 'human': the stage stops until
-    every candidate set is ranked, then a rerun goes on)."""
-    c, folder = config.comparisons, root / "comparisons"
+def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> dict[str, Any]:
+    """4. Comparisons: K samples per RM prompt from the SFT policy (in a later round: the last round's
+    policy; `candidates.jsonl`), ranked by the task's labeler, or by a person with experiments/label.py
+    (labeler 'human': the stage stops until every candidate set is ranked, then a rerun goes on)."""
+    c, folder = config.comparisons, root / round_name("comparisons", round_)
     if c.labeler not in ("task", "human"):
         raise ValueError(f"comparisons.labeler={c.labeler!r}: expected 'task' or 'human'")
     prompts = read_records(task_files(root)["reward"])
-    cfg, params, tokenizer = _policy(root, "sft")
+    source = "sft" if round_ == 1 else round_name(config.algorithm, round_ - 1)
+    cfg, params, tokenizer = _policy(root, source)
+    key = jax.random.key(config.seed + 2)
     samples = sample_to_file(folder / "samples.jsonl", cfg, params, tokenizer, [p.prompt for p in prompts],
-                             sampling_config(c), jax.random.key(config.seed + 2), desc="comparisons: K samples")
+                             sampling_config(c), key if round_ == 1 else jax.random.fold_in(key, round_),
+                             desc=f"{folder.name}: K samples of {source}")
     candidates = [{"prompt": p.prompt, "completions": labelers.unique_completions(texts)}
                   for p, texts in zip(prompts, samples.texts)]
     rankable = [r for r in candidates if len(r["completions"]) >= 2]
@@ -323,7 +394,7 @@ def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> 
                 records.append(record)
     count = write_jsonl(folder / "comparisons.jsonl", records)
     logging.info("comparisons: %d records from %d prompts (skipped: %s)", count, len(prompts), skipped)
-    return {"prompts": len(prompts), "records": count, "skipped": skipped, "labeler": c.labeler,
+    return {"prompts": len(prompts), "records": count, "skipped": skipped, "labeler": c.labeler, "policy": source,
             "pairs": int(sum(_ordered_pairs(r["ranking"]) for r in records))}
 
 
@@ -331,34 +402,48 @@ def _ordered_pairs(ranking: list[int]) -> int:
     return sum(1 for i, a in enumerate(ranking) for b in ranking[i + 1:] if a != b)
 
 
-def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """5. Reward model from the SFT model on the comparisons, normalised on the demonstrations."""
-    train_reward_model(reward_config(config, root), root / "reward")
-    return json.loads((root / "reward" / SUMMARY_FILE).read_text())
+def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> dict[str, Any]:
+    """5. Reward model from the SFT model on the comparisons (of every round so far), normalised on the
+    demonstrations."""
+    folder = root / round_name("reward", round_)
+    train_reward_model(reward_config(config, root, round_), folder)
+    return json.loads((folder / SUMMARY_FILE).read_text())
 
 
-def _policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str) -> dict[str, Any]:
-    """PPO from the SFT policy into ROOT/`name` against the reward model, reward functions or both, as
-    `ppo.reward.source` says, with PPO-ptx on the corpus when its `ptx.gamma` > 0 (`ppo_config`); the
-    validation pass rate (and RM score, when there is a reward model) logged along the run."""
-    c = ppo_config(config, root, name)
-    evaluate = _validation_eval(config, root)
+def _rl_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str, round_: int = 1) -> dict[str, Any]:
+    """The PPO trainer into ROOT/`name` (`ppo_config`: PPO, GRPO or RLOO, PPO-ptx for "ppo_ptx") from the
+    policy it starts from, against the reward model, reward functions or both, as `ppo.reward.source`
+    says; the validation pass rate (and RM score, when there is a reward model) logged along the run."""
+    c = ppo_config(config, root, name, round_)
+    evaluate = _validation_eval(config, root, root / round_name("reward", round_))
     start = root / name / VALIDATION_START_FILE
-    if not start.exists():  # the curve's first point (KL 0): the SFT policy itself
-        cfg, params, _ = _policy(root, "sft")
+    if not start.exists():  # the curve's first point (KL 0): the policy it starts from
+        cfg, params, _ = _policy(root, started_from(config, name))
         write_json(start, evaluate(cfg, params, 0))
     train_ppo(c, root / name, evaluate=evaluate)
-    return {"export": str(root / name / "export"), "ptx_gamma": c.ptx.gamma}
+    return {"export": str(root / name / "export"), "algorithm": config.algorithm if name != "ppo_ptx" else "ppo",
+            "advantage": c.advantage, "ptx_gamma": c.ptx.gamma, "started_from": started_from(config, name)}
 
 
-def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
+def policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> dict[str, Any]:
+    """6. The policy step of round `round_` (`config.algorithm`): PPO, GRPO or RLOO against the reward
+    model (InstructGPT step 3), or DPO on the comparisons; from the SFT policy in round 1, from the last
+    round's policy after."""
+    name = round_name(config.algorithm, round_)
+    if config.algorithm != "dpo":
+        return _rl_stage(config, root, name, round_)
+    train_dpo(dpo_config(config, root, round_), root / name)
+    return {"export": str(root / name / "export"), "algorithm": "dpo", "started_from": started_from(config, name)}
+
+
+def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path, reward_dir: pathlib.Path):
     """evaluate(cfg, params, iteration) -> greedy validation pass rate (the task's checker: the gold reward)
     and mean RM score (the proxy; only when the reward stage ran), so the report can plot both against KL
     (Gao et al. 2022)."""
     prompts = read_records(task_files(root)["validation"])
     texts = [p.prompt for p in prompts]
     tokenizer = Tokenizer.from_pretrained(root / "sft" / "export")
-    rm = load_reward_model(root / "reward") if (root / "reward" / SUMMARY_FILE).exists() else None
+    rm = load_reward_model(reward_dir) if (reward_dir / SUMMARY_FILE).exists() else None
     c = config.evaluation
 
     def evaluate(cfg, params, step: int) -> dict[str, float]:
@@ -373,21 +458,20 @@ def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path):
     return evaluate
 
 
-def ppo_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """6. PPO from the SFT policy against the reward model (InstructGPT step 3)."""
-    return _policy_stage(config, root, "ppo")
-
-
 def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
-    """7. PPO-ptx (InstructGPT eq. 2) from the same SFT policy and reward model, for the alignment tax;
-    skipped when ppo_ptx.gamma is 0."""
-    if config.ppo_ptx.gamma <= 0:
-        return {"skipped": "ppo_ptx.gamma is 0"}
-    return _policy_stage(config, root, "ppo_ptx")
+    """7. PPO-ptx (InstructGPT eq. 2): round 1's policy step again with the pretraining loss, from the same
+    SFT policy and reward model, for the alignment tax; skipped when ppo_ptx.gamma is 0 or the algorithm
+    is DPO."""
+    if config.ppo_ptx.gamma <= 0 or config.algorithm == "dpo":
+        return {"skipped": "ppo_ptx.gamma is 0" if config.ppo_ptx.gamma <= 0 else "algorithm='dpo'"}
+    return _rl_stage(config, root, "ppo_ptx")
 
 
-def _trained_policies(root: pathlib.Path) -> list[str]:
-    return [name for name in POLICIES if name == "initial" or (root / name / "export" / "config.json").is_file()]
+def policy_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The models the evaluation compares: initial, SFT, each round's policy, PPO-ptx (when trained)."""
+    rounds = [round_name(config.algorithm, r) for r in range(1, config.rounds + 1)]
+    ptx = ["ppo_ptx"] if config.ppo_ptx.gamma > 0 and config.algorithm != "dpo" else []
+    return ["initial", "sft", *rounds, *ptx]
 
 
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
@@ -399,7 +483,7 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
     rm = load_reward_model(root / "reward")
-    names = _trained_policies(root)
+    names = policy_names(config)
     responses, passes, results, models = {}, {}, {}, {}
     for name in names:
         cfg, params, tokenizer = _initial_model(config) if name == "initial" else _policy(root, name)
@@ -426,10 +510,10 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
                                                      max_len=c.perplexity_max_len, batch_size=c.batch_size)
     test_texts = [p.prompt for p in prompt_sets["test"]]
     labeler = labelers.ConstraintLabeler(prompt_sets["test"])
-    rl_policies = [n for n in names if n.startswith("ppo")]
+    rl_policies = names[2:]
     kl_sampling = SamplingConfig(k=1, max_new_tokens=c.max_new_tokens, temperature=config.ppo.rollout.temperature,
                                  batch_size=c.batch_size, dtype=c.dtype or None)
-    each_step = [("sft", "initial")] + [(n, "sft") for n in rl_policies]  # each policy against the one it started from
+    each_step = [(n, started_from(config, n)) for n in names[1:]]  # each policy against the one it started from
     pairs = each_step + [(n, "initial") for n in rl_policies]
     summary = {
         "num_test_prompts": len(prompt_sets["test"]), "num_heldout_prompts": len(prompt_sets["heldout"]),
@@ -441,7 +525,9 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
         "kl_to_sft": {n: metrics.mean_and_interval(kl_to_reference(*models[n], *models["sft"], tokenizer, test_texts,
                                                                    kl_sampling, jax.random.key(config.seed + 4)))
                       for n in rl_policies},
-        "reward_model": json.loads((root / "reward" / SUMMARY_FILE).read_text()).get("validation", {}),
+        "reward_model": _reward_validation(root / "reward"),
+        "later_reward_models": {round_name("reward", r): _reward_validation(root / round_name("reward", r))
+                                for r in range(2, config.rounds + 1) if trains_reward_model(config, r)},
     }
     write_json(folder / "summary.json", summary)
     write_jsonl(folder / "samples.jsonl", ({"prompt": t, **{n: responses[n, "test"][i] for n in names}}
@@ -451,11 +537,25 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     return summary
 
 
+def _reward_validation(folder: pathlib.Path) -> dict[str, Any]:
+    """A reward stage's held-out pairwise accuracy (overall and per family)."""
+    return json.loads((folder / SUMMARY_FILE).read_text()).get("validation", {})
+
+
 def _read_texts(path: pathlib.Path) -> list[str]:
     """The `text` fields of a pretraining JSONL file; [] when it does not exist (no corpus)."""
     return [json.loads(line)["text"] for line in open(path, encoding="utf-8") if line.strip()] if path.exists() else []
 
 
-STAGES = {"task": task_stage, "demonstrations": demonstrations_stage, "sft": sft_stage,
-          "comparisons": comparisons_stage, "reward": reward_stage, "ppo": ppo_stage, "ppo_ptx": ppo_ptx_stage,
-          "evaluation": evaluation_stage}
+def pipeline_stages(config: ml_collections.ConfigDict) -> dict[str, Callable[..., dict[str, Any]]]:
+    """The stages `config` runs, in order, by folder: `stage(config, root) -> summary`."""
+    stages = {"task": task_stage, "demonstrations": demonstrations_stage, "sft": sft_stage}
+    for round_ in range(1, config.rounds + 1):
+        stages[round_name("comparisons", round_)] = functools.partial(comparisons_stage, round_=round_)
+        if trains_reward_model(config, round_):
+            stages[round_name("reward", round_)] = functools.partial(reward_stage, round_=round_)
+        stages[round_name(config.algorithm, round_)] = functools.partial(policy_stage, round_=round_)
+        if round_ == 1:
+            stages["ppo_ptx"] = ppo_ptx_stage
+    stages["evaluation"] = evaluation_stage
+    return stages

@@ -36,9 +36,14 @@ def _config(overrides=None, preset="tiny"):
     ("ppo.data.train_files", ("prompts.jsonl",)),
     ("ppo.ptx.data.train_files", ("corpus.jsonl",)),
     ("ppo.export", False),
+    ("ppo.advantage", "rloo"),  # --config.algorithm
+    ("ppo.rollout.group_size", 8),  # --config.group_size
+    ("dpo.init.path", "runs/sft"),
+    ("dpo.data.train_files", ("comparisons.jsonl",)),
 ])
 def test_a_pipeline_field_is_refused_before_anything_is_written(tmp_path, key, value):
-    config = load_experiment_config("pipeline", "tiny", {key: value})
+    algorithm = "dpo" if key.startswith("dpo.") else "ppo"  # the section the policy step reads
+    config = load_experiment_config("pipeline", "tiny", {key: value, "algorithm": algorithm})
     with pytest.raises(ValueError, match=rf"--config\.{key}=.* is set by the pipeline .*; remove it"):
         ij.pipeline.run_pipeline(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -117,8 +122,10 @@ def test_ppo_ptx_gamma_is_plain_ppos_own_or_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch):
-    config = _config({"seed": 3, "sft.optim.lr": 1e-4, "reward.loss.margin": 0.5, "ppo.kl.init_coef": 0.1})
+@pytest.mark.parametrize("algorithm, rounds", [("ppo", 1), ("grpo", 2), ("dpo", 2)])
+def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch, algorithm, rounds):
+    config = _config({"seed": 3, "sft.optim.lr": 1e-4, "reward.loss.margin": 0.5, "ppo.kl.init_coef": 0.1,
+                      "algorithm": algorithm, "rounds": rounds})
     trained = {}
 
     def train(c, workdir, **kwargs):
@@ -126,17 +133,47 @@ def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch):
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / SUMMARY_FILE).write_text("{}")
 
-    for name in ("train_sft", "train_reward_model", "train_ppo"):
+    for name in ("train_sft", "train_reward_model", "train_ppo", "train_dpo"):
         monkeypatch.setattr(stages, name, train)
-    monkeypatch.setattr(stages, "_validation_eval", lambda config, root: lambda cfg, params, step: {})
+    monkeypatch.setattr(stages, "_validation_eval", lambda config, root, reward_dir: lambda cfg, params, step: {})
     monkeypatch.setattr(stages, "_policy", lambda root, name: (None, None, None))
-    for name in ("sft", "reward", "ppo", "ppo_ptx"):
-        stages.STAGES[name](config, tmp_path)
+    untrained = ("task", "demonstrations", "evaluation") + tuple(stages.round_name("comparisons", r)
+                                                                   for r in range(1, rounds + 1))
+    for name, stage in stages.pipeline_stages(config).items():
+        if name not in untrained:
+            stage(config, tmp_path)
     built = stages.stage_configs(config, tmp_path)
     assert {name: c.to_dict() for name, c in trained.items()} == {name: c.to_dict() for name, c in built.items()}
     assert trained["sft"].optim.lr == 1e-4 and trained["reward"].loss.margin == 0.5
-    assert trained["ppo"].kl.init_coef == 0.1 and trained["ppo_ptx"].ptx.gamma == config.ppo_ptx.gamma
     assert {c.seed for c in trained.values()} == {3}
+    comparisons = tuple(str(tmp_path / stages.round_name("comparisons", r) / "comparisons.jsonl")
+                        for r in range(1, rounds + 1))
+    last = stages.round_name(algorithm, rounds)
+    assert trained[algorithm].init.path == str(tmp_path / "sft")
+    assert trained[last].init.path == str(tmp_path / (stages.round_name(algorithm, rounds - 1) if rounds > 1 else "sft"))
+    if algorithm == "dpo":  # no PPO-ptx, no later reward model: DPO learns from the comparisons themselves
+        assert set(trained) == {"sft", "reward", *(stages.round_name("dpo", r) for r in range(1, rounds + 1))}
+        assert trained[last].data.train_files == comparisons
+        return
+    assert trained[stages.round_name("reward", rounds)].data.train_files == comparisons  # every round's so far
+    assert trained[last].reward.path == str(tmp_path / stages.round_name("reward", rounds))
+    assert trained["ppo_ptx"].ptx.gamma == config.ppo_ptx.gamma and trained["ppo_ptx"].init.path == str(tmp_path / "sft")
+    advantage, group_size = {"ppo": ("gae", 1), "grpo": ("grpo", config.group_size)}[algorithm]
+    for name in (last, "ppo_ptx"):
+        assert (trained[name].advantage, trained[name].rollout.group_size, trained[name].kl.init_coef) == (
+            advantage, group_size, 0.1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"algorithm": "a2c"}, r"--config.algorithm='a2c': expected one of \('ppo', 'grpo', 'rloo', 'dpo'\)"),
+    ({"rounds": 0}, "--config.rounds=0: expected at least 1"),
+    ({"rounds": 2, "ppo.reward.source": "function", "ppo.reward.function": FUNCTION, "ppo.value.init": "policy"},
+     "--config.rounds=2: later rounds collect comparisons for a reward model or DPO"),
+])
+def test_a_bad_algorithm_or_rounds_is_refused_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ij.pipeline.run_pipeline(load_experiment_config("pipeline", "tiny", overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_task_overrides_reach_the_task_stage(tmp_path):

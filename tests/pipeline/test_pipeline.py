@@ -16,7 +16,6 @@ from instructjax.testing.experiments import load_experiment_config
 from instructjax.train import read_metrics
 from instructjax.evaluation.generation import SamplingConfig
 from instructjax.labelers.demonstrator import MIN_CLOSENESS
-from instructjax.pipeline.stages import POLICIES, STAGES
 from instructjax.tasks.constraints import make_constraint
 from instructjax.tasks.instructions import TaskPrompt, read_records
 
@@ -30,15 +29,16 @@ def finished_run(tmp_path_factory):
 
 def test_tiny_pipeline_runs_every_stage(finished_run):
     workdir, config, summaries = finished_run
-    assert list(summaries) == list(STAGES)
-    for stage in STAGES:
+    assert list(summaries) == list(stages.pipeline_stages(config)) == [
+        "task", "demonstrations", "sft", "comparisons", "reward", "ppo", "ppo_ptx", "evaluation"]
+    for stage in summaries:
         assert (workdir / stage / "stage.json").is_file()
     for stage in ("sft", "reward", "ppo", "ppo_ptx"):
         assert (workdir / stage / "export" / "config.json").is_file()
     assert summaries["ppo"]["ptx_gamma"] == 0.0 and summaries["ppo_ptx"]["ptx_gamma"] == 1.0
     evaluation = summaries["evaluation"]
     assert evaluation["num_test_prompts"] == 16 and evaluation["num_heldout_prompts"] == 16
-    assert set(evaluation["models"]) == set(POLICIES)
+    assert list(evaluation["models"]) == ["initial", "sft", "ppo", "ppo_ptx"]
     for result in evaluation["models"].values():
         for split in ("test", "heldout"):
             overall = result[split]["pass_rates"]["overall"]
@@ -67,7 +67,7 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
 def test_report_has_tables_plots_and_samples(finished_run):
     workdir, *_ = finished_run
     report = (workdir / "report.md").read_text()
-    for heading in ("## Constraint pass rate", "## Policies", "## PPO", "## Sample responses", "Win rate of PPO",
+    for heading in ("## Constraint pass rate", "## Policies", "## RL runs", "## Sample responses", "Win rate of PPO",
                     "KL(PPO || SFT)", "KL(PPO-ptx || SFT)", "## Alignment tax", "McNemar", "held-out docstrings",
                     "## Reward model", "| family | pairs | accuracy |"):
         assert heading in report
@@ -80,8 +80,9 @@ def test_report_has_tables_plots_and_samples(finished_run):
 
 def test_rerun_skips_finished_stages(finished_run, monkeypatch):
     workdir, config, summaries = finished_run
-    for name in STAGES:
-        monkeypatch.setitem(STAGES, name, lambda *args, name=name: pytest.fail(f"stage {name} ran again"))
+    for name in ("task_stage", "demonstrations_stage", "sft_stage", "comparisons_stage", "reward_stage",
+                 "policy_stage", "ppo_ptx_stage", "evaluation_stage"):
+        monkeypatch.setattr(stages, name, lambda *args, name=name, **kwargs: pytest.fail(f"{name} ran again"))
     again = ij.pipeline.run_pipeline(config, workdir)
     assert again == json.loads(json.dumps(summaries))
 
@@ -177,10 +178,35 @@ def test_ppo_stage_with_reward_functions_needs_no_reward_model(finished_run, tmp
     config = load_experiment_config("pipeline", "tiny", {"ppo.reward.source": "function",
                                                          "ppo.reward.function": function,
                                                          "ppo.value.init": "policy"})  # tiny's "reward": no RM
-    stages.ppo_stage(config.copy_and_resolve_references(), tmp_path)
+    stages.policy_stage(config.copy_and_resolve_references(), tmp_path)
     reward = json.loads((tmp_path / "ppo" / "config.json").read_text())["reward"]
     assert (reward["source"], reward["function"], reward["path"]) == ("function", function, "")
     records = [r for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl") if "train/score" in r]  # not eval/
     assert len(records) == config.ppo.num_steps
     assert all(0.0 <= r["train/score/constraint_fraction"] <= 1.0 for r in records)
     assert "train/score/model" not in records[0]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "dpo"])
+def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
+    workdir, *_ = finished_run
+    for stage in ("task", "demonstrations", "sft", "comparisons", "reward"):  # round 1's data, as finished
+        shutil.copytree(workdir / stage, tmp_path / stage)
+    config = load_experiment_config("pipeline", "tiny", {"algorithm": algorithm, "rounds": 2, "ppo_ptx.gamma": 0.0})
+    summaries = ij.pipeline.run_pipeline(config, tmp_path)
+    later = ["comparisons_r2", *(["reward_r2"] if algorithm != "dpo" else []), f"{algorithm}_r2"]
+    assert list(summaries) == ["task", "demonstrations", "sft", "comparisons", "reward", algorithm, "ppo_ptx",
+                               *later, "evaluation"]
+    assert summaries["comparisons_r2"]["policy"] == algorithm  # round 2 samples round 1's policy
+    assert summaries[f"{algorithm}_r2"]["started_from"] == algorithm
+    if algorithm != "dpo":
+        assert summaries[algorithm]["advantage"] == algorithm
+        files = json.loads((tmp_path / "reward_r2" / "config.json").read_text())["data"]["train_files"]
+        assert files == [str(tmp_path / name / "comparisons.jsonl") for name in ("comparisons", "comparisons_r2")]
+    evaluation = summaries["evaluation"]
+    assert list(evaluation["models"]) == ["initial", "sft", algorithm, f"{algorithm}_r2"]
+    assert f"{algorithm}_r2_vs_{algorithm}" in evaluation["paired_tests"]["test"]
+    assert set(evaluation["win_rates"]) == {"sft_vs_initial", f"{algorithm}_vs_sft", f"{algorithm}_r2_vs_{algorithm}"}
+    assert set(evaluation["kl_to_sft"]) == {algorithm, f"{algorithm}_r2"}
+    report = (tmp_path / "report.md").read_text()
+    assert f"{algorithm.upper()} round 2" in report
