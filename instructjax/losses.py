@@ -7,6 +7,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["pairwise_ranking_loss", "dpo_loss"]  # the rest: `from instructjax.losses import name`
 
@@ -33,11 +34,12 @@ def sequence_logprobs(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> 
 
 
 def ordered_pair_mask(ranks: jax.Array, valid: Optional[jax.Array] = None) -> jax.Array:
-    """bool [B, K, K]: entry (w, l) is True when completion w is ranked strictly better than l."""
+    """bool [..., K, K]: entry (w, l) is True when completion w is ranked strictly better than l (both valid).
+    Ties give no pair; K distinct ranks give K(K-1)/2 pairs. Works on numpy and jax arrays."""
     if valid is None:
-        valid = jnp.ones(ranks.shape, bool)
-    both = valid[:, :, None] & valid[:, None, :]
-    return both & (ranks[:, :, None] < ranks[:, None, :])
+        valid = np.ones(ranks.shape, bool)
+    both = valid[..., :, None] & valid[..., None, :]
+    return both & (ranks[..., :, None] < ranks[..., None, :])
 
 
 def pairwise_ranking_loss(scores: jax.Array, ranks: jax.Array, valid: Optional[jax.Array] = None, *,

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from instructjax import data, datasets, parallel
+from instructjax import data, datasets, losses, parallel
 from instructjax.models import Transformer, get_preset
 from instructjax.models.functional import init_params
 from instructjax.testing import tiny_tokenizer
@@ -154,13 +154,13 @@ def test_comparison_with_k4_yields_six_ordered_pairs_and_ties_are_dropped():
     record = {"prompt": "Pick.", "completions": ["best", "second", "third", "worst"], "ranking": [0, 1, 2, 3],
               "source": "mem:0"}
     element = comparison_example(record, TOK, data.ComparisonConfig(max_len=64, max_completions=5)).element
-    pairs = data.ordered_pairs(element["ranks"], element["valid"])
+    pairs = losses.ordered_pair_mask(element["ranks"], element["valid"])
     assert pairs.shape == (5, 5) and pairs.sum() == 6
     assert sorted(zip(*pairs.nonzero())) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
-    tied = data.ordered_pairs(np.array([0, 0, 1, 2]), np.ones(4, bool))
+    tied = losses.ordered_pair_mask(np.array([0, 0, 1, 2]), np.ones(4, bool))
     assert tied.sum() == 5 and not tied[0, 1] and not tied[1, 0]
-    batched = data.ordered_pairs(np.array([[1, 0], [0, 0]]), np.array([[True, True], [True, True]]))
+    batched = losses.ordered_pair_mask(np.array([[1, 0], [0, 0]]), np.array([[True, True], [True, True]]))
     assert batched.sum((-1, -2)).tolist() == [1, 0]
 
 
@@ -189,7 +189,7 @@ def test_comparison_loader_batches_and_counts(built):
     n_five = sum(len(r["completions"]) == 5 for r in map(lambda r: datasets.decode("comparisons", r),
                                                          built["comparisons"].source("train")))
     assert it.stats["dropped_too_many_completions"] == n_five
-    pairs = sum(data.ordered_pairs(b["ranks"], b["valid"]).sum() for b in batches)
+    pairs = sum(losses.ordered_pair_mask(b["ranks"], b["valid"]).sum() for b in batches)
     assert pairs > 0
     index = [int(i) for b in batches for i, v in zip(b["index"], b["valid"].any(1)) if v]
     assert index == sorted(set(index)) and index[-1] < len(built["comparisons"].source("train"))  # source order

@@ -5,7 +5,7 @@
     it = iter(loader); batch = next(it); it.stats  # records read, truncated, dropped
 """
 
-from instructjax.data.comparisons import ComparisonConfig, comparison_loader, ordered_pairs
+from instructjax.data.comparisons import ComparisonConfig, comparison_loader
 from instructjax.data.loader import Loader, LoaderConfig
 from instructjax.data.pretraining import PretrainingConfig, pretraining_loader
 from instructjax.data.prompts import PromptConfig, prompt_loader, prompt_texts
@@ -13,5 +13,5 @@ from instructjax.data.sft import SFTConfig, sft_loader
 
 __all__ = [
     "ComparisonConfig", "Loader", "LoaderConfig", "PretrainingConfig", "PromptConfig", "SFTConfig",
-    "comparison_loader", "ordered_pairs", "pretraining_loader", "prompt_loader", "prompt_texts", "sft_loader",
+    "comparison_loader", "pretraining_loader", "prompt_loader", "prompt_texts", "sft_loader",
 ]

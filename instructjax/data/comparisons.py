@@ -62,14 +62,6 @@ def comparison_example(record: dict[str, Any], tokenizer: Tokenizer, config: Com
     return Tokenized(element, truncated=truncated)
 
 
-def ordered_pairs(ranks: Any, valid: Any) -> Any:
-    """bool [..., K, K]: entry (i, j) is True when completion i is ranked better than j (both valid).
-
-    Ties give no pair; works on numpy and jax arrays. With K distinct ranks there are K(K-1)/2 pairs.
-    """
-    return (ranks[..., :, None] < ranks[..., None, :]) & valid[..., :, None] & valid[..., None, :]
-
-
 def with_record_arrays(tokenize: Callable[[dict[str, Any]], Tokenized], arrays: Mapping[str, np.ndarray],
                        record: dict[str, Any]) -> Tokenized:
     """`tokenize(record)` with `arrays[name][record index]` added to the element under each name."""

@@ -28,6 +28,7 @@ from instructjax.evaluation import metrics
 from instructjax.evaluation.generation import SamplingConfig, iter_completions
 from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_scores
 from instructjax.evaluation.report import write_report
+from instructjax.losses import ordered_pair_mask
 from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
 from instructjax.rewards.io import load_reward_model
 from instructjax.train.reward import SUMMARY_FILE, train_reward_model
@@ -395,11 +396,7 @@ def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path, rou
     count = write_jsonl(folder / "comparisons.jsonl", records)
     logging.info("comparisons: %d records from %d prompts (skipped: %s)", count, len(prompts), skipped)
     return {"prompts": len(prompts), "records": count, "skipped": skipped, "labeler": c.labeler, "policy": source,
-            "pairs": int(sum(_ordered_pairs(r["ranking"]) for r in records))}
-
-
-def _ordered_pairs(ranking: list[int]) -> int:
-    return sum(1 for i, a in enumerate(ranking) for b in ranking[i + 1:] if a != b)
+            "pairs": int(sum(ordered_pair_mask(np.asarray(r["ranking"])).sum() for r in records))}
 
 
 def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> dict[str, Any]:

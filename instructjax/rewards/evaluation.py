@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from instructjax.data.comparisons import ordered_pairs
+from instructjax.losses import ordered_pair_mask
 from instructjax.stats import Rate
 from instructjax.tasks.constraints import constraints_of_prompt
 
@@ -32,7 +32,7 @@ def _log_sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _pairs(s: ComparisonScores) -> tuple[np.ndarray, np.ndarray]:
     """(pairs bool [N, w, l]: w ranked better than l, both valid; score differences s_w - s_l)."""
-    pairs = ordered_pairs(s.ranks, s.valid)
+    pairs = ordered_pair_mask(s.ranks, s.valid)
     scores = s.scores.astype(np.float64)
     return pairs, scores[:, :, None] - scores[:, None, :]
 

@@ -29,7 +29,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from instructjax import datasets, losses, parallel
-from instructjax.data import Loader, comparison_loader, ordered_pairs
+from instructjax.data import Loader, comparison_loader
 from instructjax.models import ModelConfig, Transformer
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
@@ -60,7 +60,7 @@ def pair_sums(logprobs: jax.Array, ref_logprobs: jax.Array, ranks: jax.Array, va
               kind: str) -> tuple[jax.Array, dict]:
     """(loss summed over the ordered pairs of each prompt's completions, aux) of summed logprobs [B, K]
     under the policy and the reference; aux = {"weight": pairs, "totals": counts and sums over pairs}."""
-    pairs = ordered_pairs(ranks, valid.astype(bool))  # [B, K, K]: (w, l) with w ranked better
+    pairs = losses.ordered_pair_mask(ranks, valid.astype(bool))  # [B, K, K]: (w, l) with w ranked better
     per_pair = losses.dpo_pair_losses(logprobs[:, :, None], logprobs[:, None, :], ref_logprobs[:, :, None],
                                       ref_logprobs[:, None, :], beta, kind)
     reward = beta * (logprobs - ref_logprobs)  # implicit reward of each completion
