@@ -19,7 +19,7 @@ LABELS = {"initial": "initial", "sft": "SFT", "ppo": "PPO", "ppo_ptx": "PPO-ptx"
           "dpo": "DPO"}
 COLORS = {"initial": "#999", "sft": "#4a90d9", "ppo": "#d9534f", "ppo_ptx": "#5cb85c", "grpo": "#f0ad4e",
           "rloo": "#9b59b6", "dpo": "#16a085"}
-LATER_ROUND_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22")
+OTHER_COLORS = ("#8c564b", "#e377c2", "#17becf", "#bcbd22")  # later rounds, compared policies
 
 
 def _base_and_round(name: str) -> tuple[str, int]:
@@ -29,14 +29,14 @@ def _base_and_round(name: str) -> tuple[str, int]:
 
 
 def label(name: str) -> str:
-    """A policy's name in the report: "GRPO round 2" for "grpo_r2"."""
+    """A policy's name in the report: "GRPO round 2" for "grpo_r2"; a compared policy's own name."""
     base, round_ = _base_and_round(name)
-    return LABELS[base] + (f" round {round_}" if round_ > 1 else "")
+    return LABELS.get(base, base) + (f" round {round_}" if round_ > 1 else "")
 
 
 def color(name: str) -> str:
     base, round_ = _base_and_round(name)
-    return COLORS[base] if round_ == 1 else LATER_ROUND_COLORS[round_ % len(LATER_ROUND_COLORS)]
+    return COLORS[base] if round_ == 1 and base in COLORS else OTHER_COLORS[(round_ + len(base)) % len(OTHER_COLORS)]
 
 
 def _pct(rate: dict[str, Any]) -> str:

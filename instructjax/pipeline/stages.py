@@ -114,9 +114,28 @@ def _initial_model(config: ml_collections.ConfigDict):
 
 def _policy(root: pathlib.Path, stage: str):
     """(cfg, params, tokenizer) of a finished training stage's export."""
-    export = root / stage / "export"
+    return _load_export(root / stage / "export")
+
+
+def _load_export(export: pathlib.Path):
     cfg, params = checkpoints.load_hf(export)
     return cfg, params, Tokenizer.from_pretrained(export)
+
+
+def compared_policies(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
+    """`evaluation.compare`: other runs' policies by name, each an export folder (a stage folder's `export`)."""
+    compared = {}
+    for entry in config.evaluation.compare:
+        name, sep, path = entry.partition("=")
+        folder = pathlib.Path(path)
+        export = folder / "export" if (folder / "export" / "config.json").is_file() else folder
+        if not sep or not name or name in compared or name in policy_names(config, compared=False):
+            raise ValueError(f"--config.evaluation.compare: {entry!r} must be 'NAME=DIR' with a NAME of its own "
+                             f"(the run's policies: {policy_names(config, compared=False)})")
+        if not (export / "config.json").is_file():
+            raise ValueError(f"--config.evaluation.compare: {entry!r}: no exported model in {folder} or {folder}/export")
+        compared[name] = export
+    return compared
 
 
 def _best_of_k(labeler: labelers.Labeler, prompt: TaskPrompt, completions: list[str]) -> str:
@@ -250,11 +269,13 @@ def trains_reward_model(config: ml_collections.ConfigDict, round_: int) -> bool:
 
 
 def started_from(config: ml_collections.ConfigDict, name: str) -> str:
-    """The policy that policy `name` was trained from (its KL reference)."""
-    if name in ("sft", "ppo_ptx"):
-        return {"sft": "initial", "ppo_ptx": "sft"}[name]
-    round_ = int(name.rpartition("_r")[2]) if name != config.algorithm else 1
-    return "sft" if round_ == 1 else round_name(config.algorithm, round_ - 1)
+    """The policy that policy `name` was trained from (its KL reference): the initial model for SFT, the last
+    round's policy for a later round's, SFT for the rest (round 1's policy, PPO-ptx, a compared policy)."""
+    if name == "sft":
+        return "initial"
+    base, _, round_ = name.rpartition("_r")
+    later_round = base == config.algorithm and round_.isdigit() and int(round_) > 1
+    return round_name(config.algorithm, int(round_) - 1) if later_round else "sft"
 
 
 def _comparison_files(root: pathlib.Path, round_: int) -> tuple[str, ...]:
@@ -317,7 +338,7 @@ def dpo_config(config: ml_collections.ConfigDict, root: pathlib.Path, round_: in
     })
 
 
-def _check_rounds(config: ml_collections.ConfigDict) -> None:
+def _check_policy_steps(config: ml_collections.ConfigDict) -> None:
     if config.algorithm not in ALGORITHMS:
         raise ValueError(f"--config.algorithm={config.algorithm!r}: expected one of {tuple(ALGORITHMS)}")
     if config.rounds < 1:
@@ -325,12 +346,13 @@ def _check_rounds(config: ml_collections.ConfigDict) -> None:
     if config.rounds > 1 and not (config.algorithm == "dpo" or uses_model(config.ppo.reward.source)):
         raise ValueError(f"--config.rounds={config.rounds}: later rounds collect comparisons for a reward model or "
                          f"DPO, and ppo.reward.source={config.ppo.reward.source!r} reads none")
+    compared_policies(config)
 
 
 def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
     """The config of every training stage `config` runs, by stage folder: what `run_pipeline` builds
     first, so that a config the stages would refuse is refused before anything is written."""
-    _check_rounds(config)
+    _check_policy_steps(config)
     configs = {"sft": sft_config(config, root)}
     for round_ in range(1, config.rounds + 1):
         if trains_reward_model(config, round_):
@@ -464,11 +486,12 @@ def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
     return _rl_stage(config, root, "ppo_ptx")
 
 
-def policy_names(config: ml_collections.ConfigDict) -> list[str]:
-    """The models the evaluation compares: initial, SFT, each round's policy, PPO-ptx (when trained)."""
+def policy_names(config: ml_collections.ConfigDict, compared: bool = True) -> list[str]:
+    """The models the evaluation compares: initial, SFT, each round's policy, PPO-ptx (when trained) and,
+    when `compared`, the other runs' policies of `evaluation.compare`."""
     rounds = [round_name(config.algorithm, r) for r in range(1, config.rounds + 1)]
     ptx = ["ppo_ptx"] if config.ppo_ptx.gamma > 0 and config.algorithm != "dpo" else []
-    return ["initial", "sft", *rounds, *ptx]
+    return ["initial", "sft", *rounds, *ptx, *(compared_policies(config) if compared else ())]
 
 
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
@@ -480,10 +503,11 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
     rm = load_reward_model(root / "reward")
-    names = policy_names(config)
+    names, compared = policy_names(config), compared_policies(config)
     responses, passes, results, models = {}, {}, {}, {}
     for name in names:
-        cfg, params, tokenizer = _initial_model(config) if name == "initial" else _policy(root, name)
+        cfg, params, tokenizer = (_initial_model(config) if name == "initial" else
+                                  _load_export(compared[name]) if name in compared else _policy(root, name))
         models[name] = (cfg, params)
         results[name] = {}
         for split, prompts in prompt_sets.items():

@@ -169,6 +169,9 @@ def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch, algorith
     ({"rounds": 0}, "--config.rounds=0: expected at least 1"),
     ({"rounds": 2, "ppo.reward.source": "function", "ppo.reward.function": FUNCTION, "ppo.value.init": "policy"},
      "--config.rounds=2: later rounds collect comparisons for a reward model or DPO"),
+    ({"evaluation.compare": ("runs/grpo",)}, r"evaluation.compare: 'runs/grpo' must be 'NAME=DIR'"),
+    ({"evaluation.compare": ("sft=runs/sft",)}, r"evaluation.compare: 'sft=runs/sft' must be 'NAME=DIR' with a NAME"),
+    ({"evaluation.compare": ("grpo=/nowhere/grpo",)}, r"'grpo=/nowhere/grpo': no exported model in /nowhere/grpo"),
 ])
 def test_a_bad_algorithm_or_rounds_is_refused_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -192,7 +192,9 @@ def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
     workdir, *_ = finished_run
     for stage in ("task", "demonstrations", "sft", "comparisons", "reward"):  # round 1's data, as finished
         shutil.copytree(workdir / stage, tmp_path / stage)
-    config = load_experiment_config("pipeline", "tiny", {"algorithm": algorithm, "rounds": 2, "ppo_ptx.gamma": 0.0})
+    compare = (f"ppo={workdir / 'ppo'}",) if algorithm == "grpo" else ()  # another run's policy beside these
+    config = load_experiment_config("pipeline", "tiny", {"algorithm": algorithm, "rounds": 2, "ppo_ptx.gamma": 0.0,
+                                                         "evaluation.compare": compare})
     summaries = ij.pipeline.run_pipeline(config, tmp_path)
     later = ["comparisons_r2", *(["reward_r2"] if algorithm != "dpo" else []), f"{algorithm}_r2"]
     assert list(summaries) == ["task", "demonstrations", "sft", "comparisons", "reward", algorithm, "ppo_ptx",
@@ -204,9 +206,15 @@ def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
         files = json.loads((tmp_path / "reward_r2" / "config.json").read_text())["data"]["train_files"]
         assert files == [str(tmp_path / name / "comparisons.jsonl") for name in ("comparisons", "comparisons_r2")]
     evaluation = summaries["evaluation"]
-    assert list(evaluation["models"]) == ["initial", "sft", algorithm, f"{algorithm}_r2"]
+    compared = ["ppo"] if compare else []
+    assert list(evaluation["models"]) == ["initial", "sft", algorithm, f"{algorithm}_r2", *compared]
     assert f"{algorithm}_r2_vs_{algorithm}" in evaluation["paired_tests"]["test"]
-    assert set(evaluation["win_rates"]) == {"sft_vs_initial", f"{algorithm}_vs_sft", f"{algorithm}_r2_vs_{algorithm}"}
-    assert set(evaluation["kl_to_sft"]) == {algorithm, f"{algorithm}_r2"}
+    assert set(evaluation["win_rates"]) == {"sft_vs_initial", f"{algorithm}_vs_sft", f"{algorithm}_r2_vs_{algorithm}",
+                                            *(f"{n}_vs_sft" for n in compared)}
+    assert set(evaluation["kl_to_sft"]) == {algorithm, f"{algorithm}_r2", *compared}
+    if compare:  # the same export, sampled the same way: the same responses as in its own run
+        ours = [json.loads(line) for line in open(tmp_path / "evaluation" / "responses_ppo.jsonl")]
+        theirs = [json.loads(line) for line in open(workdir / "evaluation" / "responses_ppo.jsonl")]
+        assert ours == theirs
     report = (tmp_path / "report.md").read_text()
     assert f"{algorithm.upper()} round 2" in report
