@@ -1,5 +1,5 @@
 """The tiny PPO preset end to end on the shared loop (PPO-ptx on): item-25 metrics, sample tables,
-export, and an exact resume after SIGKILL; a value head on the policy trunk with bf16 frozen models;
+export, and an exact resume after SIGKILL (GAE, RLOO, GRPO); a value head on the policy trunk with bf16 frozen models;
 reward functions (alone and weighted with a reward model), and a learning test that fails when the
 logprobs are read one position off."""
 
@@ -76,8 +76,12 @@ def run_script(workdir, log, *extra, wait=True):
     return process
 
 
-@pytest.mark.parametrize("algorithm", [(), ("--config.advantage=rloo", "--config.rollout.group_size=2",
-                                               "--config.batch_size=8")], ids=["gae", "rloo"])
+GROUPS = ("--config.rollout.group_size=2", "--config.batch_size=8")  # group baselines: 2 responses per prompt
+
+
+@pytest.mark.parametrize("algorithm", [(), ("--config.advantage=rloo", *GROUPS),
+                                       ("--config.advantage=grpo", "--config.kl.in_loss=True",
+                                        "--config.kl.estimator=k3", *GROUPS)], ids=["gae", "rloo", "grpo"])
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, algorithm):
     reference = tmp_path / "reference"
     run_script(reference, tmp_path / "reference.log", *algorithm)
