@@ -1,7 +1,7 @@
 """The tiny PPO preset end to end on the shared loop (PPO-ptx on): item-25 metrics, sample tables,
-export, and an exact resume after SIGKILL (GAE, RLOO, GRPO); a value head on the policy trunk with bf16 frozen models;
-reward functions (alone and weighted with a reward model), and a learning test that fails when the
-logprobs are read one position off."""
+export, and an exact resume after SIGKILL (GAE, RLOO, GRPO); a value head on the policy trunk with
+bf16 frozen models; reward functions (alone and weighted with a reward model), and a learning test
+that fails when the logprobs are read one position off."""
 
 import json
 import logging
