@@ -13,11 +13,13 @@ ELO_SCALE = 400 / np.log(10)  # Elo points per unit of log-strength: P(i beats j
 REFERENCE_RATING = 1000.0
 
 
-def tally(outcomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(wins [..., P, P], games [..., P, P]) summed over prompts (axis -3) of `outcomes` [..., N, P, P]:
-    the score of i against j (1 win, 0.5 tie, 0 loss; NaN: no game)."""
+def tally(outcomes: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(wins, games) [..., P, P] of `outcomes` [N prompts, P, P], the score of i against j (1 win,
+    0.5 tie, 0 loss; NaN: no game), each prompt counted `counts` [..., N] times (None: once)."""
     played = ~np.isnan(outcomes)
-    return np.where(played, outcomes, 0.0).sum(-3), played.sum(-3).astype(np.float64)
+    counts = np.ones(len(outcomes)) if counts is None else counts
+    return (np.einsum("...n,nij->...ij", counts, np.where(played, outcomes, 0.0)),
+            np.einsum("...n,nij->...ij", counts, played.astype(np.float64)))
 
 
 def bradley_terry(wins: np.ndarray, games: np.ndarray, *, prior_ties: float = 1.0, tol: float = 1e-10,
@@ -27,7 +29,8 @@ def bradley_terry(wins: np.ndarray, games: np.ndarray, *, prior_ties: float = 1.
 
     A tie is half a win and half a loss. `prior_ties` virtual ties are added between every two players (a
     weak prior that keeps a player who wins or loses every game finite); with 0 the maximum exists only when
-    every player can be reached from every other by a chain of wins (Ford 1957), else ValueError.
+    every player can be reached from every other by a chain of players each of whom scored (won or tied)
+    against the next (Ford 1957), else ValueError.
     """
     wins, games = np.asarray(wins, np.float64), np.asarray(games, np.float64)
     players = wins.shape[-1]
@@ -76,9 +79,7 @@ def elo_summary(outcomes: np.ndarray, names: Sequence[str], *, num_bootstrap: in
     ratings = elo_ratings(wins, games, prior_ties=prior_ties)
     n = len(outcomes)  # how often each prompt is drawn in each resample of n prompts with replacement
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=num_bootstrap).astype(np.float64)
-    played = ~np.isnan(outcomes)  # `tally` of each resample, weighting each prompt by its count
-    resampled = elo_ratings(np.einsum("bn,nij->bij", counts, np.where(played, outcomes, 0.0)),
-                            np.einsum("bn,nij->bij", counts, played), prior_ties=prior_ties)
+    resampled = elo_ratings(*tally(outcomes, counts), prior_ties=prior_ties)
     low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
     return {"ratings": {name: {"rating": float(ratings[i]), "low": float(low[i]), "high": float(high[i]),
                                "games": int(games[i].sum())} for i, name in enumerate(names)},

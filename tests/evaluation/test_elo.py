@@ -98,6 +98,17 @@ def test_summary_intervals_contain_the_rating_shrink_with_prompts_and_follow_the
     assert elo_summary(outcomes, names, num_bootstrap=300, seed=1) != small
 
 
+def test_the_interval_is_the_95_percent_one_of_the_delta_method():
+    """Two players, 300 wins of 400: the rating difference's standard error is 400 / ln 10 / sqrt(n p (1 - p))
+    (the delta method on the win rate p), so a 95% interval is about 2 * 1.96 of it wide (78.7 points)."""
+    n, p = 400, 0.75
+    summary = elo_summary(games_of({(0, 1): [0.0] * 300 + [1.0] * 100}, 2), ["initial", "sft"], num_bootstrap=2000)
+    sft = summary["ratings"]["sft"]
+    np.testing.assert_allclose(sft["rating"], 1000 + 400 * np.log10(300.5 / 100.5), atol=1e-6)
+    want = 2 * 1.959964 * 400 / np.log(10) / np.sqrt(n * p * (1 - p))
+    assert 0.9 * want < sft["high"] - sft["low"] < 1.1 * want, (sft, want)
+
+
 def test_summary_refuses_bad_input():
     with pytest.raises(ValueError, match="at least two players"):
         elo_summary(np.full((3, 1, 1), np.nan), ["initial"])
