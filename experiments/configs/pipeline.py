@@ -112,6 +112,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.evaluation.report_samples = 12  # test prompts shown side by side in report.md
     config.evaluation.perplexity_max_len = 256  # tokens of each held-out docstring scored for perplexity
     config.evaluation.compare = ()  # other runs' policies evaluated beside this run's: "NAME=DIR" (DIR: a stage folder)
+    config.evaluation.elo_bootstrap = 1000  # resamples of the test prompts for the Elo ratings' 95% intervals
+    config.evaluation.elo_prior_ties = 1.0  # virtual ties between every two policies in the Elo fit (keeps it finite)
 
     stage_preset = "smollm2" if real else "tiny"
     config.sft = _stage_config("sft", stage_preset)

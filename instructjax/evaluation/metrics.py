@@ -1,5 +1,5 @@
-"""Constraint pass rates by family, McNemar's test, and win rates by a labeler (`Rate` and
-`mean_and_interval` come from `instructjax.stats` and are re-exported here)."""
+"""Constraint pass rates by family, McNemar's test, and win rates and pairwise judgements by a labeler
+(`Rate` and `mean_and_interval` come from `instructjax.stats` and are re-exported here)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from instructjax.labelers import Labeler
 from instructjax.stats import Rate, mean_and_interval
 from instructjax.tasks.instructions import TaskPrompt
 
-__all__ = ["Rate", "mcnemar_exact", "mean_and_interval", "pass_rates", "prompt_passes", "win_rate"]
+__all__ = ["Rate", "mcnemar_exact", "mean_and_interval", "pairwise_outcomes", "pass_rates", "preference",
+           "prompt_passes", "win_rate"]
 
 
 def pass_rates(prompts: Sequence[TaskPrompt], responses: Sequence[str]) -> dict[str, Rate]:
@@ -55,10 +56,27 @@ def mcnemar_exact(ours: Sequence[bool], theirs: Sequence[bool]) -> dict[str, flo
             "ours_only": ours_only, "theirs_only": theirs_only, "p_value": float(p_value), "prompts": int(ours.size)}
 
 
+def preference(labeler: Labeler, prompt: str, ours: str, theirs: str) -> float:
+    """The labeler's verdict on two responses to a prompt: 1 when it ranks `ours` above `theirs`, 0.5 for a
+    tie, 0 below."""
+    rank_ours, rank_theirs = labeler.rank(prompt, [ours, theirs])
+    return 1.0 if rank_ours < rank_theirs else 0.5 if rank_ours == rank_theirs else 0.0
+
+
 def win_rate(labeler: Labeler, prompts: Sequence[str], ours: Sequence[str], theirs: Sequence[str]) -> Rate:
     """How often the labeler ranks `ours` above `theirs` (a tie counts one half)."""
-    wins = 0.0
-    for prompt, a, b in zip(prompts, ours, theirs, strict=True):
-        rank_a, rank_b = labeler.rank(prompt, [a, b])
-        wins += 1.0 if rank_a < rank_b else 0.5 if rank_a == rank_b else 0.0
-    return Rate(wins, len(prompts))
+    return Rate(sum(preference(labeler, p, a, b) for p, a, b in zip(prompts, ours, theirs, strict=True)),
+                len(prompts))
+
+
+def pairwise_outcomes(labeler: Labeler, prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> np.ndarray:
+    """float [N, P, P]: the labeler's `preference` of policy i's response over policy j's to each prompt, for
+    the responses [P][N] of P policies; [n, j, i] = 1 - [n, i, j] (each pair is judged once), NaN on the
+    diagonal (no game). The input of `instructjax.evaluation.elo.elo_summary`."""
+    outcomes = np.full((len(prompts), len(responses), len(responses)), np.nan)
+    for i, ours in enumerate(responses):
+        for j in range(i + 1, len(responses)):
+            for n, (prompt, a, b) in enumerate(zip(prompts, ours, responses[j], strict=True)):
+                outcomes[n, i, j] = preference(labeler, prompt, a, b)
+                outcomes[n, j, i] = 1.0 - outcomes[n, i, j]
+    return outcomes

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from instructjax.evaluation.elo import REFERENCE_RATING  # noqa: E402
 from instructjax.tasks.instructions import TaskPrompt  # noqa: E402
 from instructjax.train.metrics import read_metrics  # noqa: E402
 
@@ -135,6 +136,27 @@ def plot_pass_rates(summary: dict[str, Any], out: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def plot_elo(elo: dict[str, Any], out: pathlib.Path) -> None:
+    """Elo rating of each policy with its bootstrap 95% interval (`summary["elo"]`)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for x, (name, r) in enumerate(elo["ratings"].items()):
+        ax.errorbar([x], [r["rating"]], yerr=[[r["rating"] - r["low"]], [r["high"] - r["rating"]]], fmt="o",
+                    capsize=6, color=color(name))
+    ax.axhline(REFERENCE_RATING, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(elo["ratings"])), [label(n) for n in elo["ratings"]])
+    ax.set_ylabel(f"Elo ({label(elo['reference'])} = {REFERENCE_RATING:.0f})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _elo_table(elo: dict[str, Any]) -> list[str]:
+    ranked = sorted(elo["ratings"].items(), key=lambda item: -item[1]["rating"])
+    return ["| rank | policy | Elo | 95% interval | games |", "|---|---|---|---|---|",
+            *(f"| {i + 1} | {label(name)} | {r['rating']:.0f} | [{r['low']:.0f}, {r['high']:.0f}] | {r['games']} |"
+              for i, (name, r) in enumerate(ranked))]
+
+
 def _cell(text: str, limit: int = 400) -> str:
     text = text if len(text) <= limit else text[:limit] + "…"
     return text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
@@ -169,6 +191,7 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
     plot_overoptimization(root, names, root / "report_overoptimization.png")
     plot_reward_model(root, root / "report_reward_model.png")
     plot_pass_rates(summary, root / "report_pass_rates.png")
+    plot_elo(summary["elo"], root / "report_elo.png")
     lines = [f"# InstructGPT pipeline report: `{root}`", "",
              f"{summary['num_test_prompts']} held-out test prompts (topics disjoint from training), greedy "
              "responses. Rates with 95% Wilson intervals; means with normal 95% half-widths; paired differences "
@@ -189,6 +212,12 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
     for name, (mean, half) in summary["kl_to_sft"].items():
         lines.append(f"- KL({label(name)} || SFT) per response, sampled: {mean:.2f} ± {half:.2f} nats")
     lines.append("")
+    elo = summary["elo"]
+    lines += ["## Elo ratings", "", f"Every pair of policies judged by the labeler on each of the {elo['prompts']} "
+              "test prompts, ranked by a Bradley-Terry fit on the Elo scale (a tie counts half; virtual ties "
+              f"added per pair of policies: {elo['prior_ties']:g}; {label(elo['reference'])} at "
+              f"{REFERENCE_RATING:.0f}); 95% percentile intervals over {elo['bootstrap_samples']} resamples of the "
+              "prompts.", "", *_elo_table(elo), "", "![Elo ratings](report_elo.png)", ""]
     if summary.get("num_heldout_prompts") or summary.get("num_heldout_texts"):
         lines += ["## Alignment tax", "", "What training costs outside the task: constraint families no training "
                   "stage saw (test topics), and perplexity on docstrings kept out of PPO-ptx's corpus "

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from instructjax import checkpoints, labelers, tasks
-from instructjax.evaluation import metrics
+from instructjax.evaluation import elo, metrics
 from instructjax.evaluation.generation import SamplingConfig, iter_completions
 from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_scores
 from instructjax.evaluation.report import write_report
@@ -497,8 +497,9 @@ def policy_names(config: ml_collections.ConfigDict, compared: bool = True) -> li
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """8. Every policy on the test prompts (pass rates by family, RM score, length, EOS rate), on the
     held-out families' prompts and on held-out docstrings (the alignment tax); paired McNemar tests of
-    the pass rates, win rates by the labeler, KL of the RL policies to SFT, and the reward stage's held-out
-    pairwise accuracy (overall and per constraint family); then `report.md` with plots."""
+    the pass rates, win rates by the labeler, Elo ratings of every policy from the labeler's judgements of
+    each pair, KL of the RL policies to SFT, and the reward stage's held-out pairwise accuracy (overall and
+    per constraint family); then `report.md` with plots."""
     c, folder, files = config.evaluation, root / "evaluation", task_files(root)
     prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
@@ -549,6 +550,8 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
         "reward_model": _reward_validation(root / "reward"),
         "later_reward_models": {round_name("reward", r): _reward_validation(root / round_name("reward", r))
                                 for r in range(2, config.rounds + 1) if trains_reward_model(config, r)},
+        "elo": elo.elo_summary(metrics.pairwise_outcomes(labeler, test_texts, [responses[n, "test"] for n in names]),
+                               names, num_bootstrap=c.elo_bootstrap, seed=config.seed, prior_ties=c.elo_prior_ties),
     }
     write_json(folder / "summary.json", summary)
     write_jsonl(folder / "samples.jsonl", ({"prompt": t, **{n: responses[n, "test"][i] for n in names}}

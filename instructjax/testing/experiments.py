@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import pathlib
 import re
 import signal
 import subprocess
+import sys
 import time
 from typing import Iterator
 
@@ -83,6 +85,25 @@ def documented_config_paths(stage: str) -> set[str]:
             prefix = mount.group(1)[1:] + "." if mount.group(1) else ""
             documented |= {prefix + field for field in commented_fields(library, mount.group(2))}
     return documented
+
+
+def run_experiment(stage: str, workdir: pathlib.Path, log: pathlib.Path, *flags: str, preset: str = "tiny",
+                   devices: int | None = None, wait: bool = True, timeout_s: float = 400) -> subprocess.Popen:
+    """`experiments/{stage}.py --config=experiments/configs/{stage}.py:{preset} --workdir=WORKDIR FLAGS...` on
+    the CPU, its output in `log`; `devices` fake CPU devices (None: those of this process's XLA_FLAGS). Compiled
+    programs are shared between the runs of a test through JAX's persistent cache (next to the log).
+    `wait`: until it exits, which must be with status 0 (else the log's tail is shown)."""
+    cmd = [sys.executable, str(CONFIGS.parent / f"{stage}.py"), f"--config={CONFIGS / stage}.py:{preset}",
+           f"--workdir={workdir}", *flags]
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax_cache"),
+                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    with open(log, "w") as output:
+        process = subprocess.Popen(cmd, cwd=CONFIGS.parents[1], stdout=output, stderr=output, env=env)
+    if wait:
+        assert process.wait(timeout=timeout_s) == 0, log.read_text()[-3000:]
+    return process
 
 
 def kill_after_checkpoint(process: subprocess.Popen, checkpoint_dir: pathlib.Path, timeout_s: float) -> None:

@@ -57,6 +57,11 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
     assert families and set(families) <= set(ij.tasks.FAMILIES)
     assert sum(rate["total"] for rate in families.values()) >= reward["pairs"] > 0  # every pair has a family
     assert all(0.0 <= rate["low"] <= rate["value"] <= rate["high"] <= 1.0 for rate in families.values())
+    elo = evaluation["elo"]  # every policy ranked from the labeler's judgements of each pair on the test prompts
+    assert list(elo["ratings"]) == list(evaluation["models"]) and elo["prompts"] == 16
+    assert elo["reference"] == "initial" and elo["ratings"]["initial"]["rating"] == 1000.0
+    for rating in elo["ratings"].values():
+        assert rating["low"] <= rating["rating"] <= rating["high"] and rating["games"] == 16 * 3
     assert summaries["task"]["pretraining_texts"] == 48 and summaries["task"]["pretraining_heldout_texts"] == 16
     for stage in ("ppo", "ppo_ptx"):  # the validation curve: gold and proxy at each evaluated iteration
         points = ij.evaluation.report.overoptimization_points(workdir / stage)
@@ -69,10 +74,11 @@ def test_report_has_tables_plots_and_samples(finished_run):
     report = (workdir / "report.md").read_text()
     for heading in ("## Constraint pass rate", "## Policies", "## RL runs", "## Sample responses", "Win rate of PPO",
                     "KL(PPO || SFT)", "KL(PPO-ptx || SFT)", "## Alignment tax", "McNemar", "held-out docstrings",
-                    "## Reward model", "| family | pairs | accuracy |"):
+                    "## Reward model", "| family | pairs | accuracy |", "## Elo ratings",
+                    "| rank | policy | Elo | 95% interval | games |"):
         assert heading in report
     for plot in ("report_ppo.png", "report_reward_model.png", "report_pass_rates.png",
-                 "report_overoptimization.png"):
+                 "report_overoptimization.png", "report_elo.png"):
         assert plot in report and (workdir / plot).stat().st_size > 1000
     comparisons = [json.loads(line) for line in open(workdir / "comparisons" / "comparisons.jsonl")]
     assert comparisons and all(len(r["completions"]) == len(r["ranking"]) >= 2 for r in comparisons)
@@ -216,5 +222,6 @@ def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
         ours = [json.loads(line) for line in open(tmp_path / "evaluation" / "responses_ppo.jsonl")]
         theirs = [json.loads(line) for line in open(workdir / "evaluation" / "responses_ppo.jsonl")]
         assert ours == theirs
+    assert list(evaluation["elo"]["ratings"]) == list(evaluation["models"])  # every policy ranked
     report = (tmp_path / "report.md").read_text()
     assert f"{algorithm.upper()} round 2" in report

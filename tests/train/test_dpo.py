@@ -1,15 +1,12 @@
 """DPO / IPO: the pair sums against an explicit list of pairs, the tiny preset end to end (it learns
 the preferences of its training pairs, checked by an independent forward of the export and the
-initial model), reference logprobs computed once and cached, an exact resume, the script with IPO."""
+initial model), reference logprobs computed once and cached, an exact resume (also after SIGKILL),
+sharded over 8 fake devices equal to one device, the script with IPO."""
 
 import itertools
 import json
 import math
-import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +19,8 @@ from instructjax.data import render
 from instructjax.train import dpo, read_metrics, train_dpo
 from instructjax.train.config import dataset_config
 from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              load_experiment_config)
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG_FILE = REPO / "experiments" / "configs" / "dpo.py"
+                                              kill_after_checkpoint, load_experiment_config, run_experiment,
+                                              without_timings)
 
 
 def dpo_config(preset="tiny", **overrides):
@@ -173,13 +168,42 @@ def test_reference_logprobs_are_computed_once_and_a_resume_equals_the_uninterrup
     assert_same_run(workdir, reference)
 
 
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
+    reference, *_ = tiny_run
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.2"  # time to kill the run between checkpoints 10 and 20
+    process = run_experiment("dpo", workdir, tmp_path / "killed.log", slow, wait=False)
+    kill_after_checkpoint(process, workdir / "checkpoints" / "10", timeout_s=240)
+    assert not (workdir / "export").exists()
+    assert not (workdir / "checkpoints" / "30").exists()
+    run_experiment("dpo", workdir, tmp_path / "resumed.log", slow, timeout_s=300)
+    assert_same_run(workdir, reference)
+
+
+@pytest.mark.needs_devices(8)
+def test_sharded_run_equals_a_single_device_run(tmp_path):
+    """10 steps with data, fsdp and tensor sharded over 8 fake devices (this process) and on one device (the
+    script): the same metrics and export up to float rounding."""
+    short = {"num_steps": 10, "checkpoint.every_steps": 10, "eval.every_steps": 10}
+    train_dpo(dpo_config(**short, **{"parallel.mesh_shape": (2, 2, 2)}), tmp_path / "sharded")
+    run_experiment("dpo", tmp_path / "single", tmp_path / "single.log",
+                   *(f"--config.{k}={v}" for k, v in short.items()), devices=1, timeout_s=300)
+    sharded, single = (without_timings(read_metrics(tmp_path / run / "metrics.jsonl")) for run in ("sharded", "single"))
+    assert [sorted(r) for r in sharded] == [sorted(r) for r in single] and len(sharded) == 10 + 1  # + eval
+    for got, want in zip(sharded, single):
+        # pairs counted as correct (margin > 0) while the policy is still the reference: margins of rounding size
+        counts = ("train/accuracy", "train/correct_pairs") if abs(want.get("train/margin", 1.0)) < 1e-3 else ()
+        for key in set(got) - set(counts):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-3, atol=1e-5, err_msg=f"{key} at {got['step']}")
+    _, got = ij.checkpoints.load_hf(tmp_path / "sharded" / "export")
+    _, want = ij.checkpoints.load_hf(tmp_path / "single" / "export")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), got, want)
+
+
 def test_script_runs_ipo(tmp_path):
     overrides = {"loss": "ipo", "num_steps": 4, "checkpoint.every_steps": 4, "eval.every_steps": 0}
-    cmd = [sys.executable, str(REPO / "experiments" / "dpo.py"), f"--config={CONFIG_FILE}:tiny",
-           f"--workdir={tmp_path / 'run'}", *(f"--config.{k}={v}" for k, v in overrides.items())]
-    env = os.environ | {"JAX_PLATFORMS": "cpu"}
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_experiment("dpo", tmp_path / "run", tmp_path / "ipo.log", *(f"--config.{k}={v}" for k, v in overrides.items()),
+                   timeout_s=300)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["loss"] == "ipo"
     train = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(train) == 4

@@ -1,15 +1,12 @@
 """The tiny PPO preset end to end on the shared loop (PPO-ptx on): item-25 metrics, sample tables,
-export, and an exact resume after SIGKILL; a value head on the policy trunk with bf16 frozen models;
-reward functions (alone and weighted with a reward model), and a learning test that fails when the
-logprobs are read one position off."""
+export, and an exact resume after SIGKILL (GAE, RLOO, GRPO); a value head on the policy trunk with
+bf16 frozen models; reward functions (alone and weighted with a reward model), and a learning test
+that fails when the logprobs are read one position off."""
 
 import json
 import logging
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -24,13 +21,12 @@ from instructjax.testing import tiny_tokenizer
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
 from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              kill_after_checkpoint, load_experiment_config, without_timings)
+                                              kill_after_checkpoint, load_experiment_config, run_experiment,
+                                              without_timings)
 from instructjax.models.functional import init_params
 from instructjax.rewards.io import export_reward_model
 from instructjax.rl.rollout import VALUE_HEAD
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG_FILE = REPO / "experiments" / "configs" / "ppo.py"
 OVERRIDES = {"num_steps": 6, "checkpoint.every_steps": 2, "ptx.gamma": 0.5, "samples.every_steps": 3}
 
 
@@ -62,22 +58,18 @@ def test_tiny_preset_logs_samples_and_exports(tiny_run):
 
 
 def run_script(workdir, log, *extra, wait=True):
-    cmd = [sys.executable, str(REPO / "experiments" / "ppo.py"), f"--config={CONFIG_FILE}:tiny",
-           f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra]
     # one CPU device: with 8 fake devices on 2 shared cores a resumed run once starved an XLA:CPU
     # collective past its 40 s rendezvous timeout (see docs/ppo.md)
-    env = os.environ | {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-                        "JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax_cache"),
-                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=stderr, stderr=stderr, env=env)
-    if wait:
-        assert process.wait(timeout=400) == 0, log.read_text()[-3000:]
-    return process
+    return run_experiment("ppo", workdir, log, *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra,
+                          devices=1, wait=wait)
 
 
-@pytest.mark.parametrize("algorithm", [(), ("--config.advantage=rloo", "--config.rollout.group_size=2",
-                                               "--config.batch_size=8")], ids=["gae", "rloo"])
+GROUPS = ("--config.rollout.group_size=2", "--config.batch_size=8")  # group baselines: 2 responses per prompt
+
+
+@pytest.mark.parametrize("algorithm", [(), ("--config.advantage=rloo", *GROUPS),
+                                       ("--config.advantage=grpo", "--config.kl.in_loss=True",
+                                        "--config.kl.estimator=k3", *GROUPS)], ids=["gae", "rloo", "grpo"])
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, algorithm):
     reference = tmp_path / "reference"
     run_script(reference, tmp_path / "reference.log", *algorithm)

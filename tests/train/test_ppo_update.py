@@ -1,7 +1,8 @@
 """The compiled PPO update: only the first minibatch reuses the recompute, microbatch accumulation,
-PPO-ptx gradients, sharded equals single-device, and learning on a synthetic reward, with a separate
-value network and with a value head on the policy trunk."""
+PPO-ptx gradients, sharded equals single-device (GAE and GRPO), and learning on a synthetic reward,
+with a separate value network and with a value head on the policy trunk."""
 
+import dataclasses
 import functools
 
 import jax
@@ -179,14 +180,22 @@ def test_learning_on_a_synthetic_reward():
     assert abs(strong[-1]["kl"]) < 0.5 * history[-1]["kl"], (strong[-1]["kl"], history[-1]["kl"])
 
 
+GRPO = {"advantage": "grpo", "group_size": 4, "kl_in_loss": True, "kl_kind": "k3"}  # no value function
+
+
 @pytest.mark.needs_devices(8)
-def test_sharded_update_equals_single_device():
+@pytest.mark.parametrize("settings", [{}, GRPO], ids=["gae", "grpo"])
+def test_sharded_update_equals_single_device(settings):
+    grpo = bool(settings)
     policy, value = models_params()
+    value = None if grpo else value
     tx = optax.adam(1e-3)
-    config = train.PPOConfig(num_minibatches=2, ppo_epochs=2)
-    update = train.make_ppo_update(CFG, CFG, tx, tx, config)
+    config = train.PPOConfig(num_minibatches=2, ppo_epochs=2, **settings)
+    update = train.make_ppo_update(CFG, None if grpo else CFG, tx, None if grpo else tx, config)
     batch = rollout_batch(policy)
-    state = train.init_ppo_state(policy, value, tx, tx, 0.05)
+    if grpo:  # scores that differ within every group: no group's advantages are all 0
+        batch = dataclasses.replace(batch, scores=jnp.asarray(np.random.default_rng(0).normal(size=16), jnp.float32))
+    state = train.init_ppo_state(policy, value, tx, None if grpo else tx, 0.05)
     want, want_metrics, _ = jax.jit(update)(state, batch, None, jax.random.key(1))
 
     mesh = parallel.make_mesh((2, 4, 1))
@@ -196,7 +205,8 @@ def test_sharded_update_equals_single_device():
     shardings = train.PPOState(
         step=replicated, kl_coef=replicated,
         policy=state_shardings(tx, shapes, parallel.param_shardings(CFG, shapes, mesh), mesh),
-        value=state_shardings(tx, vshapes, parallel.param_shardings(CFG, vshapes, mesh, head="scalar"), mesh))
+        value=None if grpo else state_shardings(
+            tx, vshapes, parallel.param_shardings(CFG, vshapes, mesh, head="scalar"), mesh))
     rows = jax.tree.map(lambda x: parallel.batch_sharding(mesh, x.ndim), batch)
     with parallel.activation_sharding(mesh):
         sharded = jax.jit(update, in_shardings=(shardings, rows, None, replicated),
@@ -206,9 +216,10 @@ def test_sharded_update_equals_single_device():
     assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(got.policy.params))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), jax.device_get(got.policy.params),
                  jax.device_get(want.policy.params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), jax.device_get(got.value.params),
-                 jax.device_get(want.value.params))
-    for key in ("score", "kl", "pg_loss", "value_loss", "approx_kl"):
+    if not grpo:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), jax.device_get(got.value.params),
+                     jax.device_get(want.value.params))
+    for key in ("score", "kl", "pg_loss", "approx_kl", "kl_loss" if grpo else "value_loss"):
         np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=1e-3, atol=1e-5)
 
 

@@ -2,10 +2,6 @@
 after SIGKILL, the NaN guard, and the workdir's config check."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,10 +10,8 @@ import pytest
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
 from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              kill_after_checkpoint, load_experiment_config)
+                                              kill_after_checkpoint, load_experiment_config, run_experiment)
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG_FILE = REPO / "experiments" / "configs" / "sft.py"
 # A short version of the tiny preset: checkpoints at 6, 12, 18, 24 (the last 3 kept); evaluation at 16 and 24.
 OVERRIDES = {"num_steps": 24, "checkpoint.every_steps": 6, "eval.every_steps": 16, "eval.max_new_tokens": 8}
 
@@ -74,17 +68,9 @@ def test_init_from_an_earlier_workdir(tiny_run):
 
 
 def run_script(workdir, log, *extra, wait=True):
-    """experiments/sft.py on the shortened tiny preset; compiled programs are shared between runs
-    through JAX's persistent cache (next to the log)."""
-    cmd = [sys.executable, str(REPO / "experiments" / "sft.py"), f"--config={CONFIG_FILE}:tiny",
-           f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra]
-    env = os.environ | {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax_cache"),
-                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(cmd, cwd=REPO, stdout=stderr, stderr=stderr, env=env)
-    if wait:
-        assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
-    return process
+    """experiments/sft.py on the shortened tiny preset."""
+    return run_experiment("sft", workdir, log, *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), *extra,
+                          wait=wait, timeout_s=300)
 
 
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
