@@ -180,6 +180,33 @@ def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout,
             f.write(json.dumps(row) + "\n")
 
 
+def ppo_state_layout(policy: setup_lib.StateLayout, value: Optional[setup_lib.StateLayout],
+                     replicated) -> tuple[PPOState, PPOState]:
+    """(shardings, checkpoint restore target) of a `PPOState` from its networks' layouts (`value` None: no
+    value network); the scalars `step` (int32) and `kl_coef` (float32) are replicated."""
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
+    shardings = PPOState(step=replicated, policy=policy.state_shardings,
+                         value=None if value is None else value.state_shardings, kl_coef=replicated)
+    abstract = PPOState(step=scalar(jnp.int32), policy=policy.abstract_state,
+                        value=None if value is None else value.abstract_state, kl_coef=scalar(jnp.float32))
+    return shardings, abstract
+
+
+class IterationCounter:
+    """PPO iterations on the host: read from the state once, at the run's first iteration (the loop may
+    have resumed at any step), then counted without waiting for the device."""
+
+    def __init__(self):
+        self.done: Optional[int] = None
+
+    def next(self, state: PPOState) -> int:
+        """The number (1-based) of the iteration about to update `state`."""
+        if self.done is None:
+            self.done = int(jax.device_get(state.step))
+        self.done += 1
+        return self.done
+
+
 # evaluate(policy_cfg, policy LM params, iteration) -> metrics logged as eval/<name>
 PolicyEvalFn = Callable[[models.ModelConfig, Any, int], dict[str, float]]
 
@@ -240,12 +267,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}), num_updates))
         value_layout = setup_lib.train_state_layout(value_tx, value_params, value_cfg, mesh, rules, head="scalar")
     replicated = parallel.replicated(mesh)
-    shardings = PPOState(step=replicated, policy=policy_layout.state_shardings,
-                         value=None if value_layout is None else value_layout.state_shardings, kl_coef=replicated)
+    shardings, abstract = ppo_state_layout(policy_layout, value_layout, replicated)
     build_state = lambda p, v: init_ppo_state(p, v, policy_tx, value_tx, config.kl.init_coef)
-    value_shapes = None if value_layout is None else value_layout.shapes
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            jax.eval_shape(build_state, policy_layout.shapes, value_shapes), shardings)
 
     ref_params = jax.device_put(ref_params, parallel.param_shardings(cfg, ref_params, mesh, rules))
     if reward_params is not None:
@@ -264,6 +287,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     episode_rows = jax.jit(lambda batch: jax.tree.map(lambda x: jnp.repeat(x, c.group_size, axis=0), batch),
                            out_shardings=parallel.batch_sharding(mesh, 1))
 
+    iterations = IterationCounter()
+
     def step_fn(state: PPOState, batch: dict, rng: jax.Array):
         sample_rng, update_rng = jax.random.split(rng)
         prompt_batch = batch["prompts"]  # each prompt group_size times, consecutive rows
@@ -274,12 +299,11 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                                                rng=sample_rng, settings=settings, mesh=mesh)
             function_scores = None if score_functions is None else score_functions(out, prompt_batch["index"])
             rollout = score(ref_params, reward_params, out, function_scores)
-            iteration = int(jax.device_get(state.step)) + 1
-            kl_coef = float(jax.device_get(state.kl_coef))
-            if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):
-                write_sample_table(workdir.samples, iteration, tokenizer, rollout, kl_coef, config.samples.rows,
-                                   sources.names)
+            iteration = iterations.next(state)
             state, metrics, _ = update(state, rollout, batch["ptx"], update_rng)
+        if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):
+            write_sample_table(workdir.samples, iteration, tokenizer, rollout, float(metrics["kl_coef"]),
+                               config.samples.rows, sources.names)
         return state, metrics | source_metrics(sources.names, rollout.source_scores)
 
     def init_state() -> PPOState:
