@@ -31,7 +31,8 @@ from instructjax.rl.advantages import gae, group_advantages, masked_mean, rloo_a
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
 from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from instructjax.rl.rewards import token_rewards
-from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
+from instructjax.rl.forwards import response_logits, response_logits_and_values, response_values
+from instructjax.rl.rollout import Rollout
 from instructjax.train.state import TrainState
 from instructjax.train.step import accumulate_gradients, apply_gradients, poisoned_at
 

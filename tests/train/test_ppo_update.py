@@ -14,7 +14,9 @@ from instructjax import models, parallel, rl, train
 from instructjax.train import ppo_update
 from instructjax.train.state import state_shardings
 from instructjax.models.functional import init_params
-from instructjax.rl.rollout import VALUE_HEAD, response_values, token_count_reward
+from instructjax.rl.forwards import response_values
+from instructjax.rl.in_graph_rewards import token_count_reward
+from instructjax.rl.value_head import VALUE_HEAD
 from instructjax.train.ppo_update import ptx_logprob_sum
 
 CFG = models.get_preset("tiny")
@@ -224,7 +226,7 @@ def test_shared_forward_reads_both_heads_from_one_trunk():
     logits, values = rl.response_logits_and_values(CFG, params, batch.tokens, batch.attention_mask,
                                                    batch.response_mask)
     num_new = batch.response_mask.shape[1]
-    want_logits = rl.rollout.response_logits(CFG, rl.lm_params(params), batch.tokens, batch.attention_mask, num_new)
+    want_logits = rl.forwards.response_logits(CFG, rl.lm_params(params), batch.tokens, batch.attention_mask, num_new)
     want_values = response_values(CFG, params, batch.tokens, batch.attention_mask, batch.response_mask)
     np.testing.assert_array_equal(logits, want_logits)
     np.testing.assert_allclose(values, want_values, atol=1e-5)
