@@ -64,6 +64,14 @@ def make(config, policy_tx=None, value_tx=None, kl_coef=0.05, shared=False):
     return state, jax.jit(train.make_ppo_update(CFG, CFG, policy_tx, value_tx, config))
 
 
+def test_each_epoch_cuts_a_fresh_permutation_of_the_episodes_into_minibatches():
+    """The minibatches of an epoch cover every episode once, in a random order that changes with the epoch's key."""
+    orders = [np.asarray(ppo_update.minibatch_indices(key, 16, 4)) for key in jax.random.split(jax.random.key(1), 2)]
+    for order in orders:
+        assert order.shape == (4, 4) and sorted(order.ravel().tolist()) == list(range(16))
+    assert not np.array_equal(orders[0].ravel(), np.arange(16)) and not np.array_equal(orders[0], orders[1])
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["separate_value", "shared_trunk"])
 def test_only_the_first_minibatch_reuses_the_recompute(shared):
     """2 epochs x 4 minibatches. The first minibatch of the first epoch takes its old logprobs and
