@@ -39,7 +39,7 @@ LAYERS = {
     "instructjax.rl.kl": FORMULAS,
     "instructjax.rl.ppo": FORMULAS,
     "instructjax.rl.rewards": FORMULAS,
-    "instructjax.rl": ROLLOUT,  # rl/__init__.py, rollout.py, reward_functions.py
+    "instructjax.rl": ROLLOUT,  # rl/__init__.py, sampler, rollout, forwards, value_head, frozen, in_graph_rewards, reward_functions
     "instructjax.rewards": ROLLOUT,
     "instructjax.train": TRAINERS,
     "instructjax.evaluation": PIPELINE,

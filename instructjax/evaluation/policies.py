@@ -17,7 +17,8 @@ from instructjax.evaluation.generation import SamplingConfig, prompt_batches, sa
 from instructjax.losses import token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.rewards.io import RewardModel
-from instructjax.rl.rollout import assemble, response_logprobs
+from instructjax.rl.forwards import response_logprobs
+from instructjax.rl.rollout import assemble
 from instructjax.tokenizers import Prompt, Tokenizer
 
 

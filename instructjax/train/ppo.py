@@ -25,7 +25,11 @@ from instructjax import models, parallel
 from instructjax.data import PretrainingConfig, PromptConfig, pretraining_loader, prompt_loader
 from instructjax.rewards.io import load_reward_model
 from instructjax.rewards.scoring import reward_params_from_lm
-from instructjax.rl import rollout as rollout_lib
+from instructjax.rl.frozen import frozen_model
+from instructjax.rl.in_graph_rewards import reward_model_fn, token_count_reward
+from instructjax.rl.rollout import Rollout, make_scorer
+from instructjax.rl.sampler import SamplingSettings, sample_responses
+from instructjax.rl.value_head import VALUE_HEAD, add_value_head, lm_params
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import setup as setup_lib
 from instructjax.train.config import loader_config, optim_config
@@ -124,7 +128,7 @@ def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, polic
         logging.info("advantage=%r: no value function (value.* is not read)", config.advantage)
         return None, None, policy_params
     if config.value.init == "shared":
-        return None, None, rollout_lib.add_value_head(cfg, policy_params, rng)
+        return None, None, add_value_head(cfg, policy_params, rng)
     if config.value.init == "reward":
         value_cfg, value_params = reward_cfg, reward_params
     else:
@@ -143,22 +147,21 @@ def reward_function(config: ml_collections.ConfigDict, sources: RewardSources, c
     if sources.in_graph is None:
         return None, None
     if sources.in_graph == "token_count":
-        return rollout_lib.token_count_reward(config.reward.token_id), None
-    reward_cfg, reward_params = rollout_lib.frozen_model(reward_cfg, reward_params, config.reward.dtype or cfg.dtype)
-    return rollout_lib.reward_model_fn(reward_cfg), reward_params
+        return token_count_reward(config.reward.token_id), None
+    reward_cfg, reward_params = frozen_model(reward_cfg, reward_params, config.reward.dtype or cfg.dtype)
+    return reward_model_fn(reward_cfg), reward_params
 
 
 def policy_param_shardings(cfg: models.ModelConfig, shapes: Any, mesh, rules) -> Any:
     """Shardings of the policy params; a value head on the trunk is laid out like a reward model's head."""
-    shardings = parallel.param_shardings(cfg, rollout_lib.lm_params(shapes), mesh, rules)
-    if rollout_lib.VALUE_HEAD not in shapes:
+    shardings = parallel.param_shardings(cfg, lm_params(shapes), mesh, rules)
+    if VALUE_HEAD not in shapes:
         return shardings
-    axes = models.param_logical_axes(cfg, "scalar")[rollout_lib.VALUE_HEAD]
-    return {**shardings, rollout_lib.VALUE_HEAD: parallel.logical_shardings(axes, shapes[rollout_lib.VALUE_HEAD],
-                                                                            mesh, rules)}
+    axes = models.param_logical_axes(cfg, "scalar")[VALUE_HEAD]
+    return {**shardings, VALUE_HEAD: parallel.logical_shardings(axes, shapes[VALUE_HEAD], mesh, rules)}
 
 
-def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout, kl_coef: float, rows: int,
+def write_sample_table(path, step: int, tokenizer, rollout: Rollout, kl_coef: float, rows: int,
                        source_names: tuple[str, ...]) -> None:
     """A JSONL table of sample prompts, responses, scores (total and per source) and summed KL, one file
     per logged iteration."""
@@ -178,6 +181,33 @@ def write_sample_table(path, step: int, tokenizer, rollout: rollout_lib.Rollout,
                    "score": float(scores[i]), "source_scores": dict(zip(source_names, source_scores[i].tolist())),
                    "kl": kl, "kl_coef": kl_coef}
             f.write(json.dumps(row) + "\n")
+
+
+def ppo_state_layout(policy: setup_lib.StateLayout, value: Optional[setup_lib.StateLayout],
+                     replicated) -> tuple[PPOState, PPOState]:
+    """(shardings, checkpoint restore target) of a `PPOState` from its networks' layouts (`value` None: no
+    value network); the scalars `step` (int32) and `kl_coef` (float32) are replicated."""
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
+    shardings = PPOState(step=replicated, policy=policy.state_shardings,
+                         value=None if value is None else value.state_shardings, kl_coef=replicated)
+    abstract = PPOState(step=scalar(jnp.int32), policy=policy.abstract_state,
+                        value=None if value is None else value.abstract_state, kl_coef=scalar(jnp.float32))
+    return shardings, abstract
+
+
+class IterationCounter:
+    """PPO iterations on the host: read from the state once, at the run's first iteration (the loop may
+    have resumed at any step), then counted without waiting for the device."""
+
+    def __init__(self):
+        self.done: Optional[int] = None
+
+    def next(self, state: PPOState) -> int:
+        """The number (1-based) of the iteration about to update `state`."""
+        if self.done is None:
+            self.done = int(jax.device_get(state.step))
+        self.done += 1
+        return self.done
 
 
 # evaluate(policy_cfg, policy LM params, iteration) -> metrics logged as eval/<name>
@@ -212,7 +242,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params,
                                                         value_rng)
     reward_fn, reward_params = reward_function(config, sources, cfg, reward_cfg, reward_params)
-    ref_cfg, ref_params = rollout_lib.frozen_model(cfg, initial_params, config.reference.dtype)
+    ref_cfg, ref_params = frozen_model(cfg, initial_params, config.reference.dtype)
 
     prompts_data = build_dataset(config.data, "prompts", workdir.data)
     prompt_cfg = PromptConfig(max_prompt_len=config.data.max_prompt_len, truncation=config.data.truncation,
@@ -240,29 +270,26 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}), num_updates))
         value_layout = setup_lib.train_state_layout(value_tx, value_params, value_cfg, mesh, rules, head="scalar")
     replicated = parallel.replicated(mesh)
-    shardings = PPOState(step=replicated, policy=policy_layout.state_shardings,
-                         value=None if value_layout is None else value_layout.state_shardings, kl_coef=replicated)
+    shardings, abstract = ppo_state_layout(policy_layout, value_layout, replicated)
     build_state = lambda p, v: init_ppo_state(p, v, policy_tx, value_tx, config.kl.init_coef)
-    value_shapes = None if value_layout is None else value_layout.shapes
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            jax.eval_shape(build_state, policy_layout.shapes, value_shapes), shardings)
 
     ref_params = jax.device_put(ref_params, parallel.param_shardings(cfg, ref_params, mesh, rules))
     if reward_params is not None:
         reward_params = jax.device_put(reward_params, parallel.param_shardings(reward_cfg, reward_params, mesh, rules,
                                                                                head="scalar"))
     eos = tokenizer.eos_id
-    settings = rollout_lib.SamplingSettings(max_new_tokens=config.rollout.max_new_tokens,
-                                            temperature=config.rollout.temperature, top_k=config.rollout.top_k,
-                                            top_p=config.rollout.top_p, eos_id=eos, pad_id=tokenizer.pad_id,
-                                            dtype=config.rollout.dtype or None)
+    settings = SamplingSettings(max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
+                                top_k=config.rollout.top_k, top_p=config.rollout.top_p, eos_id=eos,
+                                pad_id=tokenizer.pad_id, dtype=config.rollout.dtype or None)
     penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
-    score = jax.jit(rollout_lib.make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
-                                            no_eos_penalty_value=penalty, weights=sources.weights))
+    score = jax.jit(make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
+                                no_eos_penalty_value=penalty, weights=sources.weights))
     update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c, nan_at_step=config.debug.nan_at_step),
                      donate_argnums=0, out_shardings=(shardings, replicated, replicated))
     episode_rows = jax.jit(lambda batch: jax.tree.map(lambda x: jnp.repeat(x, c.group_size, axis=0), batch),
                            out_shardings=parallel.batch_sharding(mesh, 1))
+
+    iterations = IterationCounter()
 
     def step_fn(state: PPOState, batch: dict, rng: jax.Array):
         sample_rng, update_rng = jax.random.split(rng)
@@ -270,16 +297,15 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         if c.group_size > 1:
             prompt_batch = episode_rows({k: prompt_batch[k] for k in ("tokens", "mask", "index")})
         with parallel.activation_sharding(mesh, rules):
-            out = rollout_lib.sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
-                                               rng=sample_rng, settings=settings, mesh=mesh)
+            out = sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
+                                   rng=sample_rng, settings=settings, mesh=mesh)
             function_scores = None if score_functions is None else score_functions(out, prompt_batch["index"])
             rollout = score(ref_params, reward_params, out, function_scores)
-            iteration = int(jax.device_get(state.step)) + 1
-            kl_coef = float(jax.device_get(state.kl_coef))
-            if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):
-                write_sample_table(workdir.samples, iteration, tokenizer, rollout, kl_coef, config.samples.rows,
-                                   sources.names)
+            iteration = iterations.next(state)
             state, metrics, _ = update(state, rollout, batch["ptx"], update_rng)
+        if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):
+            write_sample_table(workdir.samples, iteration, tokenizer, rollout, float(metrics["kl_coef"]),
+                               config.samples.rows, sources.names)
         return state, metrics | source_metrics(sources.names, rollout.source_scores)
 
     def init_state() -> PPOState:
@@ -288,10 +314,10 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         return jax.jit(build_state, out_shardings=shardings)(params, values)
 
     def export(state: PPOState) -> None:
-        export_model(workdir.export, cfg, rollout_lib.lm_params(state.policy.params), tokenizer)
+        export_model(workdir.export, cfg, lm_params(state.policy.params), tokenizer)
 
     def eval_fn(state: PPOState, step: int) -> dict[str, float]:
-        return evaluate(cfg, rollout_lib.lm_params(state.policy.params), step)
+        return evaluate(cfg, lm_params(state.policy.params), step)
 
     train_iterator = PromptsAndText(iter(prompts), None if text is None else iter(text))
     return setup_lib.run_loop(run, num_steps, step_fn=step_fn, init_state=init_state, abstract_state=abstract,

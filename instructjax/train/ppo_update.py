@@ -7,6 +7,11 @@ value head on the policy trunk (`value_cfg = value_tx = None`) trained with the 
 
     update = make_ppo_update(policy_cfg, value_cfg, policy_tx, value_tx, PPOConfig(...))
     state, metrics, per_minibatch = update(state, rollout, ptx_batch_or_None, rng)
+
+It reads top to bottom: the settings and the state, the loss pieces (`response_forward`, `ppo_batch`,
+`loss_totals`, `minibatch_loss`), then the update as top-level functions in the order they run
+(`recompute_old`, `epoch_step` -> `minibatch_step` -> `minibatch_gradients` / `apply_ppo_gradients`,
+`mean_episode_kl`, `update_metrics`), all put together by `ppo_update`; `make_ppo_update` binds it to a `Learner`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from instructjax.rl.advantages import gae, group_advantages, masked_mean, rloo_a
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
 from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
 from instructjax.rl.rewards import token_rewards
-from instructjax.rl.rollout import Rollout, response_logits, response_logits_and_values, response_values
+from instructjax.rl.forwards import response_logits, response_logits_and_values, response_values
+from instructjax.rl.rollout import Rollout
 from instructjax.train.state import TrainState
 from instructjax.train.step import accumulate_gradients, apply_gradients, poisoned_at
 
@@ -205,6 +211,183 @@ def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], co
     return loss, stats
 
 
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """What a PPO update trains and how: the policy's and the value network's configs and optimizers
+    (`value_cfg = value_tx = None`: a value head on the policy trunk), the settings, and the test hook
+    `nan_at_step`."""
+
+    policy_cfg: ModelConfig
+    value_cfg: Optional[ModelConfig]
+    policy_tx: optax.GradientTransformation
+    value_tx: Optional[optax.GradientTransformation]
+    config: PPOConfig
+    nan_at_step: int = -1
+
+    def __post_init__(self):
+        if self.config.gamma_ptx < 0:
+            raise ValueError(f"gamma_ptx must be >= 0, got {self.config.gamma_ptx}")
+        if not self.config.uses_values and not self.shared_trunk:
+            raise ValueError(f"advantage={self.config.advantage!r} uses no value function: pass value_cfg = "
+                             "value_tx = None")
+        if self.shared_trunk != (self.value_tx is None):
+            raise ValueError("value_cfg and value_tx: both set (separate value network) or both None (value head on "
+                             "the policy trunk)")
+
+    @property
+    def shared_trunk(self) -> bool:
+        return self.value_cfg is None
+
+
+def trained_params(learner: Learner, state: PPOState) -> tuple[Any, Any]:
+    """(policy params, value params or None): what the loss differentiates."""
+    return state.policy.params, None if learner.shared_trunk else state.value.params
+
+
+def minibatch_rows(rows: int, config: PPOConfig) -> int:
+    """Episodes per minibatch; a ValueError unless the batch splits into minibatches of whole microbatches."""
+    if rows % config.num_minibatches:
+        raise ValueError(f"{rows} episodes do not split into {config.num_minibatches} minibatches")
+    mb_rows = rows // config.num_minibatches
+    if mb_rows % config.microbatches:
+        raise ValueError(f"minibatch of {mb_rows} episodes does not split into {config.microbatches} microbatches")
+    return mb_rows
+
+
+def old_forward(learner: Learner, params: tuple[Any, Any], rollout: Rollout
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(logprobs, values, entropies) [B, N] of the responses under `params`."""
+    c = learner.config
+    logits, logp, values = response_forward(learner.policy_cfg, learner.value_cfg, c.temperature, params, rollout,
+                                            c.uses_values)
+    return logp, values, entropy_from_logits(logits, c.temperature)
+
+
+def recompute_old(learner: Learner, state: PPOState, rollout: Rollout, chunk: int
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`old_forward` of the current params (docs/formulas.md#old-logprobs) in chunks of `chunk` episodes,
+    the microbatch size: the shapes of the update's forward, so that the first minibatch's ratio is exactly 1."""
+    rows = rollout.response_mask.shape[0]
+    chunks = jax.tree.map(lambda x: x.reshape(rows // chunk, chunk, *x.shape[1:]), rollout)
+    outputs = jax.lax.map(functools.partial(old_forward, learner, trained_params(learner, state)), chunks)
+    return jax.tree.map(lambda x: x.reshape(rows, *x.shape[2:]), outputs)
+
+
+def ptx_minibatches(ptx_batch: Optional[dict], config: PPOConfig) -> Optional[dict]:
+    """Packed pretraining rows [B_ptx, L] -> [M, B_ptx / M, L], one part per minibatch; None without PPO-ptx."""
+    if config.gamma_ptx == 0:
+        return None
+    if ptx_batch is None:
+        raise ValueError("gamma_ptx > 0 needs a ptx_batch")
+    ptx_rows = ptx_batch["tokens"].shape[0]
+    if ptx_rows % (config.num_minibatches * config.microbatches):
+        raise ValueError(f"{ptx_rows} pretraining rows do not split into {config.num_minibatches} minibatches x "
+                         f"{config.microbatches} microbatches")
+    return jax.tree.map(lambda x: x.reshape(config.num_minibatches, ptx_rows // config.num_minibatches,
+                                            *x.shape[1:]), ptx_batch)
+
+
+def minibatch_indices(key: jax.Array, rows: int, num_minibatches: int) -> jax.Array:
+    """int32 [M, rows / M]: a random permutation of the episodes, cut into minibatches."""
+    return jax.random.permutation(key, rows).reshape(num_minibatches, rows // num_minibatches)
+
+
+def select_minibatch(data: dict, index: jax.Array, ptx: Optional[dict]) -> dict:
+    """The episodes `index` of the batch, with the minibatch's pretraining rows under "ptx" (PPO-ptx)."""
+    minibatch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+    return minibatch if ptx is None else minibatch | {"ptx": ptx}
+
+
+def microbatch_loss(learner: Learner, totals: dict, params: tuple[Any, Any], micro: dict,
+                    rng: Optional[jax.Array]) -> tuple[jax.Array, dict]:
+    """`minibatch_loss` as `accumulate_gradients` calls it (no key: dropout is off)."""
+    del rng
+    return minibatch_loss(learner.policy_cfg, learner.value_cfg, learner.config, params, micro, totals)
+
+
+def minibatch_gradients(learner: Learner, state: PPOState, minibatch: dict, fresh: jax.Array
+                        ) -> tuple[tuple[Any, Any], jax.Array, dict]:
+    """((policy grads, value grads or None), loss, stats) of a minibatch, summed over its microbatches."""
+    totals = loss_totals(minibatch, fresh, state.kl_coef, learner.config)
+    loss_fn = poisoned_at(functools.partial(microbatch_loss, learner, totals), learner.nan_at_step, state.step + 1)
+    return accumulate_gradients(loss_fn, trained_params(learner, state), minibatch, None, learner.config.microbatches)
+
+
+def apply_ppo_gradients(learner: Learner, state: PPOState, grads: tuple[Any, Any]) -> tuple[PPOState, dict]:
+    """(state, gradient norms) after one optimizer step of the policy and, if separate, the value network."""
+    policy_grads, value_grads = grads
+    norms = {"policy_grad_norm": optax.global_norm(policy_grads)}
+    state = state.replace(policy=apply_gradients(state.policy, policy_grads, learner.policy_tx))
+    if not learner.shared_trunk:
+        norms["value_grad_norm"] = optax.global_norm(value_grads)
+        state = state.replace(value=apply_gradients(state.value, value_grads, learner.value_tx))
+    return state, norms
+
+
+def minibatch_step(learner: Learner, data: dict, state: PPOState, xs: tuple) -> tuple[PPOState, dict]:
+    """Scan body over a pass's minibatches: one optimizer step on minibatch (index, ptx part, fresh)."""
+    index, ptx, fresh = xs
+    grads, loss, stats = minibatch_gradients(learner, state, select_minibatch(data, index, ptx), fresh)
+    state, norms = apply_ppo_gradients(learner, state, grads)
+    return state, stats | norms | {"loss": loss}
+
+
+def epoch_step(learner: Learner, data: dict, ptx: Optional[dict], state: PPOState, xs: tuple
+               ) -> tuple[PPOState, dict]:
+    """Scan body over epochs: one pass over the batch in the order of (key, epoch); the first minibatch of
+    epoch 0 is `fresh` (its params are those of the recompute)."""
+    key, epoch = xs
+    m = learner.config.num_minibatches
+    order = minibatch_indices(key, data["response_mask"].shape[0], m)
+    fresh = (epoch == 0) & (jnp.arange(m) == 0)
+    return jax.lax.scan(functools.partial(minibatch_step, learner, data), state, (order, ptx, fresh))
+
+
+def mean_episode_kl(old_logprobs: jax.Array, rollout: Rollout) -> jax.Array:
+    """The controller's and the log's KL: k1 summed over each episode, averaged over the batch, whatever
+    estimator the rewards use."""
+    mask = rollout.response_mask
+    return jnp.mean(jnp.sum(jnp.where(mask, kl_penalty(old_logprobs, rollout.ref_logprobs, "k1"), 0.0), axis=-1))
+
+
+def update_metrics(config: PPOConfig, data: dict, rewards: jax.Array, entropies: jax.Array, mean_kl: jax.Array,
+                   kl_coef: jax.Array, per_minibatch: dict) -> dict:
+    """The scalars of docs/formulas.md#ppo-diagnostics: minibatch means, then the batch's."""
+    rollout, mask, advantages, returns = data["rollout"], data["response_mask"], data["advantages"], data["returns"]
+    old_values = data["old_values"]
+    lengths = jnp.sum(mask, axis=-1)
+    metrics = {k: jnp.mean(v) for k, v in per_minibatch.items()}
+    metrics |= {
+        "score": jnp.mean(rollout.scores), "raw_score": jnp.mean(rollout.raw_scores), "kl": mean_kl,
+        "kl_coef": kl_coef, "entropy": masked_mean(entropies, mask),
+        "response_length": jnp.mean(lengths.astype(jnp.float32)),
+        "eos_fraction": jnp.mean(rollout.ended.astype(jnp.float32)),
+        "reward_total": jnp.mean(jnp.sum(rewards, axis=-1)),
+        "advantage_mean": masked_mean(advantages, mask), "tokens": jnp.sum(lengths),
+    }
+    if config.uses_values:
+        metrics |= {"explained_variance": explained_variance(old_values, returns, mask),
+                    "values_mean": masked_mean(old_values, mask), "returns_mean": masked_mean(returns, mask)}
+    return metrics
+
+
+def ppo_update(learner: Learner, state: PPOState, rollout: Rollout, ptx_batch: Optional[dict], rng: jax.Array
+               ) -> tuple[PPOState, dict, dict]:
+    """One PPO iteration on a rollout batch (see `make_ppo_update`)."""
+    c = learner.config
+    rows = rollout.response_mask.shape[0]
+    old_logprobs, old_values, entropies = recompute_old(learner, state, rollout,
+                                                        minibatch_rows(rows, c) // c.microbatches)
+    data, rewards = ppo_batch(rollout, old_logprobs, old_values, state.kl_coef, c)
+    epochs = (jax.random.split(rng, c.ppo_epochs), jnp.arange(c.ppo_epochs))
+    state, per_minibatch = jax.lax.scan(functools.partial(epoch_step, learner, data, ptx_minibatches(ptx_batch, c)),
+                                        state, epochs)
+    mean_kl = mean_episode_kl(old_logprobs, rollout)
+    metrics = update_metrics(c, data, rewards, entropies, mean_kl, state.kl_coef, per_minibatch)
+    state = state.replace(step=state.step + 1, kl_coef=c.kl_controller(state.kl_coef).next_coef(mean_kl, rows))
+    return state, metrics, per_minibatch
+
+
 def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], policy_tx: optax.GradientTransformation,
                     value_tx: Optional[optax.GradientTransformation], config: PPOConfig, *, nan_at_step: int = -1):
     """A pure `update(state, rollout, ptx_batch, rng) -> (state, metrics, per_minibatch)`.
@@ -220,106 +403,7 @@ def make_ppo_update(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], p
     coefficient by the batch's mean episode KL. `nan_at_step` (a test hook; -1 = off): every minibatch
     loss of that iteration (1-based) is multiplied by NaN (`ij.train.step.poisoned_at`).
     """
-    c = config
-    if c.gamma_ptx < 0:
-        raise ValueError(f"gamma_ptx must be >= 0, got {c.gamma_ptx}")
-    shared = value_cfg is None
-    if not c.uses_values and not shared:
-        raise ValueError(f"advantage={c.advantage!r} uses no value function: pass value_cfg = value_tx = None")
-    if shared != (value_tx is None):
-        raise ValueError("value_cfg and value_tx: both set (separate value network) or both None (value head on "
-                         "the policy trunk)")
-    forward = functools.partial(response_forward, policy_cfg, value_cfg, c.temperature, with_values=c.uses_values)
-    micro_loss = functools.partial(minibatch_loss, policy_cfg, value_cfg, c)
-
-    def trained_params(state: PPOState):
-        """(policy params, value params or None): what the loss differentiates."""
-        return state.policy.params, None if shared else state.value.params
-
-    def minibatch_step(state: PPOState, minibatch: dict, microbatches: int, fresh: jax.Array):
-        totals = loss_totals(minibatch, fresh, state.kl_coef, c)
-        loss_fn = poisoned_at(micro_loss, nan_at_step, state.step + 1)
-        (policy_grads, value_grads), loss, stats = accumulate_gradients(
-            lambda params, m, _: loss_fn(params, m, totals), trained_params(state), minibatch, None, microbatches)
-        return loss, stats, policy_grads, value_grads
-
-    def update(state: PPOState, rollout: Rollout, ptx_batch: Optional[dict], rng: jax.Array):
-        mask = rollout.response_mask
-        rows = mask.shape[0]
-        if rows % c.num_minibatches:
-            raise ValueError(f"{rows} episodes do not split into {c.num_minibatches} minibatches")
-        mb_rows = rows // c.num_minibatches
-        if mb_rows % c.microbatches:
-            raise ValueError(f"minibatch of {mb_rows} episodes does not split into {c.microbatches} microbatches")
-        # docs/formulas.md#old-logprobs: old logprobs and values from the training forward of the current params
-        # in chunks of the microbatch size: the same shapes as the update's forward, so that the
-        # first minibatch's ratio is exactly 1
-        chunk = mb_rows // c.microbatches
-
-        def old_forward(part):
-            logits, logp, values = forward(trained_params(state), part)
-            return logp, values, entropy_from_logits(logits, c.temperature)
-
-        chunks = jax.tree.map(lambda x: x.reshape(rows // chunk, chunk, *x.shape[1:]), rollout)
-        old_logprobs, old_values, entropies = jax.tree.map(lambda x: x.reshape(rows, *x.shape[2:]),
-                                                           jax.lax.map(old_forward, chunks))
-        entropy = masked_mean(entropies, mask)
-        data, rewards = ppo_batch(rollout, old_logprobs, old_values, state.kl_coef, c)
-        advantages, returns = data["advantages"], data["returns"]
-        ptx = None
-        if c.gamma_ptx > 0:
-            if ptx_batch is None:
-                raise ValueError("gamma_ptx > 0 needs a ptx_batch")
-            ptx_rows = ptx_batch["tokens"].shape[0]
-            if ptx_rows % (c.num_minibatches * c.microbatches):
-                raise ValueError(f"{ptx_rows} pretraining rows do not split into {c.num_minibatches} minibatches x "
-                                 f"{c.microbatches} microbatches")
-            ptx = jax.tree.map(lambda x: x.reshape(c.num_minibatches, ptx_rows // c.num_minibatches, *x.shape[1:]),
-                               ptx_batch)
-
-        def minibatch_body(state: PPOState, xs):
-            index, ptx_part, fresh = xs
-            minibatch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
-            if ptx_part is not None:
-                minibatch["ptx"] = ptx_part
-            loss, stats, policy_grads, value_grads = minibatch_step(state, minibatch, c.microbatches, fresh)
-            stats["policy_grad_norm"] = optax.global_norm(policy_grads)
-            stats["loss"] = loss
-            state = state.replace(policy=apply_gradients(state.policy, policy_grads, policy_tx))
-            if not shared:
-                stats["value_grad_norm"] = optax.global_norm(value_grads)
-                state = state.replace(value=apply_gradients(state.value, value_grads, value_tx))
-            return state, stats
-
-        def epoch_body(state: PPOState, xs):
-            key, epoch = xs
-            order = jax.random.permutation(key, rows).reshape(c.num_minibatches, mb_rows)
-            fresh = (epoch == 0) & (jnp.arange(c.num_minibatches) == 0)
-            return jax.lax.scan(minibatch_body, state, (order, ptx, fresh))
-
-        state, per_minibatch = jax.lax.scan(epoch_body, state,
-                                            (jax.random.split(rng, c.ppo_epochs), jnp.arange(c.ppo_epochs)))
-        # the controller's and the log's KL: k1 summed over each episode, whatever estimator the rewards use
-        episode_kl = jnp.sum(jnp.where(mask, kl_penalty(old_logprobs, rollout.ref_logprobs, "k1"), 0.0), axis=-1)
-        mean_kl = jnp.mean(episode_kl)
-        new_kl_coef = c.kl_controller(state.kl_coef).next_coef(mean_kl, rows)
-        lengths = jnp.sum(mask, axis=-1)
-        metrics = {k: jnp.mean(v) for k, v in per_minibatch.items()}
-        metrics |= {
-            "score": jnp.mean(rollout.scores), "raw_score": jnp.mean(rollout.raw_scores), "kl": mean_kl,
-            "kl_coef": state.kl_coef, "entropy": entropy,
-            "response_length": jnp.mean(lengths.astype(jnp.float32)),
-            "eos_fraction": jnp.mean(rollout.ended.astype(jnp.float32)),
-            "reward_total": jnp.mean(jnp.sum(rewards, axis=-1)),
-            "advantage_mean": masked_mean(advantages, mask), "tokens": jnp.sum(lengths),
-        }
-        if c.uses_values:
-            metrics |= {"explained_variance": explained_variance(old_values, returns, mask),
-                        "values_mean": masked_mean(old_values, mask), "returns_mean": masked_mean(returns, mask)}
-        state = state.replace(step=state.step + 1, kl_coef=new_kl_coef)
-        return state, metrics, per_minibatch
-
-    return update
+    return functools.partial(ppo_update, Learner(policy_cfg, value_cfg, policy_tx, value_tx, config, nan_at_step))
 
 
 def init_ppo_state(policy_params: Any, value_params: Any, policy_tx: optax.GradientTransformation,

@@ -15,7 +15,8 @@ from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.testing.prompts import common_token, left_padded
 from instructjax.train import ppo_update
 from instructjax.models.functional import init_params
-from instructjax.rl.rollout import VALUE_HEAD, token_count_reward
+from instructjax.rl.in_graph_rewards import token_count_reward
+from instructjax.rl.value_head import VALUE_HEAD
 
 CFG = models.get_preset("tiny")
 

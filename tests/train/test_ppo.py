@@ -25,7 +25,7 @@ from instructjax.testing.experiments import (assert_same_run, config_leaf_paths,
                                               without_timings)
 from instructjax.models.functional import init_params
 from instructjax.rewards.io import export_reward_model
-from instructjax.rl.rollout import VALUE_HEAD
+from instructjax.rl.value_head import VALUE_HEAD
 
 OVERRIDES = {"num_steps": 6, "checkpoint.every_steps": 2, "ptx.gamma": 0.5, "samples.every_steps": 3}
 
@@ -216,7 +216,7 @@ def test_a_bad_reward_spec_stops_before_anything_is_written(tmp_path, fields, me
 
 def test_a_reward_on_the_first_response_character_is_learned(tmp_path):
     """The reward depends on WHERE a letter appears: +1 at the first response character, -1 at the
-    second. Reading the logprobs one position off (`rl.rollout.response_positions` shifted by one
+    second. Reading the logprobs one position off (`rl.forwards.response_positions` shifted by one
     either way, or the update's logits shifted) leaves the score flat or falling, while this run
     climbs from about 0.1 to about 0.7 (docs/ppo.md has the numbers)."""
     config = ppo_config(**{"reward.source": "function", "reward.function": f"{__name__}:letter_first_not_second",

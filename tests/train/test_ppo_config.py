@@ -18,7 +18,7 @@ from instructjax.train.initial_model import with_overrides
 from instructjax.train.ppo import check_config, init_value, train_ppo
 from instructjax.models.functional import init_params
 from instructjax.rewards.io import export_reward_model
-from instructjax.rl.rollout import response_values
+from instructjax.rl.forwards import response_values
 
 FUNCTION = "instructjax.tasks.rewards:constraint_fraction"
 

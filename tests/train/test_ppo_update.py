@@ -15,7 +15,9 @@ from instructjax import models, parallel, rl, train
 from instructjax.train import ppo_update
 from instructjax.train.state import state_shardings
 from instructjax.models.functional import init_params
-from instructjax.rl.rollout import VALUE_HEAD, response_values, token_count_reward
+from instructjax.rl.forwards import response_values
+from instructjax.rl.in_graph_rewards import token_count_reward
+from instructjax.rl.value_head import VALUE_HEAD
 from instructjax.train.ppo_update import ptx_logprob_sum
 
 CFG = models.get_preset("tiny")
@@ -61,6 +63,14 @@ def make(config, policy_tx=None, value_tx=None, kl_coef=0.05, shared=False):
     value_tx = value_tx or optax.adam(1e-3)
     state = train.init_ppo_state(policy, value, policy_tx, value_tx, kl_coef)
     return state, jax.jit(train.make_ppo_update(CFG, CFG, policy_tx, value_tx, config))
+
+
+def test_each_epoch_cuts_a_fresh_permutation_of_the_episodes_into_minibatches():
+    """The minibatches of an epoch cover every episode once, in a random order that changes with the epoch's key."""
+    orders = [np.asarray(ppo_update.minibatch_indices(key, 16, 4)) for key in jax.random.split(jax.random.key(1), 2)]
+    for order in orders:
+        assert order.shape == (4, 4) and sorted(order.ravel().tolist()) == list(range(16))
+    assert not np.array_equal(orders[0].ravel(), np.arange(16)) and not np.array_equal(orders[0], orders[1])
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["separate_value", "shared_trunk"])
@@ -235,7 +245,7 @@ def test_shared_forward_reads_both_heads_from_one_trunk():
     logits, values = rl.response_logits_and_values(CFG, params, batch.tokens, batch.attention_mask,
                                                    batch.response_mask)
     num_new = batch.response_mask.shape[1]
-    want_logits = rl.rollout.response_logits(CFG, rl.lm_params(params), batch.tokens, batch.attention_mask, num_new)
+    want_logits = rl.forwards.response_logits(CFG, rl.lm_params(params), batch.tokens, batch.attention_mask, num_new)
     want_values = response_values(CFG, params, batch.tokens, batch.attention_mask, batch.response_mask)
     np.testing.assert_array_equal(logits, want_logits)
     np.testing.assert_allclose(values, want_values, atol=1e-5)

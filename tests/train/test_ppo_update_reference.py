@@ -17,7 +17,7 @@ from instructjax import models, rl, train
 from instructjax.train import ppo_update
 from instructjax.testing.prompts import common_token, left_padded
 from instructjax.models.functional import init_params
-from instructjax.rl.rollout import token_count_reward
+from instructjax.rl.in_graph_rewards import token_count_reward
 
 CFG = models.get_preset("tiny")
 NEW_TOKENS = 8
