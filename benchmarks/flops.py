@@ -1,15 +1,42 @@
-"""Model FLOP counts, a measured matmul peak and best-of-N timing, shared by the benchmarks.
+"""Model FLOP counts, a measured matmul peak, best-of-N timing and the machine's description, shared by
+the benchmarks.
 
 Counts are of the matmuls only (2 FLOPs per multiply-add; backward = 2 x forward), split into the
 trunk (every block's projections) and the LM head, so a pass that needs the head at some
 positions only can count it there only.
 """
 
+import os
+import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine() -> str:
+    """CPU model (/proc/cpuinfo), which of CPU_FLAGS it has, core count and the load average now."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    has = [flag for flag in CPU_FLAGS if flag in flags]
+    missing = [flag for flag in CPU_FLAGS if flag not in flags]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{name}, {os.cpu_count()} cores; flags: {' '.join(has) or '-'} (not: {' '.join(missing) or '-'}); "
+            f"load average {load}")
 
 
 def best_of(fn, repeats):
@@ -61,3 +88,19 @@ def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
             "reference and reward": forward_lm + forward_scalar,
             "old log-probs and values": forward_lm + forward_scalar,
             "update": epochs * 3 * (forward_lm + forward_scalar)}
+
+
+def competitor_in_subprocess(script: str, argv: list, flag: str = "--competitor-only") -> dict:
+    """Run `script` again with `argv` + `flag` + a result file in a fresh process (same python, same
+    environment; the script applies the same process settings there) and return the JSON it writes: the
+    competitor then does not share the memory our side keeps (glibc settings of ij.cpu_runtime keep the
+    peak), so the two do not add up on a small machine."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        subprocess.run([sys.executable, script, *argv, flag, "--result-file", out], check=True)
+        with open(out) as f:
+            return json.load(f)
