@@ -150,7 +150,7 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
 def _steps(config: LoopConfig, state: TrainState, start: int, step_fn: StepFn, train_iterator, rng: jax.Array,
            tracker: _Tracker, checkpointer: Checkpointer, writer: MetricsWriter,
            eval_fn: Optional[EvalFn]) -> TrainState:
-    pending = None  # (step, metrics) not yet fetched from the device
+    pending = None  # (step, metrics) not yet fetched from the device: fetched one step late, while the next runs
     for step in range(start + 1, config.num_steps + 1):
         batch = next(train_iterator)
         state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
@@ -158,8 +158,8 @@ def _steps(config: LoopConfig, state: TrainState, start: int, step_fn: StepFn, t
             tracker.record(*pending)
         pending = (step, metrics)
         evaluate = eval_fn is not None and config.due(step, config.eval_every_steps)
-        save = config.due(step, config.checkpoint_every_steps)
-        if evaluate or save or config.due(step, config.log_every_steps):
+        save = config.due(step, config.checkpoint_every_steps)  # always at the last step
+        if evaluate or save:  # the NaN guard has seen this step before it is evaluated or saved
             tracker.record(*pending)
             pending = None
         if evaluate:  # before the checkpoint: a run killed in between evaluates this step again

@@ -119,20 +119,20 @@ def load_reward(config: ml_collections.ConfigDict, sources: RewardSources, polic
 
 
 def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, policy_params: Any, reward_cfg,
-               reward_params: Any, rng: jax.Array):
+               reward_params: Any):
     """(value cfg, value params, policy params) of `config.value.init` (`check_config`d): a separate
-    network from the reward model ("reward") or the policy trunk ("policy"), or (None, None, the policy
-    params with a value head added) for a value head on the policy trunk ("shared"); (None, None, the
-    policy params) for the group baselines, which need no value function."""
+    network from the reward model ("reward") or the policy trunk with a zero value head ("policy"), or
+    (None, None, the policy params with a zero value head added) for a value head on the policy trunk
+    ("shared"); (None, None, the policy params) for the group baselines, which need no value function."""
     if config.advantage != "gae":
         logging.info("advantage=%r: no value function (value.* is not read)", config.advantage)
         return None, None, policy_params
     if config.value.init == "shared":
-        return None, None, add_value_head(cfg, policy_params, rng)
+        return None, None, add_value_head(cfg, policy_params)
     if config.value.init == "reward":
         value_cfg, value_params = reward_cfg, reward_params
     else:
-        value_cfg, value_params = cfg, reward_params_from_lm(cfg, policy_params, rng)
+        value_cfg, value_params = cfg, add_value_head(cfg, {k: v for k, v in policy_params.items() if k != "lm_head"})
     # a separate value network, from the reward model or the policy, trains like the policy: config.model's
     # dtypes, remat_policy, scan_layers and frozen_layers (its lowest blocks frozen too, as a copy of the
     # policy's cfg always had them); the reward model keeps its own size
@@ -236,11 +236,10 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     check_batch_size(config.batch_size, 1, mesh)  # the prompt batch is sharded before it is repeated
     episodes = config.batch_size * c.group_size
     check_batch_size(episodes, c.num_minibatches * c.microbatches, mesh, "batch_size x rollout.group_size")
-    init_rng, reward_rng, value_rng, train_rng = run.keys
+    init_rng, reward_rng, _, train_rng = run.keys  # the third key is unused since value heads start at zero
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
-    value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params,
-                                                        value_rng)
+    value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params)
     reward_fn, reward_params = reward_function(config, sources, cfg, reward_cfg, reward_params)
     ref_cfg, ref_params = frozen_model(cfg, initial_params, config.reference.dtype)
 

@@ -16,6 +16,8 @@ from instructjax.testing.prompts import common_token, left_padded
 from instructjax.train import ppo_update
 from instructjax.models.functional import init_params
 from instructjax.rl.in_graph_rewards import token_count_reward
+from instructjax.rl.forwards import response_values
+from instructjax.rl.rollout import assemble
 from instructjax.rl.value_head import VALUE_HEAD
 
 CFG = models.get_preset("tiny")
@@ -112,3 +114,23 @@ def test_sampler_logprobs_equal_the_training_forward(temperature):
     shared_policy = rl.add_value_head(CFG, policy, jax.random.key(2))
     _, shared, _ = ppo_update.response_forward(CFG, None, temperature, (shared_policy, None), rollout)
     assert_equals_sampled(shared)
+
+
+def test_a_fresh_value_head_predicts_zero_and_learns():
+    """The value head PPO adds (value.init 'shared', and the head of a 'policy' value network) starts at
+    zero: every response token's value is 0, so the first advantages are sums of the rewards ahead (a random head
+    made them noise: docs/gold_reward.md), and its gradient towards the returns is not zero."""
+    policy, _, out = sample()
+    tokens, attention = assemble(out)
+    params = rl.add_value_head(CFG, policy)
+    values = response_values(CFG, params, tokens, attention, out.mask)
+    assert out.mask.any() and (np.asarray(values) == 0).all()
+
+    def value_loss(head):
+        v = response_values(CFG, {**params, VALUE_HEAD: head}, tokens, attention, out.mask)
+        return jnp.sum(jnp.where(out.mask, (v - 1.0) ** 2, 0.0))
+
+    grads = jax.grad(value_loss)(params[VALUE_HEAD])
+    assert np.abs(np.asarray(grads["kernel"])).max() > 0 and np.abs(np.asarray(grads["bias"])).max() > 0
+    random = rl.add_value_head(CFG, policy, jax.random.key(2))  # as a reward model's score head starts
+    assert (np.asarray(response_values(CFG, random, tokens, attention, out.mask))[np.asarray(out.mask)] != 0).all()

@@ -94,7 +94,7 @@ def test_a_separate_value_network_gets_the_policys_model_settings(value_init, mo
     base = ij.models.get_preset("tiny")
     reward_params = reward_params_from_lm(base, init_params(base, jax.random.key(1)), jax.random.key(2))
     cfg, policy_params = with_overrides(base, init_params(base, jax.random.key(3)), config.model)
-    value_cfg, value_params, _ = init_value(config, cfg, policy_params, base, reward_params, jax.random.key(4))
+    value_cfg, value_params, _ = init_value(config, cfg, policy_params, base, reward_params)
     assert value_cfg == cfg == base.replace(**config.model)
     assert ("layers" in value_params) == model.get("scan_layers", False)
     assert {x.dtype for x in jax.tree.leaves(value_params)} == {jnp.dtype(config.model.param_dtype)}
