@@ -5,7 +5,7 @@ combines them is a trainer: `ij.train.make_ppo_update` (instructjax/train/ppo_up
 from instructjax.rl.advantages import gae, group_advantages, rloo_advantages, whiten
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, kl_penalty
 from instructjax.rl.reward_functions import RewardFunctionError
-from instructjax.rl.rewards import token_rewards
+from instructjax.rl.per_token_rewards import token_rewards
 from instructjax.rl.forwards import response_logits_and_values
 from instructjax.rl.frozen import frozen_model
 from instructjax.rl.in_graph_rewards import reward_model_fn

@@ -21,7 +21,7 @@ from instructjax import sampling
 from instructjax.models import ModelConfig
 from instructjax.rl.forwards import response_logprobs
 from instructjax.rl.in_graph_rewards import RewardFn
-from instructjax.rl.rewards import no_eos_penalty
+from instructjax.rl.per_token_rewards import no_eos_penalty
 
 
 @flax.struct.dataclass

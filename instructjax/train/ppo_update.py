@@ -29,8 +29,8 @@ from instructjax.losses import next_token_targets, token_logprobs
 from instructjax.models import ModelConfig, Transformer
 from instructjax.rl.advantages import gae, group_advantages, masked_mean, rloo_advantages, whiten
 from instructjax.rl.kl import AdaptiveKLController, FixedKLController, KLController, kl_penalty
-from instructjax.rl.ppo import entropy_from_logits, explained_variance, policy_loss, value_loss
-from instructjax.rl.rewards import token_rewards
+from instructjax.rl.ppo_losses import entropy_from_logits, explained_variance, policy_loss, value_loss
+from instructjax.rl.per_token_rewards import token_rewards
 from instructjax.rl.forwards import response_logits, response_logits_and_values, response_values
 from instructjax.rl.rollout import Rollout
 from instructjax.train.state import TrainState

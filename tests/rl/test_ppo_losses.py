@@ -4,7 +4,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from instructjax.rl.ppo import explained_variance, policy_loss, value_loss
+from instructjax.rl.ppo_losses import explained_variance, policy_loss, value_loss
 
 
 def numpy_policy_loss(logp, old, adv, mask, eps):
