@@ -96,6 +96,7 @@ def comparison_rows(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.max_completions = 4  # K is padded to this; records with more completions are dropped (counted)
     c.truncation = "drop"  # too long: "drop" the record or "truncate_prompt" from the left (counted)
     c.chat_template = True  # render prompts with the tokenizer's chat template
+    c.all_tied = "error"  # records whose completions all share one rank: "error" or "skip" them (counted)
     return c
 
 
@@ -115,7 +116,8 @@ def dataset_config(data: ml_collections.ConfigDict, kind: str) -> datasets.Datas
     validation files replace the held-out fraction."""
     fraction = 0.0 if data.validation_files else data.validation_fraction
     split = {"validation_files": tuple(data.validation_files), "validation_fraction": fraction,
-             "split_seed": data.split_seed, "max_chars": data.max_chars, "name": data.name}
+             "split_seed": data.split_seed, "max_chars": data.max_chars, "name": data.name,
+             "all_tied": data.get("all_tied", "error")}
     if not data.train_files:
         return datasets.example_config(kind, **split)
     return datasets.DatasetConfig(kind=kind, train_files=tuple(data.train_files), **split)
