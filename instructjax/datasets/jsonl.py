@@ -41,7 +41,7 @@ class RecordError(ValueError):
         self.path, self.line, self.what = path, line, what
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     """Raised by the checks below; `read_jsonl` adds the file and line."""
 
 
