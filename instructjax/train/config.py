@@ -73,6 +73,29 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Fields only each script's own config has (dotted), and the config files that have them.
+STAGE_FIELDS = {"sft": (("data.loss_on",), "sft.py"), "reward": (("normalize",), "reward.py"),
+                "dpo": (("beta",), "dpo.py"), "ppo": (("ppo", "rollout"), "ppo.py or grpo.py"),
+                "pipeline": (("algorithm", "rounds"), "pipeline.py")}
+
+
+def check_stage_config(config: ml_collections.ConfigDict, stage: str, source: str) -> None:
+    """A ValueError naming `source` and the expected file when `config` is another stage's."""
+    fields, files = STAGE_FIELDS[stage]
+    missing = [f for f in fields if _get(config, f) is None]
+    if missing:
+        raise ValueError(f"--config={source} is not a {stage} config (it has no {', '.join(missing)}): "
+                         f"use experiments/configs/{files}:<preset>")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> object:
+    for key in dotted.split("."):
+        if not isinstance(config, ml_collections.ConfigDict) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
 def data_config(kind: str) -> ml_collections.ConfigDict:
     """Which JSONL files to build (TFDS) and how the grain loader reads them."""
     c = ml_collections.ConfigDict()
