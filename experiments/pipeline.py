@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import instructjax as ij
+from instructjax.train.config import check_stage_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "pipeline config file (experiments/configs/pipeline.py:<preset>)",
@@ -24,6 +25,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     ij.train.quiet_library_logs()
+    check_stage_config(_CONFIG.value, "pipeline", config_flags.get_config_filename(flags.FLAGS["config"]))
     try:
         ij.pipeline.run_pipeline(_CONFIG.value, _WORKDIR.value)
     except ij.pipeline.LabelingNeeded as waiting:  # comparisons.labeler='human': a person ranks first

@@ -10,6 +10,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import instructjax as ij
+from instructjax.train.config import check_stage_config
 from instructjax.train.ppo import train_ppo
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,6 +23,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     ij.train.quiet_library_logs()
+    check_stage_config(_CONFIG.value, "ppo", config_flags.get_config_filename(flags.FLAGS["config"]))
     train_ppo(_CONFIG.value, _WORKDIR.value)
 
 

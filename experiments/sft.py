@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import instructjax as ij
+from instructjax.train.config import check_stage_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "SFT config file (experiments/configs/sft.py:<preset>)",
                                           lock_config=True)
@@ -20,6 +21,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     ij.train.quiet_library_logs()
+    check_stage_config(_CONFIG.value, "sft", config_flags.get_config_filename(flags.FLAGS["config"]))
     ij.train.train_sft(_CONFIG.value, _WORKDIR.value)
 
 

@@ -20,6 +20,7 @@ from instructjax.models import Transformer, get_preset
 from instructjax.models.functional import init_params
 from instructjax.testing import tiny_tokenizer
 from instructjax.data.comparisons import comparison_example
+from instructjax.data.loader import format_tally
 from instructjax.data.packing import continuation_mask, segment_positions
 from instructjax.data.sft import sft_example
 from instructjax.datasets.jsonl import KINDS
@@ -93,6 +94,7 @@ def test_sft_truncation_drops_or_cuts_the_prompt_from_the_left_and_counts():
     it = iter(data.sft_loader(records, TOK, data.SFTConfig(max_len=64), in_order(3)))
     (batch,) = list(it)
     assert it.stats == {"records": 3, "truncated": 0, "dropped_overlong": 2}
+    assert format_tally(it.stats) == "dropped 2 of 3 records read; 2 longer than data.max_len tokens; 0 prompts truncated"
     assert batch["attention_mask"].any(-1).tolist() == [True, False, False]  # one record, two padding rows
 
     it = iter(data.sft_loader(records, TOK, data.SFTConfig(max_len=64, truncation="truncate_prompt"), in_order(3)))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from instructjax import labelers
+from instructjax import datasets, labelers
 from instructjax.datasets.jsonl import read_jsonl
 from instructjax.datasets.jsonl import validate
 from instructjax.tasks.constraints import make_constraint
@@ -177,3 +177,32 @@ def test_label_script_killed_and_restarted(samples_path, tmp_path):
     text = log_path.read_text()
     assert "Invalid answer 'x y': unknown completion 'x'" in text
     assert "2/3 labelled" in text and "3/3 labelled" in text
+
+
+@pytest.mark.parametrize("existing", [b"my notes, not JSONL\nsecond line", b'{"prompt": "a", "chosen": "x", "rejected": "y"}\n[]\n',
+                                      b'{"prompt": "a", "chosen": "x", "rejected": "x"}\n{"prompt": "b'])
+def test_invalid_output_is_refused_untouched(existing, samples_path, tmp_path):
+    output = tmp_path / "notes.jsonl"
+    output.write_bytes(existing)
+    with pytest.raises(datasets.RecordError, match=rf"^{output}:[12]: "):
+        labelers.label_session(samples_path, output, input_fn=_scripted(["a b c"]), print_fn=lambda *a: None)
+    assert output.read_bytes() == existing
+
+
+@pytest.mark.parametrize("line, message", [
+    (b'{"prompt": [{"role": "bot", "content": "hi"}], "completions": ["a", "b"]}', "role must be one of"),
+    (b'{"prompt": "caf\xe9", "completions": ["a", "b"]}', "not valid UTF-8"),
+    (b'{"prompt": "a", "completions": ["a", "b"], "prompt": "b"}', "duplicate key 'prompt'"),
+])
+def test_bad_sample_is_refused_before_the_output_is_written(line, message, samples_path, tmp_path):
+    samples_path.write_bytes(samples_path.read_bytes() + line + b"\n")
+    output = tmp_path / "human.jsonl"
+    with pytest.raises(datasets.RecordError, match=rf"^{samples_path}:{len(SAMPLES) + 1}: .*{message}"):
+        labelers.label_session(samples_path, output, input_fn=_scripted(["a b c"]), print_fn=lambda *a: None)
+    assert not output.exists()
+
+
+def test_session_shows_the_output_file(samples_path, tmp_path):
+    printed = []
+    labelers.label_session(samples_path, tmp_path / "human.jsonl", input_fn=_scripted([]), print_fn=printed.append)
+    assert f"Appending answers to {tmp_path / 'human.jsonl'}" in printed[0]

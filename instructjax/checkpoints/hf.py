@@ -13,6 +13,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import stat
 import warnings
 from typing import Any, Callable, Optional, Union
 
@@ -385,7 +386,7 @@ def params_from_hf_tensors(specs: list[HFTensor], names: set[str], read: Callabl
                            where: str, dtype=np.float32) -> dict:
     """Our param tree from HF tensors `names`; `read(name, expected_shape)` checks the shape and loads one.
 
-    Missing and unexpected tensors are errors naming `where`.
+    Missing and unexpected tensors, and tensors with NaN or inf values, are errors naming `where`.
     """
     expected = {s.name for s in specs}
     missing = sorted(expected - names)
@@ -398,7 +399,11 @@ def params_from_hf_tensors(specs: list[HFTensor], names: set[str], read: Callabl
                          f"({len(extra)}) that the config does not use")
     params: dict = {}
     for spec in specs:
-        arrays = spec.to_ours(read(spec.name, spec.shape))
+        tensor = read(spec.name, spec.shape)
+        if not np.isfinite(tensor).all():
+            raise ValueError(f"{where}: tensor {spec.name} has {np.size(tensor) - np.isfinite(tensor).sum()} "
+                             "non-finite values (NaN or inf)")
+        arrays = spec.to_ours(tensor)
         for path, array in zip(spec.paths, arrays, strict=True):
             _set(params, path, np.ascontiguousarray(array, dtype=dtype))
     return params
@@ -568,7 +573,9 @@ def save_hf(path: PathLike, cfg: ModelConfig, params: dict, tokenizer: Any = Non
                              f"expected {list(spec.shape)} from the config")
         tensors[spec.name] = np.ascontiguousarray(tensor, dtype=dtype)
     path.mkdir(parents=True, exist_ok=True)
-    safetensors.numpy.save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     (path / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    safetensors.numpy.save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    # safetensors writes mode 0600 whatever the umask: give the weights config.json's mode
+    (path / WEIGHTS_FILE).chmod(stat.S_IMODE((path / CONFIG_FILE).stat().st_mode))
     if tokenizer is not None:
         (classifier_tokenizer(tokenizer) if head == "scalar" else tokenizer).save_pretrained(path)

@@ -48,6 +48,19 @@ def new_tally() -> dict[str, int]:
     return {"records": 0, "truncated": 0}
 
 
+# What each drop reason means, for the console.
+DROP_REASONS = {"overlong": "longer than data.max_len tokens",
+                "too_many_completions": "more completions than data.max_completions"}
+
+
+def format_tally(tally: dict[str, int]) -> str:
+    """The counters as one console line: records dropped (per reason) of those read, prompts truncated."""
+    dropped = {k.removeprefix("dropped_"): n for k, n in tally.items() if k.startswith("dropped_")}
+    reasons = "".join(f"; {n} {DROP_REASONS.get(r, r)}" for r, n in dropped.items())
+    return (f"dropped {sum(dropped.values())} of {tally['records']} records read{reasons}; "
+            f"{tally['truncated']} prompts truncated")
+
+
 class _TallyIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], num_records: int):
         super().__init__(parent)

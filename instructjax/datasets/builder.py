@@ -104,6 +104,9 @@ class JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"{self.name}: build with a JsonlBuilderConfig whose spec.kind is {self.KIND!r}")
         scans = [_scan(spec, path, "train") for path in spec.train_files]
         scans += [_scan(spec, path, "validation") for path in spec.validation_files]
+        empty = [s["path"] for s in scans if not s["lines"] and not any(s["skipped"].values())]
+        if empty:
+            raise ValueError(f"{self.KIND}: no records in {', '.join(empty)} (the file is empty or blank)")
         if spec.validation_fraction:
             _draw_validation(scans, spec.validation_fraction, spec.split_seed)
         summary = _summary(spec, self.builder_config.name, scans)

@@ -22,6 +22,7 @@ KINDS = ("demonstrations", "comparisons", "prompts", "pretraining_text")
 ROLES = ("system", "user", "assistant", "tool")
 SKIP_REASONS = ("overlong", "all_tied")
 ALL_TIED_POLICIES = ("error", "skip")
+ALL_TIED_ADVICE = "to skip such records, set --config.data.all_tied=skip (DatasetConfig all_tied='skip')"
 
 # The accepted field sets of each kind; comparisons have two forms.
 _FIELDS = {
@@ -40,7 +41,7 @@ class RecordError(ValueError):
         self.path, self.line, self.what = path, line, what
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     """Raised by the checks below; `read_jsonl` adds the file and line."""
 
 
@@ -75,36 +76,56 @@ def read_jsonl(kind: str, path: str | os.PathLike, *, max_chars: int = 0,
     if all_tied not in ALL_TIED_POLICIES:
         raise ValueError(f"all_tied must be one of {ALL_TIED_POLICIES}, got {all_tied!r}")
     path = os.fspath(path)
+    for number, obj in read_objects(path):
+        try:
+            record = validate(kind, obj)
+        except _Bad as e:
+            raise RecordError(path, number, str(e)) from None
+        except _AllTied as e:
+            if all_tied == "error":
+                raise RecordError(path, number, f"{e} ({ALL_TIED_ADVICE})") from None
+            yield ParsedLine(number, None, "all_tied")
+            continue
+        if max_chars and text_length(kind, record) > max_chars:
+            yield ParsedLine(number, None, "overlong")
+            continue
+        yield ParsedLine(number, record, None)
+
+
+def read_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) of each non-blank line; RecordError naming the file and line for
+    bytes that are not UTF-8, malformed JSON (with its column), a non-object or a repeated key."""
+    path = os.fspath(path)
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 raise RecordError(path, number, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not text.strip():
-                continue
-            try:
-                record = validate(kind, _parse(text))
-            except _Bad as e:
-                raise RecordError(path, number, str(e)) from None
-            except _AllTied as e:
-                if all_tied == "error":
-                    raise RecordError(path, number, f"{e} (set all_tied='skip' to skip such records)") from None
-                yield ParsedLine(number, None, "all_tied")
-                continue
-            if max_chars and text_length(kind, record) > max_chars:
-                yield ParsedLine(number, None, "overlong")
-                continue
-            yield ParsedLine(number, record, None)
+            if text.strip():
+                try:
+                    yield number, _parse(text)
+                except _Bad as e:
+                    raise RecordError(path, number, str(e)) from None
 
 
 def _parse(text: str) -> dict[str, Any]:
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
-        raise _Bad(f"malformed JSON at column {e.colno}: {e.msg}") from None
+        where = " (end of line)" if e.pos >= len(text) else ""
+        raise _Bad(f"malformed JSON at column {e.pos + 1}{where}: {e.msg}") from None
     if not isinstance(obj, dict):
         raise _Bad(f"expected a JSON object, got {_type(obj)}")
+    return obj
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Bad(f"duplicate key {key!r} in a JSON object")
     return obj
 
 

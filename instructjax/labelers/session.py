@@ -15,10 +15,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from instructjax.datasets.jsonl import read_jsonl
+from instructjax.datasets.jsonl import RecordError, read_jsonl, read_objects, validate
 from instructjax.labelers.ranking import rank_to_comparison, unique_completions
 
 MAX_COMPLETIONS = 26  # lettered (a) to (z)
+_RECORD_START = b'{"prompt": '  # how every record this session writes begins
 QUESTION = "Rank best first (e.g. 'b a c', '=' for ties: 'b=a c'), s = skip, q = quit: "
 
 Prompt = str | list[dict[str, str]]
@@ -72,7 +73,7 @@ def label_session(samples_path: str | os.PathLike, output_path: str | os.PathLik
     answered = _answered(output_path, print_fn)
     answered_before = sum(_key(p, c) in answered for p, c in samples)
     done, labelled, skipped = answered_before, 0, 0
-    print_fn(f"{done}/{len(samples)} labelled")
+    print_fn(f"Appending answers to {os.path.abspath(output_path)}; {done}/{len(samples)} labelled")
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with open(output_path, "a", encoding="utf-8") as out:
         for number, (prompt, completions) in enumerate(samples, start=1):
@@ -135,25 +136,20 @@ def _key(prompt: Prompt, completions: list[str]) -> tuple[str, tuple[str, ...]]:
 def _distinct_samples(path: str | os.PathLike) -> tuple[list[tuple[Prompt, list[str]]], int, int]:
     """The distinct rankable samples (see `unique_completions`), the unrankable and repeated counts."""
     samples, keys, unrankable, repeated = [], set(), 0, 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                prompt, completions = _sample(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: malformed JSON at column {e.colno}: {e.msg}") from None
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: {e}") from None
-            completions = unique_completions(completions)
-            key = _key(prompt, completions)
-            if len(completions) < 2:
-                unrankable += 1
-            elif key in keys:
-                repeated += 1
-            else:
-                keys.add(key)
-                samples.append((prompt, completions))
+    for number, obj in read_objects(path):
+        try:
+            prompt, completions = _sample(obj)
+        except ValueError as e:
+            raise RecordError(os.fspath(path), number, str(e)) from None
+        completions = unique_completions(completions)
+        key = _key(prompt, completions)
+        if len(completions) < 2:
+            unrankable += 1
+        elif key in keys:
+            repeated += 1
+        else:
+            keys.add(key)
+            samples.append((prompt, completions))
     return samples, unrankable, repeated
 
 
@@ -161,12 +157,7 @@ def _sample(obj: Any) -> tuple[Prompt, list[str]]:
     if not isinstance(obj, dict) or set(obj) != {"prompt", "completions"}:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"a sample is an object with exactly 'prompt' and 'completions', got {got}")
-    prompt, completions = obj["prompt"], obj["completions"]
-    messages_ok = isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and set(m) == {"role", "content"} and all(isinstance(v, str) for v in m.values())
-        for m in prompt)
-    if not (isinstance(prompt, str) and prompt.strip()) and not messages_ok:
-        raise ValueError(f"field 'prompt' must be a non-empty string or list of messages, got {prompt!r}")
+    prompt, completions = validate("prompts", {"prompt": obj["prompt"]})["prompt"], obj["completions"]
     if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
         raise ValueError("field 'completions' must be a list of strings")
     if len(completions) > MAX_COMPLETIONS:
@@ -175,18 +166,30 @@ def _sample(obj: Any) -> tuple[Prompt, list[str]]:
 
 
 def _answered(path: str | os.PathLike, print_fn: Callable[..., None]) -> set[tuple[str, tuple[str, ...]]]:
-    """The (prompt, completions) keys already in the output, after dropping a line torn by a kill."""
+    """The (prompt, completions) keys already in the output. The whole file is checked before it is
+    touched: only a last line torn by a killed session (a record started, no newline) is dropped."""
     if not os.path.exists(path):
         return set()
-    with open(path, "rb+") as f:
+    with open(path, "rb") as f:
         data = f.read()
-        tail = data[data.rfind(b"\n") + 1:]
-        if tail.strip():
-            try:
-                json.loads(tail)
-                f.write(b"\n")  # a complete last record without a newline: keep it
-            except ValueError:
+    tail = data[data.rfind(b"\n") + 1:]
+    try:
+        keys = _keys(path)
+    except RecordError as e:
+        if not (tail.startswith(_RECORD_START) and e.line == data.count(b"\n") + 1):
+            raise
+        keys = None
+    if tail.strip():
+        with open(path, "rb+") as f:
+            if keys is None:
                 f.truncate(len(data) - len(tail))
                 print_fn(f"{path}: dropped an incomplete last line (an earlier session was killed while writing)")
+            else:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")  # a complete last record without a newline: keep it
+    return _keys(path) if keys is None else keys
+
+
+def _keys(path: str | os.PathLike) -> set[tuple[str, tuple[str, ...]]]:
     return {_key(r.record["prompt"], r.record["completions"])
             for r in read_jsonl("comparisons", path, all_tied="skip") if r.record is not None}

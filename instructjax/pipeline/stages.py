@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from instructjax import checkpoints, labelers, tasks
+from instructjax.datasets.jsonl import read_jsonl
 from instructjax.evaluation import elo, metrics
 from instructjax.evaluation.generation import SamplingConfig, iter_completions
 from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_scores
@@ -404,7 +405,7 @@ def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path, rou
             raise LabelingNeeded(
                 f"{done} of {len(rankable)} candidate sets ranked. Rank them, then rerun the pipeline:\n"
                 f"  python experiments/label.py --samples={folder / 'candidates.jsonl'} --output={answers}")
-        records = [json.loads(line) for line in open(answers) if line.strip()]
+        records = [r.record for r in read_jsonl("comparisons", answers)]
     else:
         labeler = labelers.ConstraintLabeler(prompts, quality_decimals=c.quality_decimals)
         records = []
@@ -568,7 +569,7 @@ def _reward_validation(folder: pathlib.Path) -> dict[str, Any]:
 
 def _read_texts(path: pathlib.Path) -> list[str]:
     """The `text` fields of a pretraining JSONL file; [] when it does not exist (no corpus)."""
-    return [json.loads(line)["text"] for line in open(path, encoding="utf-8") if line.strip()] if path.exists() else []
+    return [r.record["text"] for r in read_jsonl("pretraining_text", path)] if path.exists() else []
 
 
 def pipeline_stages(config: ml_collections.ConfigDict) -> dict[str, Callable[..., dict[str, Any]]]:

@@ -73,6 +73,29 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Fields only each script's own config has (dotted), and the config files that have them.
+STAGE_FIELDS = {"sft": (("data.loss_on",), "sft.py"), "reward": (("normalize",), "reward.py"),
+                "dpo": (("beta",), "dpo.py"), "ppo": (("ppo", "rollout"), "ppo.py or grpo.py"),
+                "pipeline": (("algorithm", "rounds"), "pipeline.py")}
+
+
+def check_stage_config(config: ml_collections.ConfigDict, stage: str, source: str) -> None:
+    """A ValueError naming `source` and the expected file when `config` is another stage's."""
+    fields, files = STAGE_FIELDS[stage]
+    missing = [f for f in fields if _get(config, f) is None]
+    if missing:
+        raise ValueError(f"--config={source} is not a {stage} config (it has no {', '.join(missing)}): "
+                         f"use experiments/configs/{files}:<preset>")
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> object:
+    for key in dotted.split("."):
+        if not isinstance(config, ml_collections.ConfigDict) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
 def data_config(kind: str) -> ml_collections.ConfigDict:
     """Which JSONL files to build (TFDS) and how the grain loader reads them."""
     c = ml_collections.ConfigDict()
@@ -96,6 +119,7 @@ def comparison_rows(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.max_completions = 4  # K is padded to this; records with more completions are dropped (counted)
     c.truncation = "drop"  # too long: "drop" the record or "truncate_prompt" from the left (counted)
     c.chat_template = True  # render prompts with the tokenizer's chat template
+    c.all_tied = "error"  # records whose completions all share one rank: "error" or "skip" them (counted)
     return c
 
 
@@ -115,7 +139,8 @@ def dataset_config(data: ml_collections.ConfigDict, kind: str) -> datasets.Datas
     validation files replace the held-out fraction."""
     fraction = 0.0 if data.validation_files else data.validation_fraction
     split = {"validation_files": tuple(data.validation_files), "validation_fraction": fraction,
-             "split_seed": data.split_seed, "max_chars": data.max_chars, "name": data.name}
+             "split_seed": data.split_seed, "max_chars": data.max_chars, "name": data.name,
+             "all_tied": data.get("all_tied", "error")}
     if not data.train_files:
         return datasets.example_config(kind, **split)
     return datasets.DatasetConfig(kind=kind, train_files=tuple(data.train_files), **split)

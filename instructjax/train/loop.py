@@ -27,7 +27,7 @@ import ml_collections
 import tqdm
 from absl import logging
 
-from instructjax.data.loader import BatchIterator
+from instructjax.data.loader import BatchIterator, format_tally
 from instructjax.train.checkpointing import Checkpointer
 from instructjax.train.metrics import MetricsWriter
 from instructjax.train.state import TrainState
@@ -142,6 +142,9 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
         finally:
             tracker.close()
             writer.close()
+            if isinstance(train_iterator, BatchIterator):
+                logging.info("%s: data: %s (data/* in %s)", name, format_tally(train_iterator.stats),
+                             workdir.metrics_file)
     if export_fn is not None:
         export_fn(state)
     return state

@@ -3,6 +3,7 @@
 import importlib.metadata
 import json
 import re
+import shutil
 
 import gguf
 import jax
@@ -200,3 +201,17 @@ def test_smollm2_greedy_answer_says_paris(smollm2):
     text = tok.decode(np.asarray(out.tokens[0])[np.asarray(out.mask[0])].tolist())
     print(f"greedy answer: {text!r}")
     assert "Paris" in text
+
+
+def test_non_finite_tensors_are_refused_by_name(tmp_path, tiny_llama):
+    hf_dir = tmp_path / "nan"
+    shutil.copytree(tiny_llama, hf_dir)
+    tensors = safetensors.numpy.load_file(hf_dir / "model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors[name][0, :2] = [np.nan, np.inf]
+    safetensors.numpy.save_file(tensors, hf_dir / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(hf_dir))}: tensor {name} has 2 non-finite values"):
+        checkpoints.load_hf(hf_dir)
+    path = write_gguf(tmp_path / "nan.gguf", hf_dir)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: tensor {name} has 2 non-finite values"):
+        checkpoints.load_gguf(path)

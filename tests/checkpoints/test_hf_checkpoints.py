@@ -1,7 +1,9 @@
 """load_hf / save_hf: config mapping, layouts, round trips through transformers, bad input."""
 
 import json
+import os
 import re
+import stat
 
 import jax
 import ml_dtypes
@@ -271,3 +273,15 @@ def test_save_rejects_what_transformers_cannot_express(tmp_path):
     params = {**random_params(cfg), "lm_head": np.zeros((cfg.d_model, cfg.vocab_size), np.float32)}
     with pytest.raises(ValueError, match=r"params \['lm_head'\] have no place"):
         checkpoints.save_hf(tmp_path, cfg.replace(tie_embeddings=True), params)
+
+
+def test_exported_files_have_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        cfg = EXPORT_CONFIGS["llama_biases"]
+        checkpoints.save_hf(tmp_path / "export", cfg, random_params(cfg), tokenizer=tiny_tokenizer())
+    finally:
+        os.umask(old)
+    modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in (tmp_path / "export").iterdir()}
+    assert "model.safetensors" in modes and "config.json" in modes
+    assert set(modes.values()) == {"0o644"}, modes

@@ -100,3 +100,34 @@ def test_config_errors(tmp_path):
         datasets.DatasetConfig("comparisons", ("a.jsonl",), all_tied="ignore")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         datasets.build(datasets.DatasetConfig("prompts", (str(tmp_path / "missing.jsonl"),)), tmp_path / "data")
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_empty_file_is_named(text, tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"no records in {path} \(the file is empty or blank\)"):
+        datasets.build(datasets.DatasetConfig("prompts", (str(path),), validation_fraction=0.2), tmp_path / "data")
+
+
+def test_malformed_json_reports_the_column_of_the_fault(tmp_path):
+    path = write(tmp_path / "d.jsonl", "demonstrations", '{"prompt": "a", "response": "b"')
+    with pytest.raises(datasets.RecordError, match=r":3: malformed JSON at column 32 \(end of line\): Expecting ','"):
+        list(read_jsonl("demonstrations", path))
+
+
+def test_duplicate_key_is_refused(tmp_path):
+    path = write(tmp_path / "d.jsonl", "demonstrations", '{"prompt": "a", "response": "b", "prompt": "c"}')
+    with pytest.raises(datasets.RecordError, match=rf"^{path}:3: duplicate key 'prompt'"):
+        list(read_jsonl("demonstrations", path))
+
+
+def test_all_tied_advice_names_a_config_field(tmp_path):
+    from instructjax.train import config as train_config
+    data = train_config.comparison_rows(train_config.data_config("comparisons"))
+    path = write(tmp_path / "c.jsonl", "comparisons", BAD["all_tied"][1])
+    with pytest.raises(datasets.RecordError, match=r"--config.data.all_tied=skip"):
+        list(read_jsonl("comparisons", path))
+    data.train_files, data.all_tied = (path,), "skip"
+    built = datasets.build(train_config.dataset_config(data, "comparisons"), tmp_path / "data")
+    assert built.summary["skipped"]["all_tied"] == 1

@@ -84,6 +84,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
 
     run_script(workdir, tmp_path / "resumed.log", slow)
     assert_same_run(workdir, reference)
+    assert "data: dropped 0 of 192 records read; 0 prompts truncated" in (tmp_path / "resumed.log").read_text()
     assert (workdir / "samples" / "step_000024.txt").read_text() == \
         (reference / "samples" / "step_000024.txt").read_text()
 
