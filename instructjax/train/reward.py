@@ -34,8 +34,9 @@ from instructjax.rewards.scoring import completion_scores, reward_params_from_lm
 from instructjax.tokenizers import Tokenizer
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import comparison_config, dataset_config, loader_config, num_train_steps, optim_config
+from instructjax.train.config import comparison_config, loader_config, num_train_steps, optim_config
 from instructjax.train.initial_model import load_initial_model
+from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.export import fetch, write_atomically
 from instructjax.train.state import TrainState
@@ -105,7 +106,7 @@ def reference_scores(config: ml_collections.ConfigDict, scorer: _Scorer, params:
     records read and dropped (too long) on the way."""
     norm = config.normalize
     if norm.reference == "demonstrations":
-        built = datasets.build(dataset_config(norm.data, "demonstrations"), data_dir)
+        built = build_dataset(norm.data, "demonstrations", data_dir)
         sft_config = SFTConfig(max_len=config.data.max_len, truncation=config.data.truncation,
                                chat_template=config.data.chat_template)
         loader = sft_loader(built.source("train"), tokenizer, sft_config,
@@ -117,7 +118,7 @@ def reference_scores(config: ml_collections.ConfigDict, scorer: _Scorer, params:
             return scores, it.stats
         finally:
             it.close()
-    built = datasets.build(dataset_config(norm.data, "prompts"), data_dir)
+    built = build_dataset(norm.data, "prompts", data_dir)
     source = built.source("train")
     count = len(source) if not norm.max_examples else min(norm.max_examples, len(source))
     prompts = [datasets.decode("prompts", source[i])["prompt"] for i in range(count)]
@@ -156,8 +157,9 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         policy = (cfg, lm_params)
     del lm_params
 
+    check_batch_size(config.batch_size, config.microbatches, mesh)
     data_dir = config.data.data_dir or workdir.data
-    built = datasets.build(dataset_config(config.data, "comparisons"), data_dir)
+    built = build_dataset(config.data, "comparisons", data_dir)
     comparisons = comparison_config(config.data)
     train_source = built.source("train")
     loader = comparison_loader(train_source, tokenizer, comparisons,

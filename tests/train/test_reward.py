@@ -202,3 +202,10 @@ def test_normalising_on_sft_samples_without_export(tmp_path):
     assert not (tmp_path / "export").exists()
     with pytest.raises(FileNotFoundError, match="no reward model here"):
         rewards.load_reward_model(tmp_path)
+
+
+def test_a_batch_that_does_not_split_into_microbatches_is_refused_before_any_data_is_built(tmp_path):
+    config = load_config(batch_size=6, microbatches=4)
+    with pytest.raises(ValueError, match=r"config.batch_size=6 with microbatches=4"):
+        train_reward_model(config, tmp_path)
+    assert not (tmp_path / "data").exists()
