@@ -90,6 +90,27 @@ def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
             "update": epochs * 3 * (forward_lm + forward_scalar)}
 
 
+def built_dataset(kind: str, records, tmp: str):
+    """Write `records` to TMP/KIND.jsonl and build the project's `kind` dataset of it: (the file, the build)."""
+    import json
+    from instructjax import datasets
+    jsonl = os.path.join(tmp, f"{kind}.jsonl")
+    with open(jsonl, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return jsonl, datasets.build(datasets.DatasetConfig(kind, (jsonl,)), os.path.join(tmp, "data"))
+
+
+def add_competitor_arguments(parser) -> None:
+    """The options every benchmark against TRL shares: our compute dtype, torch threads, skipping TRL, and
+    the internal pair that runs TRL's side in a process of its own (`competitor_in_subprocess`)."""
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (TRL side)")
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--competitor-only", action="store_true", help="(internal) run TRL's side only")
+    parser.add_argument("--result-file", help="(internal) where --competitor-only writes its results")
+
+
 def competitor_in_subprocess(script: str, argv: list, flag: str = "--competitor-only") -> dict:
     """Run `script` again with `argv` + `flag` + a result file in a fresh process (same python, same
     environment; the script applies the same process settings there) and return the JSON it writes: the

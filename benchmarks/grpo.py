@@ -205,12 +205,8 @@ def main():
     parser.add_argument("--microbatches", type=int, default=2,
                         help="gradient accumulation inside the one optimizer step (TRL gradient_accumulation_steps)")
     parser.add_argument("--iterations", type=int, default=4, help="the first one is warm-up / compilation")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (TRL side)")
     parser.add_argument("--trl-f32-generation", action="store_true", help="TRL generates in f32, as it ships")
-    parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--competitor-only", action="store_true", help="(internal) run TRL's side only")
-    parser.add_argument("--result-file", help="(internal) where --competitor-only writes its results")
+    flops.add_competitor_arguments(parser)
     args = parser.parse_args()
 
     import torch

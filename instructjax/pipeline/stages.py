@@ -130,9 +130,9 @@ def compared_policies(config: ml_collections.ConfigDict) -> dict[str, pathlib.Pa
         name, sep, path = entry.partition("=")
         folder = pathlib.Path(path)
         export = folder / "export" if (folder / "export" / "config.json").is_file() else folder
-        if not sep or not name or name in compared or name in policy_names(config, compared=False):
+        if not sep or not name or name in compared or name in policy_names(config):
             raise ValueError(f"--config.evaluation.compare: {entry!r} must be 'NAME=DIR' with a NAME of its own "
-                             f"(the run's policies: {policy_names(config, compared=False)})")
+                             f"(the run's policies: {policy_names(config)})")
         if not (export / "config.json").is_file():
             raise ValueError(f"--config.evaluation.compare: {entry!r}: no exported model in {folder} or {folder}/export")
         compared[name] = export
@@ -487,12 +487,11 @@ def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
     return _rl_stage(config, root, "ppo_ptx")
 
 
-def policy_names(config: ml_collections.ConfigDict, compared: bool = True) -> list[str]:
-    """The models the evaluation compares: initial, SFT, each round's policy, PPO-ptx (when trained) and,
-    when `compared`, the other runs' policies of `evaluation.compare`."""
+def policy_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The run's own models: initial, SFT, each round's policy and PPO-ptx (when trained)."""
     rounds = [round_name(config.algorithm, r) for r in range(1, config.rounds + 1)]
     ptx = ["ppo_ptx"] if config.ppo_ptx.gamma > 0 and config.algorithm != "dpo" else []
-    return ["initial", "sft", *rounds, *ptx, *(compared_policies(config) if compared else ())]
+    return ["initial", "sft", *rounds, *ptx]
 
 
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
@@ -505,7 +504,8 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
     rm = load_reward_model(root / "reward")
-    names, compared = policy_names(config), compared_policies(config)
+    compared = compared_policies(config)
+    names = [*policy_names(config), *compared]  # the run's models, then other runs' (evaluation.compare)
     responses, passes, results, models = {}, {}, {}, {}
     for name in names:
         cfg, params, tokenizer = (_initial_model(config) if name == "initial" else
