@@ -19,23 +19,20 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_t
 
 
 def machine() -> str:
-    """CPU model (/proc/cpuinfo), which of CPU_FLAGS it has, core count and the load average now."""
-    name, flags = platform.processor() or platform.machine(), set()
+    """CPU model (/proc/cpuinfo), which of CPU_FLAGS it has, whether `dtype="auto"` means bf16 here, core
+    count and the load average now."""
+    from instructjax import cpu_runtime
+    name, flags = platform.processor() or platform.machine(), cpu_runtime.cpu_flags()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
+            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
     has = [flag for flag in CPU_FLAGS if flag in flags]
     missing = [flag for flag in CPU_FLAGS if flag not in flags]
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{name}, {os.cpu_count()} cores; flags: {' '.join(has) or '-'} (not: {' '.join(missing) or '-'}); "
+            f"native bf16 (dtype auto = bfloat16): {'yes' if cpu_runtime.native_bf16() else 'no'}; "
             f"load average {load}")
 
 

@@ -141,7 +141,7 @@ def main():
     ij.train.quiet_library_logs()
     cfg, params, tok = ij.checkpoints.load_default_model()
     peaks = matmul_peaks()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python "
+    print(f"machine: {flops.machine()}; python "
           f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}")
     print("matmul 2048^3: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items()))

@@ -16,6 +16,7 @@ import ml_collections
 
 from instructjax.pipeline.files import write_json
 from instructjax.pipeline.stages import pipeline_stages, stage_configs
+from instructjax.train.config import resolve_dtypes
 from instructjax.train.workdir import Workdir
 
 DONE_FILE = "stage.json"
@@ -24,7 +25,7 @@ DONE_FILE = "stage.json"
 def run_pipeline(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike]) -> dict[str, Any]:
     """Run (or finish) every stage of `config` (experiments/configs/pipeline.py) in `workdir`;
     returns each stage's summary, the evaluation's included. The report is WORKDIR/report.md."""
-    root, config = pathlib.Path(workdir), config.copy_and_resolve_references()
+    root, config = pathlib.Path(workdir), resolve_dtypes(config)  # a copy: "auto" dtypes decided once
     stage_configs(config, root)  # a stage field the config must not set: refused before anything is written
     Workdir.at(root).write_config(config)  # a rerun must use the same config
     summaries = {}

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 
 import ml_collections
+from absl import logging
 
-from instructjax import datasets, parallel
+from instructjax import cpu_runtime, datasets, parallel
 from instructjax.data import ComparisonConfig, LoaderConfig
 from instructjax.train.optim import OptimConfig
 
 INIT_SOURCES = ("random", "hf", "gguf", "default", "workdir")
+AUTO_DTYPE = "auto"  # a dtype field's value for bfloat16 where bf16 compute is native, float32 elsewhere
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.tokenizer = "tiny"  # tokenizer of a random init: "tiny" (ij.tokenizers.tiny_tokenizer) or a directory
 
     c.model = ml_collections.ConfigDict()
-    c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision over float32 params
+    c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision over float32 params; "auto": see resolve_dtypes
     c.model.param_dtype = "float32"  # dtype of the trained (master) params and of the export
     c.model.dropout_rate = 0.0  # residual dropout while training (InstructGPT SFT: 0.2)
     c.model.attention_dropout = 0.0  # dropout on attention probabilities while training
@@ -77,6 +79,30 @@ def base_config() -> ml_collections.ConfigDict:
 STAGE_FIELDS = {"sft": (("data.loss_on",), "sft.py"), "reward": (("normalize",), "reward.py"),
                 "dpo": (("beta",), "dpo.py"), "ppo": (("ppo", "rollout"), "ppo.py or grpo.py"),
                 "pipeline": (("algorithm", "rounds"), "pipeline.py")}
+
+
+def resolve_dtypes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose dtype fields set to "auto" name the compute dtype that is fast on this
+    machine: bfloat16 where `cpu_runtime.native_bf16()` (accelerators, CPUs with avx512_bf16 or AMX),
+    else float32 (bf16 is slower than f32 on an AVX2-only CPU). Decided once, logged; a dtype field
+    given explicitly is kept."""
+    config = config.copy_and_resolve_references()
+    auto = [(section, key) for section, key in _dtype_fields(config) if section[key] == AUTO_DTYPE]
+    if auto:
+        dtype = "bfloat16" if cpu_runtime.native_bf16() else "float32"
+        for section, key in auto:
+            section[key] = dtype
+        logging.info("compute dtype 'auto' -> %s (%s); set the dtype fields explicitly to override", dtype,
+                     "native bf16 here" if dtype == "bfloat16" else "this CPU has no avx512_bf16/AMX")
+    return config
+
+
+def _dtype_fields(config: ml_collections.ConfigDict):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _dtype_fields(value)
+        elif key == "dtype":
+            yield config, key
 
 
 def check_stage_config(config: ml_collections.ConfigDict, stage: str, source: str) -> None:

@@ -32,7 +32,7 @@ from instructjax.rl.sampler import SamplingSettings, sample_responses
 from instructjax.rl.value_head import VALUE_HEAD, add_value_head, lm_params
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import setup as setup_lib
-from instructjax.train.config import loader_config, optim_config
+from instructjax.train.config import loader_config, optim_config, resolve_dtypes
 from instructjax.train.export import export_model, fetch
 from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
@@ -225,6 +225,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     run); eval.every_steps > 0 without it is refused.
     Returns the final `PPOState`.
     """
+    config = resolve_dtypes(config)
     sources = check_config(config)  # a setting PPO would not honour stops here, before anything is written
     if config.eval.every_steps > 0 and evaluate is None:
         raise ValueError(f"ppo: eval.every_steps={config.eval.every_steps} needs an evaluate function "
