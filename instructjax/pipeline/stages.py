@@ -53,7 +53,7 @@ PTX_CORPORA = ("stdlib", "none")  # the PPO-ptx corpus
 # The pipeline's own keys with a fixed set of values (each stage section is checked by `_filled`).
 PIPELINE_CHOICES = {"init.source": INIT_SOURCES, "demonstrations.source": DEMONSTRATION_SOURCES,
                     "comparisons.labeler": LABELERS, "ptx_corpus.source": PTX_CORPORA,
-                    **{f"{section}.dtype": ("",) + DTYPES for section in ("demonstrations", "comparisons", "evaluation")}}
+                    **{f"{name}.dtype": ("",) + DTYPES for name in ("demonstrations", "comparisons", "evaluation")}}
 
 
 def task_files(root: pathlib.Path) -> dict[str, pathlib.Path]:

@@ -1,6 +1,6 @@
 """What every trainer does the same way before and around its own step: the run's start (distributed
-init, config checks, mesh, workdir with config.json and inputs.json, rules, seed keys), the layout of a train state over the mesh,
-and the loop call that closes the train iterator.
+init, config checks, mesh, workdir with config.json and inputs.json, rules, seed keys), the layout of
+a train state over the mesh, and the loop call that closes the train iterator.
 
     run = setup.start(config, workdir, num_keys=3)
     init_rng, train_rng, sample_rng = run.keys
@@ -47,11 +47,11 @@ class Run:
 
 def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], num_keys: int,
           check_mesh: Optional[Callable[[Mesh], None]] = None) -> Run:
-    """Initialise JAX's distributed runtime (multi-host), check the config (`config.check_values`, the mesh
+    """Initialise JAX's distributed runtime (multi-host); check the config (`config.check_values`, the mesh
     against the devices, `check_mesh(mesh)`: the trainer's batch sizes, by default `config.batch_size` in
-    `config.microbatches` over the mesh) and the input files, then write (or
-    check) WORKDIR/config.json and inputs.json (`Workdir.write_config`: a workdir without a checkpoint is
-    rewritten), and split `config.seed` into `num_keys` keys. Nothing is written before the checks."""
+    `config.microbatches` over the mesh) and hash its input files (`fingerprint`); only then write (or
+    check) WORKDIR/config.json and inputs.json (`Workdir.write_config`; a workdir without a checkpoint
+    is rewritten); split `config.seed` into `num_keys` keys."""
     parallel.initialize_distributed(config.parallel.multi_host)
     check_values(config)
     try:

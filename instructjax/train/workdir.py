@@ -121,10 +121,8 @@ class Workdir:
 
 def input_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Optional[dict], Optional[dict]]]:
     """path -> (old entry, new entry) of the input files added, removed or changed (None: absent)."""
-    fields = ("key", "sha256", "size")
-    same = lambda a, b: a is not None and b is not None and all(a[f] == b[f] for f in fields)
     return {path: (old.get(path), new.get(path)) for path in sorted(old.keys() | new.keys())
-            if not same(old.get(path), new.get(path))}
+            if old.get(path) != new.get(path)}
 
 
 def _describe(entry: Optional[dict[str, Any]]) -> str:
