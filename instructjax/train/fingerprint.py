@@ -10,13 +10,14 @@ from typing import Any
 
 import ml_collections
 
+from instructjax.rewards.io import EXPORT_DIR
 from instructjax.train.config import config_value
+from instructjax.train.ppo_rewards import uses_model
 
 CHUNK_BYTES = 1 << 20
 # Config keys (dotted) that list data files.
 FILE_KEYS = ("data.train_files", "data.validation_files", "normalize.data.train_files",
              "normalize.data.validation_files", "ptx.data.train_files", "ptx.data.validation_files")
-EXPORT_DIR = "export"  # an earlier stage's workdir is read through its export
 
 
 def file_sha256(path: pathlib.Path) -> str:
@@ -37,7 +38,7 @@ def input_files(config: ml_collections.ConfigDict) -> dict[str, list[pathlib.Pat
         found["init.path"] = _model_files("init.path", init.path, EXPORT_DIR if init.source == "workdir" else "")
     if init.source == "random" and init.tokenizer != "tiny":
         found["init.tokenizer"] = _model_files("init.tokenizer", init.tokenizer)
-    if "reward" in config and config.reward.source in ("model", "model+function") and config.reward.path:
+    if "reward" in config and uses_model(config.reward.source) and config.reward.path:
         export = pathlib.Path(config.reward.path, EXPORT_DIR).is_dir()  # a reward workdir or an export
         found["reward.path"] = _model_files("reward.path", config.reward.path, EXPORT_DIR if export else "")
     return {key: files for key, files in found.items() if files}
@@ -57,7 +58,8 @@ def _existing(key: str, path: str) -> pathlib.Path:
 
 
 def _model_files(key: str, path: str, subdir: str = "") -> list[pathlib.Path]:
-    """A model file, or every file of a model directory (`subdir` of `path`: a workdir's export)."""
+    """A model file, or every file of a model directory (`subdir` of `path`: an earlier stage's workdir is
+    read through its export)."""
     resolved = pathlib.Path(path, subdir).expanduser().absolute()
     if resolved.is_file():
         return [resolved]

@@ -105,3 +105,21 @@ def test_ppo_prints_its_dropped_records(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         train_ppo(config, tmp_path / "run")
     assert "ppo: data: dropped 10 of 26 records read; 10 longer than" in caplog.text  # prompts over 64 tokens
+
+
+def test_model_inputs_are_the_files_of_the_exports_read(tmp_path):
+    """init.path (an earlier stage's workdir) and reward.path count by their exports' files, not checkpoints."""
+    for stage in ("sft", "rm"):
+        (tmp_path / stage / "export").mkdir(parents=True)
+        (tmp_path / stage / "checkpoints").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            (tmp_path / stage / "export" / name).write_text(f"{stage} {name}")
+        (tmp_path / stage / "checkpoints" / "metrics").write_text("not read")
+    config = load_experiment_config("ppo", "tiny", {"init.source": "workdir", "init.path": str(tmp_path / "sft"),
+                                                    "reward.source": "model", "reward.path": str(tmp_path / "rm")})
+    found = fingerprint(config)
+    assert sorted((v["key"], p) for p, v in found.items()) == [
+        (key, str(tmp_path / stage / "export" / name)) for key, stage in (("init.path", "sft"), ("reward.path", "rm"))
+        for name in ("config.json", "model.safetensors")]
+    (tmp_path / "rm" / "export" / "model.safetensors").write_text("rm retrained")
+    assert [p for p in found if fingerprint(config)[p] != found[p]] == [str(tmp_path / "rm/export/model.safetensors")]
