@@ -154,7 +154,6 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     check_config(config)
     run = setup_lib.start(config, workdir, num_keys=2)
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
-    check_batch_size(config.batch_size, config.microbatches, mesh)
     init_rng, train_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     params_shardings = parallel.param_shardings(cfg, setup_lib.param_shapes(params), mesh, rules)

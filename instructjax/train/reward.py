@@ -37,7 +37,7 @@ from instructjax.train import step as step_lib
 from instructjax.train.config import (comparison_config, loader_config, num_train_steps, optim_config,
                                       resolve_dtypes)
 from instructjax.train.initial_model import load_initial_model
-from instructjax.train.inputs import build_dataset, check_batch_size
+from instructjax.train.inputs import build_dataset
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.export import fetch, write_atomically
 from instructjax.train.state import TrainState
@@ -159,7 +159,6 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         policy = (cfg, lm_params)
     del lm_params
 
-    check_batch_size(config.batch_size, config.microbatches, mesh)
     data_dir = config.data.data_dir or workdir.data
     built = build_dataset(config.data, "comparisons", data_dir)
     comparisons = comparison_config(config.data)

@@ -116,7 +116,6 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     config = resolve_dtypes(config)
     run = setup_lib.start(config, workdir, num_keys=3)
     mesh = run.mesh
-    check_batch_size(config.batch_size, config.microbatches, mesh)
     init_rng, train_rng, sample_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     setup = SFTSetup(run=run, cfg=cfg, tokenizer=tokenizer,
