@@ -23,7 +23,7 @@ from instructjax.train.optim import SCHEDULES, OptimConfig
 INIT_SOURCES = ("random", "hf", "gguf", "default", "workdir")
 AUTO_DTYPE = "auto"  # a dtype field's value for bfloat16 where bf16 compute is native, float32 elsewhere
 DTYPES = ("float32", "bfloat16", "float16")
-COMPUTE_DTYPES = (AUTO_DTYPE,) + DTYPES  # compute dtypes: "auto" is decided at start-up (resolve_dtypes)
+COMPUTE_DTYPES = DTYPES + (AUTO_DTYPE,)  # compute dtypes: "auto" is decided at start-up (resolve_dtypes)
 # Keys (dotted) with a fixed set of values, checked when a stage's config has them; "" = the model's dtype.
 CHOICES = {"init.source": INIT_SOURCES, "model.dtype": COMPUTE_DTYPES, "model.param_dtype": DTYPES,
            "model.remat_policy": REMAT_POLICIES, "optim.schedule": SCHEDULES, "data.truncation": TRUNCATIONS,
@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.tokenizer = "tiny"  # tokenizer of a random init: "tiny" (ij.tokenizers.tiny_tokenizer) or a directory
 
     c.model = ml_collections.ConfigDict()
-    c.model.dtype = "float32"  # compute dtype: "bfloat16" = mixed precision over float32 params; "auto" (resolve_dtypes)
+    c.model.dtype = "float32"  # compute dtype: "bfloat16" = bf16 matmuls over float32 params; "auto" (resolve_dtypes)
     c.model.param_dtype = "float32"  # dtype of the trained (master) params and of the export
     c.model.dropout_rate = 0.0  # residual dropout while training (InstructGPT SFT: 0.2)
     c.model.attention_dropout = 0.0  # dropout on attention probabilities while training
