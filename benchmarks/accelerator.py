@@ -96,9 +96,10 @@ def decode(cfg, size, batch, bandwidth):
 
 def ppo_iteration(cfg, size):
     """One row: the second of 2 PPO iterations (benchmarks/ppo.py), split into its phases."""
-    params = init_params(cfg, jax.random.key(0))
-    # its own buffers: the update donates policy and value params, which must not share the trunk's arrays
-    reward_params = jax.tree.map(jnp.copy, reward_params_from_lm(cfg, params, jax.random.key(1)))
+    # on the host, as benchmarks/ppo.py loads them: the update donates the policy and value params, so
+    # the reference and reward models must not share their device buffers (the f32 score head)
+    params = jax.device_get(init_params(cfg, jax.random.key(0)))
+    reward_params = reward_params_from_lm(cfg, params, jax.random.key(1))
     prompts = jnp.asarray(random_prompts(cfg, size["ppo_prompts"], size["prompt_len"]))
     args = argparse.Namespace(value="separate", dtype="bfloat16", new_tokens=size["new_tokens"],
                               minibatches=MINIBATCHES, iterations=2)
