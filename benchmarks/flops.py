@@ -1,5 +1,5 @@
-"""Model FLOP counts, a measured matmul peak, best-of-N timing and the machine's description, shared by
-the benchmarks.
+"""Model FLOP and decode-byte counts, a measured matmul peak, repeated timing and the machine's
+description, shared by the benchmarks.
 
 Counts are of the matmuls only (2 FLOPs per multiply-add; backward = 2 x forward), split into the
 trunk (every block's projections) and the LM head, so a pass that needs the head at some
@@ -36,14 +36,19 @@ def machine() -> str:
             f"load average {load}")
 
 
-def best_of(fn, repeats):
-    """The shortest of `repeats` wall-clock timings of `fn()`, in seconds."""
+def timings(fn, repeats):
+    """`repeats` wall-clock timings of `fn()`, in seconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(fn, repeats):
+    """The shortest of `repeats` wall-clock timings of `fn()`, in seconds."""
+    return min(timings(fn, repeats))
 
 
 def jax_bf16_peak(n=2048, repeats=10):
@@ -69,6 +74,13 @@ def train_flops_per_token(cfg, length):
     """Forward + backward per token with the LM head at every position (PaLM appendix B)."""
     trunk, head = trunk_and_head_params(cfg)
     return 3 * (2 * (trunk + head) + attention_flops(cfg, length))
+
+
+def decode_bytes_per_step(cfg, batch, cached_tokens, weight_itemsize, cache_itemsize):
+    """Bytes one decode step must read: every weight once and the keys and values of `cached_tokens`
+    tokens in each of `batch` rows (embedding rows gathered are left out)."""
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * cache_itemsize
+    return cfg.num_params() * weight_itemsize + batch * cached_tokens * kv
 
 
 def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):

@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: "bfloat16" = bf16 matmuls over float32 params; "auto" (resolve_dtypes)
     c.model.param_dtype = "float32"  # dtype of the trained (master) params and of the export
     c.model.dropout_rate = 0.0  # residual dropout while training (InstructGPT SFT: 0.2)
-    c.model.attention_dropout = 0.0  # dropout on attention probabilities while training
+    c.model.attention_dropout = 0.0  # dropout on attention probabilities while training (attention_impl einsum only)
+    c.model.attention_impl = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention; cudnn: GPU, bf16/f16)
     c.model.remat_policy = "none"  # rematerialisation of each block: none | full | dots | dots_no_batch
     c.model.scan_layers = False  # run the blocks with nn.scan (faster compiles of deep models)
     c.model.frozen_layers = 0  # train only the blocks above the first N (and the heads); 0: all
