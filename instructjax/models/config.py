@@ -47,7 +47,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     dropout_rate: float = 0.0  # residual dropout (off in every rollout/eval forward)
     attention_dropout: float = 0.0  # dropout on attention probabilities (attention_impl "einsum" only)
-    attention_impl: str = "einsum"  # one of ATTENTION_IMPLS: "xla" / "cudnn" (bf16/f16) run jax.nn.dot_product_attention
+    attention_impl: str = "einsum"  # one of ATTENTION_IMPLS; "xla" / "cudnn" (bf16/f16): jax.nn.dot_product_attention
     remat_policy: str = "none"  # one of REMAT_POLICIES: rematerialisation of each block
     scan_layers: bool = False  # stack the blocks with nn.scan (params get a leading layer axis)
     frozen_layers: int = 0  # training: no gradient reaches the embeddings' lookup and the first N blocks

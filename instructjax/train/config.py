@@ -16,7 +16,7 @@ from instructjax.data import ComparisonConfig, LoaderConfig
 from instructjax.data.render import TRUNCATIONS
 from instructjax.data.sft import LOSS_ON
 from instructjax.datasets.jsonl import ALL_TIED_POLICIES
-from instructjax.models.config import REMAT_POLICIES
+from instructjax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
 from instructjax.rl.kl import KL_CONTROLLERS, KL_ESTIMATORS
 from instructjax.train.optim import SCHEDULES, OptimConfig
 
@@ -26,10 +26,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 COMPUTE_DTYPES = DTYPES + (AUTO_DTYPE,)  # compute dtypes: "auto" is decided at start-up (resolve_dtypes)
 # Keys (dotted) with a fixed set of values, checked when a stage's config has them; "" = the model's dtype.
 CHOICES = {"init.source": INIT_SOURCES, "model.dtype": COMPUTE_DTYPES, "model.param_dtype": DTYPES,
-           "model.remat_policy": REMAT_POLICIES, "optim.schedule": SCHEDULES, "data.truncation": TRUNCATIONS,
-           "data.loss_on": LOSS_ON, "data.all_tied": ALL_TIED_POLICIES, "kl.estimator": KL_ESTIMATORS,
-           "kl.controller": KL_CONTROLLERS, "rollout.dtype": ("",) + COMPUTE_DTYPES,
-           "reward.dtype": ("",) + COMPUTE_DTYPES, "reference.dtype": ("",) + COMPUTE_DTYPES}
+           "model.remat_policy": REMAT_POLICIES, "model.attention_impl": ATTENTION_IMPLS,
+           "optim.schedule": SCHEDULES, "data.truncation": TRUNCATIONS, "data.loss_on": LOSS_ON,
+           "data.all_tied": ALL_TIED_POLICIES, "kl.estimator": KL_ESTIMATORS, "kl.controller": KL_CONTROLLERS,
+           "rollout.dtype": ("",) + COMPUTE_DTYPES, "reward.dtype": ("",) + COMPUTE_DTYPES,
+           "reference.dtype": ("",) + COMPUTE_DTYPES}
 
 
 def base_config() -> ml_collections.ConfigDict:
