@@ -249,7 +249,7 @@ def test_prompt_batches_carry_record_indices_that_find_the_prompt_on_a_mesh():
         assert [records[i]["source"] for i in index] == batch["source"].tolist()
         want = ["Tea?" if i == 5 else f"Question {i}?" for i in index]
         assert data.prompt_texts(records, index) == want
-    assert it.stats["records"] >= 24 and "dropped_overlong" not in it.stats
+    assert it.stats["records"] >= 24 and "dropped_overlong_prompt" not in it.stats
     with pytest.raises(ValueError, match="mem:9: a prompt of chat messages without a user message"):
         data.prompt_texts([{"prompt": [{"role": "system", "content": "Be brief."}], "source": "mem:9"}], [0])
 

@@ -39,7 +39,7 @@ class Tokenized(NamedTuple):
     """What a per-record function returns: the element, or why the record is dropped."""
 
     element: dict[str, np.ndarray] | None
-    dropped: str | None = None  # why the record is dropped: "overlong", "too_many_completions"
+    dropped: str | None = None  # why the record is dropped: a key of DROP_REASONS
     truncated: bool = False  # the prompt was cut from the left to fit
 
 
@@ -50,6 +50,8 @@ def new_tally() -> dict[str, int]:
 
 # What each drop reason means, for the console.
 DROP_REASONS = {"overlong": "longer than data.max_len tokens",
+                "overlong_prompt": "prompts longer than data.max_prompt_len tokens (data.truncation='truncate_prompt' "
+                                   "keeps their end)",
                 "too_many_completions": "more completions than data.max_completions"}
 
 

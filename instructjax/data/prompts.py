@@ -38,7 +38,7 @@ def prompt_example(record: dict[str, Any], tokenizer: Tokenizer, config: PromptC
     ids = tokenizer.encode(text, add_special_tokens=not config.chat_template)
     ids, truncated = render.fit_prompt(ids, 0, config.max_prompt_len, config.truncation)
     if ids is None:
-        return Tokenized(None, "overlong")
+        return Tokenized(None, "overlong_prompt")
     p = config.max_prompt_len
     tokens, mask = np.full(p, tokenizer.pad_id, np.int32), np.zeros(p, bool)
     tokens[p - len(ids):], mask[p - len(ids):] = ids, True
