@@ -11,8 +11,9 @@ import pytest
 
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              kill_after_checkpoint, load_experiment_config, run_experiment)
+from instructjax.testing.experiments import (assert_same_export, assert_same_run, config_leaf_paths,
+                                              documented_config_paths, kill_after_checkpoint, kill_at_random_points,
+                                              load_experiment_config, run_experiment)
 
 # A short version of the tiny preset: checkpoints at 6, 12, 18, 24 (the last 3 kept); evaluation at 16 and 24.
 OVERRIDES = {"num_steps": 24, "checkpoint.every_steps": 6, "eval.every_steps": 16, "eval.max_new_tokens": 8}
@@ -89,6 +90,21 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
     assert "data: dropped 0 of 192 records read; 0 prompts truncated" in (tmp_path / "resumed.log").read_text()
     assert (workdir / "samples" / "step_000024.txt").read_text() == \
         (reference / "samples" / "step_000024.txt").read_text()
+
+
+def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tiny_run, tmp_path):
+    reference, _ = tiny_run
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.1"
+
+    def start(i):
+        return run_script(workdir, tmp_path / f"killed_{i}.log", slow, wait=False)
+
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=1, kills=3)
+    print("killed after (step, seconds):", points)
+    run_script(workdir, tmp_path / "final.log", slow)
+    assert_same_run(workdir, reference)
+    assert_same_export(workdir, reference)
 
 
 @pytest.mark.needs_devices(8)
