@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+import flops
 import instructjax as ij
 from instructjax import data, datasets
 from instructjax.checkpoints import default_model_path
@@ -84,7 +85,7 @@ def main():
     args = parser.parse_args()
     tfds.disable_progress_bar()
     tok = Tokenizer.from_gguf(default_model_path())
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+    print(f"# {flops.machine()}; python {platform.python_version()}, "
           f"jax {jax.__version__}, grain {grain.__version__}, "
           f"tfds {tfds.__version__}; tokenizer {tok.source}")
     loader_config = data.LoaderConfig(batch_size=args.batch, num_epochs=1, num_threads=args.threads)

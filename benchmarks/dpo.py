@@ -38,8 +38,8 @@ import flops
 import instructjax as ij
 from instructjax import datasets
 from instructjax.data import render
+from instructjax.testing.experiments import load_experiment_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BETA, LR, BETAS, CLIP = 0.1, 1e-6, (0.9, 0.95), 1.0
 
 
@@ -85,11 +85,7 @@ def token_rows(built, tok, length, batch):
 
 def ours(args, jsonl, tmp):
     """Step seconds of `train_dpo` (bf16 compute, f32 params), from its metrics."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("dpo_config", os.path.join(REPO, "experiments/configs/dpo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = load_experiment_config("dpo", "tiny")
     config.init.source = "default"  # the embedded SmolLM2-135M-Instruct
     config.model.dtype = args.dtype
     config.model.dropout_rate = 0.0
@@ -155,11 +151,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
     parser.add_argument("--length", type=int, default=256, help="tokens per row (prompt + completion + EOS)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (TRL side)")
-    parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--competitor-only", action="store_true", help="(internal) run TRL's side only")
-    parser.add_argument("--result-file", help="(internal) where --competitor-only writes its results")
+    flops.add_competitor_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -175,11 +167,8 @@ def main():
         results["TRL DPOTrainer"] = flops.competitor_in_subprocess(os.path.abspath(__file__), sys.argv[1:])
         print(f"machine between the sides: {flops.machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        jsonl = os.path.join(tmp, "comparisons.jsonl")
-        with open(jsonl, "w") as f:
-            for record in comparisons(tok, args.batch * (args.steps + 1), args.length):
-                f.write(json.dumps(record) + "\n")
-        built = datasets.build(datasets.DatasetConfig("comparisons", (jsonl,)), os.path.join(tmp, "data"))
+        jsonl, built = flops.built_dataset("comparisons", comparisons(tok, args.batch * (args.steps + 1), args.length),
+                                           tmp)
         rows = token_rows(built, tok, args.length, args.batch)
         lengths = [len(p) + len(c) for p, c, _ in rows] + [len(p) + len(r) for p, _, r in rows]
         print(f"data: {len(rows)} pairs, rows of {min(lengths)}-{max(lengths)} tokens (mean "

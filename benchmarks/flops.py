@@ -1,5 +1,5 @@
-"""Model FLOP counts, a measured matmul peak, best-of-N timing and the machine's description, shared by
-the benchmarks.
+"""Model FLOP and decode-byte counts, a measured matmul peak, repeated timing and the machine's
+description, shared by the benchmarks.
 
 Counts are of the matmuls only (2 FLOPs per multiply-add; backward = 2 x forward), split into the
 trunk (every block's projections) and the LM head, so a pass that needs the head at some
@@ -19,34 +19,36 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_t
 
 
 def machine() -> str:
-    """CPU model (/proc/cpuinfo), which of CPU_FLAGS it has, core count and the load average now."""
-    name, flags = platform.processor() or platform.machine(), set()
+    """CPU model (/proc/cpuinfo), which of CPU_FLAGS it has, whether `dtype="auto"` means bf16 here, core
+    count and the load average now."""
+    from instructjax import cpu_runtime
+    name, flags = platform.processor() or platform.machine(), cpu_runtime.cpu_flags()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
+            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
     except OSError:
         pass
     has = [flag for flag in CPU_FLAGS if flag in flags]
     missing = [flag for flag in CPU_FLAGS if flag not in flags]
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{name}, {os.cpu_count()} cores; flags: {' '.join(has) or '-'} (not: {' '.join(missing) or '-'}); "
+            f"native bf16 (dtype auto = bfloat16): {'yes' if cpu_runtime.native_bf16() else 'no'}; "
             f"load average {load}")
 
 
-def best_of(fn, repeats):
-    """The shortest of `repeats` wall-clock timings of `fn()`, in seconds."""
+def timings(fn, repeats):
+    """`repeats` wall-clock timings of `fn()`, in seconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(fn, repeats):
+    """The shortest of `repeats` wall-clock timings of `fn()`, in seconds."""
+    return min(timings(fn, repeats))
 
 
 def jax_bf16_peak(n=2048, repeats=10):
@@ -74,6 +76,13 @@ def train_flops_per_token(cfg, length):
     return 3 * (2 * (trunk + head) + attention_flops(cfg, length))
 
 
+def decode_bytes_per_step(cfg, batch, cached_tokens, weight_itemsize, cache_itemsize):
+    """Bytes one decode step must read: every weight once and the keys and values of `cached_tokens`
+    tokens in each of `batch` rows (embedding rows gathered are left out)."""
+    kv = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * cache_itemsize
+    return cfg.num_params() * weight_itemsize + batch * cached_tokens * kv
+
+
 def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
     """Matmul FLOPs of one PPO iteration as docs/formulas.md runs it, with the LM head only where a
     log-prob is needed (response positions): generation (prefill + one token per step), scoring
@@ -88,6 +97,27 @@ def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
             "reference and reward": forward_lm + forward_scalar,
             "old log-probs and values": forward_lm + forward_scalar,
             "update": epochs * 3 * (forward_lm + forward_scalar)}
+
+
+def built_dataset(kind: str, records, tmp: str):
+    """Write `records` to TMP/KIND.jsonl and build the project's `kind` dataset of it: (the file, the build)."""
+    import json
+    from instructjax import datasets
+    jsonl = os.path.join(tmp, f"{kind}.jsonl")
+    with open(jsonl, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return jsonl, datasets.build(datasets.DatasetConfig(kind, (jsonl,)), os.path.join(tmp, "data"))
+
+
+def add_competitor_arguments(parser) -> None:
+    """The options every benchmark against TRL shares: our compute dtype, torch threads, skipping TRL, and
+    the internal pair that runs TRL's side in a process of its own (`competitor_in_subprocess`)."""
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (TRL side)")
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--competitor-only", action="store_true", help="(internal) run TRL's side only")
+    parser.add_argument("--result-file", help="(internal) where --competitor-only writes its results")
 
 
 def competitor_in_subprocess(script: str, argv: list, flag: str = "--competitor-only") -> dict:

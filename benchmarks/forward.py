@@ -5,7 +5,6 @@
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flops
 import instructjax as ij
 from flops import best_of
 
@@ -57,7 +57,7 @@ def main():
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
                                                                attn_implementation="sdpa")
     hf.eval()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, "
+    print(f"machine: {flops.machine()}; jax {jax.__version__}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"forward batch {args.batch} x {args.length}, best of {args.repeats} (seconds; lower is better)")
     rows = [("f32", "float32", "float32", "f32"),

@@ -95,14 +95,25 @@ def optimizer():
     return optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(LR, b1=BETAS[0], b2=BETAS[1], weight_decay=0.0))
 
 
-def ours(args, cfg, params, tokenizer, rows, texts):
-    """Per-iteration seconds of sample -> reward function -> reference log-probs -> GRPO update."""
+def overlap_reward(args, tokenizer, texts):
+    """`word_overlap` of iteration i's decoded samples with their prompts: a `reward(i, out)` for `ours`."""
+    def reward(i, out):
+        prompts = [t for t in texts[i * args.prompts:(i + 1) * args.prompts] for _ in range(args.group_size)]
+        return word_overlap(prompts, response_texts(tokenizer, np.asarray(out.tokens), np.asarray(out.mask)))
+    return reward
+
+
+def ours(args, cfg, params, rows, reward, eos_id, pad_id):
+    """Per-iteration seconds of sample -> reward function -> reference log-probs -> GRPO update.
+
+    `rows`: `args.prompts` prompt token rows per iteration; `reward(i, out)`: the reward function's
+    scores (one per sample) of iteration i's `SampleOutput`, computed on the host."""
     tx = optimizer()
     state = ij.train.init_ppo_state(params, None, tx, None, BETA)
     ref_cfg, ref = ij.rl.frozen_model(cfg, params, args.dtype)
     ref = jax.device_put(ref)
-    settings = ij.rl.SamplingSettings(max_new_tokens=args.new_tokens, temperature=1.0, eos_id=tokenizer.eos_id,
-                                      pad_id=tokenizer.pad_id, ignore_eos=True)
+    settings = ij.rl.SamplingSettings(max_new_tokens=args.new_tokens, temperature=1.0, eos_id=eos_id,
+                                      pad_id=pad_id, ignore_eos=True)
     score = jax.jit(ij.rl.make_scorer(ref_cfg, None, temperature=1.0, no_eos_penalty_value=None))
     config = ij.train.PPOConfig(num_minibatches=1, microbatches=args.microbatches, advantage="grpo",
                                 group_size=args.group_size, kl_in_loss=True, kl_kind="k3", clip_eps=0.2,
@@ -113,13 +124,11 @@ def ours(args, cfg, params, tokenizer, rows, texts):
         part = slice(i * args.prompts, (i + 1) * args.prompts)
         tokens = jnp.repeat(jnp.asarray(rows[part], jnp.int32), g, axis=0)
         mask = jnp.ones(tokens.shape, bool)
-        prompts = [t for t in texts[part] for _ in range(g)]
         start = time.perf_counter()
         out = jax.block_until_ready(ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
                                                            rng=jax.random.key(i), settings=settings))
         generated = time.perf_counter()
-        responses = response_texts(tokenizer, np.asarray(out.tokens), np.asarray(out.mask))
-        function_scores = jnp.asarray([word_overlap(prompts, responses)], jnp.float32)
+        function_scores = jnp.asarray([reward(i, out)], jnp.float32)
         rewarded = time.perf_counter()
         batch = jax.block_until_ready(score(ref, None, out, function_scores))
         scored = time.perf_counter()
@@ -205,12 +214,8 @@ def main():
     parser.add_argument("--microbatches", type=int, default=2,
                         help="gradient accumulation inside the one optimizer step (TRL gradient_accumulation_steps)")
     parser.add_argument("--iterations", type=int, default=4, help="the first one is warm-up / compilation")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (TRL side)")
     parser.add_argument("--trl-f32-generation", action="store_true", help="TRL generates in f32, as it ships")
-    parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--competitor-only", action="store_true", help="(internal) run TRL's side only")
-    parser.add_argument("--result-file", help="(internal) where --competitor-only writes its results")
+    flops.add_competitor_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -236,7 +241,8 @@ def main():
             with open(args.result_file, "w") as f:
                 json.dump(theirs(args, export_dir, texts, tmp), f)
             return
-        results = {"instructjax": ours(args, cfg, params, tokenizer, rows, texts)} | results
+        reward = overlap_reward(args, tokenizer, texts)
+        results = {"instructjax": ours(args, cfg, params, rows, reward, tokenizer.eos_id, tokenizer.pad_id)} | results
     print(f"\nGRPO iteration, {args.prompts} prompts x {args.group_size} samples, {args.prompt_len} prompt tokens, "
           f"{args.new_tokens} new tokens, one optimizer step ({args.microbatches} microbatches), {args.dtype}; median of {args.iterations - 1} "
           "iterations after the first, seconds:")

@@ -23,7 +23,6 @@ iterations is the measurement.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -148,7 +147,7 @@ def main():
     prompt_ids = prompt_rows(tokenizer, args.prompts, args.prompt_len)
     tokens = jnp.asarray(prompt_ids, jnp.int32)
     mask = jnp.ones(tokens.shape, bool)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+    print(f"machine: {flops.machine()}; jax {jax.__version__} "
           f"({jax.devices()[0].device_kind}); settings: {json.dumps(vars(args))}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         trl = None if args.skip_trl else theirs(args, cfg, params, reward_params, tokenizer, prompt_ids, tmp)

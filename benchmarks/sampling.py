@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flops
 import instructjax as ij
 from flops import best_of
 from instructjax import sampling
@@ -133,7 +134,7 @@ def main():
                                                                    attn_implementation="sdpa").eval()
         hf.generation_config.eos_token_id = None  # forced length: EOS ignored
     copy_gbs, read_gbs = measure_bandwidth()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {torch.__version__} "
+    print(f"machine: {flops.machine()}; jax {jax.__version__}, torch {torch.__version__} "
           f"({args.threads} threads), transformers {transformers.__version__}; "
           f"load average {os.getloadavg()[0]:.1f} (other processes slow transformers far more than us)")
     print(f"memory bandwidth: numpy copy {copy_gbs:.1f} GB/s (read + write traffic; the bound below uses it), "

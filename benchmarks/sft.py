@@ -29,8 +29,8 @@ import flops
 import instructjax as ij
 from instructjax import datasets
 from instructjax.data import render
+from instructjax.testing.experiments import load_experiment_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def matmul_peaks(n=2048, repeats=10):
@@ -79,11 +79,7 @@ def token_rows(built, tok, length, batch):
 
 def ours(args, jsonl, tmp):
     """tokens/s and step seconds of `train_sft` (smollm2 preset: bf16 compute, f32 params), from its metrics."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("sft_config", os.path.join(REPO, "experiments/configs/sft.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smollm2")
+    config = load_experiment_config("sft", "smollm2")
     config.num_steps, config.num_epochs = args.steps + 1, 0.0
     config.batch_size, config.microbatches = args.batch, 1
     config.model.dropout_rate = 0.0  # TRL's Llama has no dropout
@@ -145,17 +141,14 @@ def main():
     ij.train.quiet_library_logs()
     cfg, params, tok = ij.checkpoints.load_default_model()
     peaks = matmul_peaks()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; python "
+    print(f"machine: {flops.machine()}; python "
           f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}")
     print("matmul 2048^3: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items()))
 
     with tempfile.TemporaryDirectory() as tmp:
-        jsonl = os.path.join(tmp, "demos.jsonl")
-        with open(jsonl, "w") as f:
-            for record in long_demonstrations(tok, args.batch * (args.steps + 1), args.length):
-                f.write(json.dumps(record) + "\n")
-        built = datasets.build(datasets.DatasetConfig("demonstrations", (jsonl,)), os.path.join(tmp, "data"))
+        jsonl, built = flops.built_dataset(
+            "demonstrations", long_demonstrations(tok, args.batch * (args.steps + 1), args.length), tmp)
         rows = token_rows(built, tok, args.length, args.batch)
         fill = np.mean([len(r[0]) for r in rows]) / args.length
         print(f"data: {len(rows)} rows of {args.length} tokens, {fill:.0%} real tokens, batch {args.batch}")

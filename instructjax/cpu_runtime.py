@@ -21,6 +21,11 @@ first platform (jax's default) is "cpu"; unset, no accelerator plugin for jax is
 module of the `jax_plugins` namespace or a `jax_plugins` entry point, as the CUDA, ROCm and Metal
 plugins are, or the `libtpu` package). A GPU/TPU host therefore keeps glibc's defaults.
 `INSTRUCTJAX_CPU_TUNING=0` in the environment turns both off everywhere.
+
+`native_bf16()` says whether bfloat16 compute is fast here: on an accelerator, and on a CPU with
+native bf16 matmuls (x86 `avx512_bf16` or AMX, Arm `bf16`). An AVX2-only CPU runs bf16 slower than
+f32 (converting every operand), so the configs' `dtype="auto"` becomes float32 there
+(`instructjax.train.config.resolve_dtypes`). `INSTRUCTJAX_NATIVE_BF16=1` or `0` overrides the answer.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ MALLOC_OPTIONS = {_M_TRIM_THRESHOLD: -1, _M_MMAP_MAX: 0, _M_ARENA_MAX: 1}  # -1:
 # (benchmarks give them to the competitor they run in a subprocess).
 MALLOC_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": str(2 ** 62), "MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1"}
 TPU_PACKAGE = "libtpu"  # jax finds TPUs through this package, not through a jax_plugins module
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # /proc/cpuinfo flags (x86) or features (Arm)
 
 
 def enabled(environ: MutableMapping[str, str] = os.environ) -> bool:
@@ -73,6 +79,32 @@ def will_use_cpu(environ: MutableMapping[str, str] = os.environ,
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
     return not (accelerator_plugins() if plugins is None else plugins)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The first processor's flags (x86) or features (Arm) in `cpuinfo`; empty where there is none."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(environ: MutableMapping[str, str] = os.environ, flags: Optional[set[str]] = None) -> bool:
+    """Whether bf16 compute is fast: `INSTRUCTJAX_NATIVE_BF16` (1/0) when set, else true on an
+    accelerator (`will_use_cpu` false) and on a CPU with one of `NATIVE_BF16_FLAGS`."""
+    override = environ.get("INSTRUCTJAX_NATIVE_BF16", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    if override:
+        raise ValueError(f"INSTRUCTJAX_NATIVE_BF16={override!r}: expected 1 or 0 (or unset: detect)")
+    if not will_use_cpu(environ):
+        return True
+    return bool(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
 
 
 def _jaxlib_version() -> tuple[int, ...]:

@@ -142,3 +142,32 @@ def test_import_changes_nothing_and_an_entry_point_applies_both():
     assert seen["entry_point"] == {"xla_flags": " ".join([untouched["xla_flags"], *([FLAG] if KNOWN_JAXLIB else [])]),
                                    "mmap": False}
     assert seen["jax_runs"] == 3
+
+
+@pytest.mark.parametrize("flags, native", [
+    ({"avx2", "avx512f", "avx512_bf16"}, True),   # AMD EPYC (Zen 4) / Intel Cooper Lake and later
+    ({"avx2", "amx_bf16", "amx_tile"}, True),     # Intel Sapphire Rapids AMX
+    ({"fp", "asimd", "bf16"}, True),              # Arm with BF16 (Features line)
+    ({"avx2", "fma", "avx512f"}, False),          # AVX-512 without bf16 (Skylake-X)
+    ({"avx2", "fma"}, False),                     # AVX2 only: bf16 is slower than f32 there
+])
+def test_native_bf16_from_the_cpu_flags(flags, native):
+    assert cpu_runtime.native_bf16({"JAX_PLATFORMS": "cpu"}, flags=flags) is native
+
+
+def test_native_bf16_on_accelerators_and_the_override():
+    assert cpu_runtime.native_bf16({"JAX_PLATFORMS": "cuda"}, flags=set())
+    assert cpu_runtime.native_bf16({"JAX_PLATFORMS": "cpu", "INSTRUCTJAX_NATIVE_BF16": "1"}, flags=set())
+    assert not cpu_runtime.native_bf16({"JAX_PLATFORMS": "cuda", "INSTRUCTJAX_NATIVE_BF16": "0"}, flags={"bf16"})
+    with pytest.raises(ValueError, match="INSTRUCTJAX_NATIVE_BF16='yes': expected 1 or 0"):
+        cpu_runtime.native_bf16({"INSTRUCTJAX_NATIVE_BF16": "yes"})
+
+
+def test_cpu_flags_read_x86_and_arm_cpuinfo(tmp_path):
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n"
+                   "flags\t\t: fpu\n")
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd bf16\n")
+    assert cpu_runtime.cpu_flags(str(x86)) == {"fpu", "avx2", "avx512_bf16"}  # the first processor's
+    assert cpu_runtime.cpu_flags(str(arm)) == {"fp", "asimd", "bf16"}
+    assert cpu_runtime.cpu_flags(str(tmp_path / "none")) == set()

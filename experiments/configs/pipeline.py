@@ -153,7 +153,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     if arg == "hf":
         config.init.source = "hf"
     for c in (config.demonstrations, config.comparisons, config.evaluation):
-        c.dtype = "bfloat16"
+        c.dtype = "auto"  # bfloat16 where bf16 compute is native, else float32 (resolve_dtypes)
     sft, reward, ppo, dpo = config.sft, config.reward, config.ppo, config.dpo
     sft.num_steps, sft.num_epochs = 0, 2.0
     sft.batch_size, sft.microbatches = 16, 1
@@ -183,7 +183,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.value.init = "shared"  # a value head on the policy trunk: one network to update (half the work)
     ppo.ppo.vf_coef = 0.1
     ppo.rollout.max_new_tokens = 64
-    ppo.rollout.dtype = "bfloat16"
+    ppo.rollout.dtype = "auto"
     ppo.data.max_prompt_len = 128
     ppo.ptx.batch_size = 8
     ppo.ptx.max_len = 128

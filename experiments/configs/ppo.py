@@ -125,7 +125,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.ppo.num_minibatches = 4
         config.optim.lr = 1e-6
         config.value.lr = 1e-5
-        config.model.dtype = "bfloat16"
+        config.model.dtype = "auto"  # bfloat16 where bf16 compute is native, else float32
         config.rollout.max_new_tokens = 64
         config.checkpoint.every_steps = 20
     else:  # InstructGPT (appendix C): 256k episodes, batch 512, minibatch 64, 1 epoch, beta 0.02, ptx 27.8
@@ -142,7 +142,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         config.ptx.gamma = 27.8
         config.ptx.batch_size = 4096  # 8x the RL episodes
         config.ptx.max_len = 512
-        config.model.dtype = "bfloat16"
+        config.model.dtype = "auto"  # bfloat16 where bf16 compute is native, else float32
         config.model.scan_layers = True
         config.rollout.max_new_tokens = 256
         config.data.max_prompt_len = 512

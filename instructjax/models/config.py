@@ -7,6 +7,7 @@ from typing import Optional
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     dropout_rate: float = 0.0  # residual dropout (off in every rollout/eval forward)
-    attention_dropout: float = 0.0  # dropout on attention probabilities
+    attention_dropout: float = 0.0  # dropout on attention probabilities (attention_impl "einsum" only)
+    attention_impl: str = "einsum"  # one of ATTENTION_IMPLS; "xla" / "cudnn" (bf16/f16): jax.nn.dot_product_attention
     remat_policy: str = "none"  # one of REMAT_POLICIES: rematerialisation of each block
     scan_layers: bool = False  # stack the blocks with nn.scan (params get a leading layer axis)
     frozen_layers: int = 0  # training: no gradient reaches the embeddings' lookup and the first N blocks
@@ -56,6 +58,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.arch={self.arch!r}: expected one of {ARCHITECTURES}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}: expected one of {REMAT_POLICIES}")
+        self._check_attention_impl()
         if not 0 <= self.frozen_layers <= self.num_layers:
             raise ValueError(f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..{self.num_layers}")
         if self.frozen_layers and self.scan_layers:
@@ -66,6 +69,15 @@ class ModelConfig:
                              ("position", ("rope", "learned"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"ModelConfig.{key}={getattr(self, key)!r}: expected one of {allowed}")
+
+    def _check_attention_impl(self):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}: expected one of {ATTENTION_IMPLS}")
+        if self.attention_impl != "einsum" and self.attention_dropout:
+            raise ValueError(f"ModelConfig.attention_dropout={self.attention_dropout} needs attention_impl='einsum' "
+                             f"(got {self.attention_impl!r}): jax.nn.dot_product_attention has no dropout")
+        if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"ModelConfig.attention_impl='cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

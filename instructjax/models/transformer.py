@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instructjax.models.attention import dot_product_attention
 from instructjax.models.config import ModelConfig
 from instructjax.models.matmul import BATCHED_CONTRACTION, CONTRACTION, contract
 
@@ -146,7 +147,11 @@ class Projection(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE or none, writing into the KV cache when one is given."""
+    """Grouped-query attention with RoPE or none, writing into the KV cache when one is given.
+
+    `cfg.attention_impl` "einsum" runs it as two `contract`s; "xla" / "cudnn" through
+    `jax.nn.dot_product_attention` (instructjax.models.attention), with the same mask.
+    """
 
     cfg: ModelConfig
     deterministic: bool = True
@@ -183,16 +188,19 @@ class Attention(nn.Module):
             cache_kv = (cache_k, cache_v)
 
         b, t = q.shape[:2]
-        groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-        kv_spec = "bskd" if cache_kv is None else "bksd"
-        # the matmuls' natural output orders (no transposed copy of the scores), attention in k's dtype
-        scores = contract(f"btkgd,{kv_spec}->bktgs", q, k, k.dtype) * (cfg.head_dim ** -0.5)
-        scores = jnp.where(mask[:, None, :, None, :], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        if cfg.attention_dropout > 0:
-            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
-        out = contract(f"bktgs,{kv_spec}->bktgd", probs, v, v.dtype).transpose(0, 2, 1, 3, 4)
+        if cfg.attention_impl == "einsum":
+            groups = cfg.num_heads // cfg.num_kv_heads
+            q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+            kv_spec = "bskd" if cache_kv is None else "bksd"
+            # the matmuls' natural output orders (no transposed copy of the scores), attention in k's dtype
+            scores = contract(f"btkgd,{kv_spec}->bktgs", q, k, k.dtype) * (cfg.head_dim ** -0.5)
+            scores = jnp.where(mask[:, None, :, None, :], scores, NEG_INF)
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+            if cfg.attention_dropout > 0:
+                probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=self.deterministic)
+            out = contract(f"bktgs,{kv_spec}->bktgd", probs, v, v.dtype).transpose(0, 2, 1, 3, 4)
+        else:
+            out = dot_product_attention(q, k, v, mask, implementation=cfg.attention_impl, cached=cache_kv is not None)
         out = out.astype(dtype).reshape(b, t, cfg.num_heads, cfg.head_dim)
         out = Projection(cfg, (cfg.num_heads, cfg.head_dim, cfg.d_model), ("heads", "head_dim", "embed"), n_in=2,
                          use_bias=cfg.out_bias, name="o")(out)

@@ -34,6 +34,7 @@ from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
 from instructjax.rewards.io import load_reward_model
 from instructjax.train.reward import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
+from instructjax.train.config import COMPUTE_DTYPES, INIT_SOURCES, check_values
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.dpo import train_dpo
 from instructjax.train.ppo import check_config as check_ppo_config, train_ppo
@@ -47,6 +48,13 @@ ALGORITHMS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "dpo": None}  # poli
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out-family prompts: a draw independent of the test prompts' (same topics)
 VALIDATION_START_FILE = "validation_start.json"  # an RL stage's validation metrics of its starting (SFT) policy
 DEMONSTRATION_SOURCES = ("edit", "best_of_k")  # how the demonstrations stage makes a demonstration
+LABELERS = ("task", "human")  # who ranks the comparisons
+PTX_CORPORA = ("stdlib", "none")  # the PPO-ptx corpus
+# The pipeline's own keys with a fixed set of values (each stage section is checked by `_filled`).
+PIPELINE_CHOICES = {"init.source": INIT_SOURCES, "demonstrations.source": DEMONSTRATION_SOURCES,
+                    "comparisons.labeler": LABELERS, "ptx_corpus.source": PTX_CORPORA,
+                    **{f"{name}.dtype": ("",) + COMPUTE_DTYPES
+                       for name in ("demonstrations", "comparisons", "evaluation")}}
 
 
 def task_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -130,9 +138,9 @@ def compared_policies(config: ml_collections.ConfigDict) -> dict[str, pathlib.Pa
         name, sep, path = entry.partition("=")
         folder = pathlib.Path(path)
         export = folder / "export" if (folder / "export" / "config.json").is_file() else folder
-        if not sep or not name or name in compared or name in policy_names(config, compared=False):
+        if not sep or not name or name in compared or name in policy_names(config):
             raise ValueError(f"--config.evaluation.compare: {entry!r} must be 'NAME=DIR' with a NAME of its own "
-                             f"(the run's policies: {policy_names(config, compared=False)})")
+                             f"(the run's policies: {policy_names(config)})")
         if not (export / "config.json").is_file():
             raise ValueError(f"--config.evaluation.compare: {entry!r}: no exported model in {folder} or {folder}/export")
         compared[name] = export
@@ -153,8 +161,6 @@ def demonstrations_stage(config: ml_collections.ConfigDict, root: pathlib.Path) 
     c, folder = config.demonstrations, root / "demonstrations"
     if c.files:
         return {"source": "files", "files": list(c.files)}
-    if c.source not in DEMONSTRATION_SOURCES:
-        raise ValueError(f"demonstrations.source={c.source!r}: expected one of {DEMONSTRATION_SOURCES}")
     prompts = read_records(task_files(root)["sft"])
     cfg, params, tokenizer = _initial_model(config)
     samples = sample_to_file(folder / "samples.jsonl", cfg, params, tokenizer, [p.prompt for p in prompts],
@@ -239,6 +245,7 @@ def _filled(config: ml_collections.ConfigDict, section: str,
             raise ValueError(f"--config.{section}.{key}={c[key]!r} is set by the pipeline ({origin}); remove it")
         parent, _, name = key.rpartition(".")
         (c[parent] if parent else c)[name] = value
+    check_values(c, prefix=f"--config.{section}.")
     return c
 
 
@@ -353,6 +360,7 @@ def _check_policy_steps(config: ml_collections.ConfigDict) -> None:
 def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
     """The config of every training stage `config` runs, by stage folder: what `run_pipeline` builds
     first, so that a config the stages would refuse is refused before anything is written."""
+    check_values(config, choices=PIPELINE_CHOICES)
     _check_policy_steps(config)
     configs = {"sft": sft_config(config, root)}
     for round_ in range(1, config.rounds + 1):
@@ -384,8 +392,6 @@ def comparisons_stage(config: ml_collections.ConfigDict, root: pathlib.Path, rou
     policy; `candidates.jsonl`), ranked by the task's labeler, or by a person with experiments/label.py
     (labeler 'human': the stage stops until every candidate set is ranked, then a rerun goes on)."""
     c, folder = config.comparisons, root / round_name("comparisons", round_)
-    if c.labeler not in ("task", "human"):
-        raise ValueError(f"comparisons.labeler={c.labeler!r}: expected 'task' or 'human'")
     prompts = read_records(task_files(root)["reward"])
     source = "sft" if round_ == 1 else round_name(config.algorithm, round_ - 1)
     cfg, params, tokenizer = _policy(root, source)
@@ -487,12 +493,11 @@ def ppo_ptx_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
     return _rl_stage(config, root, "ppo_ptx")
 
 
-def policy_names(config: ml_collections.ConfigDict, compared: bool = True) -> list[str]:
-    """The models the evaluation compares: initial, SFT, each round's policy, PPO-ptx (when trained) and,
-    when `compared`, the other runs' policies of `evaluation.compare`."""
+def policy_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The run's own models: initial, SFT, each round's policy and PPO-ptx (when trained)."""
     rounds = [round_name(config.algorithm, r) for r in range(1, config.rounds + 1)]
     ptx = ["ppo_ptx"] if config.ppo_ptx.gamma > 0 and config.algorithm != "dpo" else []
-    return ["initial", "sft", *rounds, *ptx, *(compared_policies(config) if compared else ())]
+    return ["initial", "sft", *rounds, *ptx]
 
 
 def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
@@ -505,7 +510,8 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
     rm = load_reward_model(root / "reward")
-    names, compared = policy_names(config), compared_policies(config)
+    compared = compared_policies(config)
+    names = [*policy_names(config), *compared]  # the run's models, then other runs' (evaluation.compare)
     responses, passes, results, models = {}, {}, {}, {}
     for name in names:
         cfg, params, tokenizer = (_initial_model(config) if name == "initial" else

@@ -8,6 +8,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_CONTROLLERS = ("fixed", "adaptive")  # config.kl.controller: FixedKLController, AdaptiveKLController
+
 
 def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -> jax.Array:
     """Estimate of KL(policy || reference) per sampled token: k1, k2 or k3 (Schulman's estimators)."""
@@ -18,7 +21,7 @@ def kl_penalty(logprobs: jax.Array, ref_logprobs: jax.Array, kind: str = "k1") -
         return 0.5 * jnp.square(log_ratio)
     if kind == "k3":
         return jnp.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"kl_penalty kind={kind!r}: expected 'k1', 'k2' or 'k3'")
+    raise ValueError(f"kl_penalty kind={kind!r}: expected one of {KL_ESTIMATORS}")
 
 
 @dataclasses.dataclass

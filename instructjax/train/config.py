@@ -9,12 +9,28 @@ from __future__ import annotations
 import math
 
 import ml_collections
+from absl import logging
 
-from instructjax import datasets, parallel
+from instructjax import cpu_runtime, datasets, parallel
 from instructjax.data import ComparisonConfig, LoaderConfig
-from instructjax.train.optim import OptimConfig
+from instructjax.data.render import TRUNCATIONS
+from instructjax.data.sft import LOSS_ON
+from instructjax.datasets.jsonl import ALL_TIED_POLICIES
+from instructjax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
+from instructjax.rl.kl import KL_CONTROLLERS, KL_ESTIMATORS
+from instructjax.train.optim import SCHEDULES, OptimConfig
 
 INIT_SOURCES = ("random", "hf", "gguf", "default", "workdir")
+AUTO_DTYPE = "auto"  # a dtype field's value for bfloat16 where bf16 compute is native, float32 elsewhere
+DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = DTYPES + (AUTO_DTYPE,)  # compute dtypes: "auto" is decided at start-up (resolve_dtypes)
+# Keys (dotted) with a fixed set of values, checked when a stage's config has them; "" = the model's dtype.
+CHOICES = {"init.source": INIT_SOURCES, "model.dtype": COMPUTE_DTYPES, "model.param_dtype": DTYPES,
+           "model.remat_policy": REMAT_POLICIES, "model.attention_impl": ATTENTION_IMPLS,
+           "optim.schedule": SCHEDULES, "data.truncation": TRUNCATIONS, "data.loss_on": LOSS_ON,
+           "data.all_tied": ALL_TIED_POLICIES, "kl.estimator": KL_ESTIMATORS, "kl.controller": KL_CONTROLLERS,
+           "rollout.dtype": ("",) + COMPUTE_DTYPES, "reward.dtype": ("",) + COMPUTE_DTYPES,
+           "reference.dtype": ("",) + COMPUTE_DTYPES}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.microbatches = 1  # gradient accumulation: the batch runs as this many microbatches inside one step
     c.log_every_steps = 1  # metrics.jsonl / TensorBoard interval
     c.export = True  # write WORKDIR/export (HF format with the tokenizer) at the end
+    c.accept_changed_inputs = False  # resume on input files changed since WORKDIR/inputs.json (recorded there)
 
     c.init = ml_collections.ConfigDict()
     c.init.source = "random"  # one of INIT_SOURCES: where the initial weights and tokenizer come from
@@ -35,10 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.init.tokenizer = "tiny"  # tokenizer of a random init: "tiny" (ij.tokenizers.tiny_tokenizer) or a directory
 
     c.model = ml_collections.ConfigDict()
-    c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision over float32 params
+    c.model.dtype = "float32"  # compute dtype: "bfloat16" = bf16 matmuls over float32 params; "auto" (resolve_dtypes)
     c.model.param_dtype = "float32"  # dtype of the trained (master) params and of the export
     c.model.dropout_rate = 0.0  # residual dropout while training (InstructGPT SFT: 0.2)
-    c.model.attention_dropout = 0.0  # dropout on attention probabilities while training
+    c.model.attention_dropout = 0.0  # dropout on attention probabilities while training (attention_impl einsum only)
+    c.model.attention_impl = "einsum"  # einsum | xla | cudnn (jax.nn.dot_product_attention; cudnn: GPU, bf16/f16)
     c.model.remat_policy = "none"  # rematerialisation of each block: none | full | dots | dots_no_batch
     c.model.scan_layers = False  # run the blocks with nn.scan (faster compiles of deep models)
     c.model.frozen_layers = 0  # train only the blocks above the first N (and the heads); 0: all
@@ -79,16 +97,52 @@ STAGE_FIELDS = {"sft": (("data.loss_on",), "sft.py"), "reward": (("normalize",),
                 "pipeline": (("algorithm", "rounds"), "pipeline.py")}
 
 
+def resolve_dtypes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose dtype fields set to "auto" name the compute dtype that is fast on this
+    machine: bfloat16 where `cpu_runtime.native_bf16()` (accelerators, CPUs with avx512_bf16 or AMX),
+    else float32 (bf16 is slower than f32 on an AVX2-only CPU). Decided once, logged; a dtype field
+    given explicitly is kept."""
+    config = config.copy_and_resolve_references()
+    auto = [(section, key) for section, key in _dtype_fields(config) if section[key] == AUTO_DTYPE]
+    if auto:
+        dtype = "bfloat16" if cpu_runtime.native_bf16() else "float32"
+        for section, key in auto:
+            section[key] = dtype
+        logging.info("compute dtype 'auto' -> %s (%s); set the dtype fields explicitly to override", dtype,
+                     "native bf16 here" if dtype == "bfloat16" else "this CPU has no avx512_bf16/AMX")
+    return config
+
+
+def _dtype_fields(config: ml_collections.ConfigDict):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _dtype_fields(value)
+        elif key == "dtype":
+            yield config, key
+
+
 def check_stage_config(config: ml_collections.ConfigDict, stage: str, source: str) -> None:
-    """A ValueError naming `source` and the expected file when `config` is another stage's."""
+    """A ValueError naming `source` and the expected file when `config` is another stage's, or naming the
+    key of a value out of its choices (`check_values`)."""
     fields, files = STAGE_FIELDS[stage]
-    missing = [f for f in fields if _get(config, f) is None]
+    missing = [f for f in fields if config_value(config, f) is None]
     if missing:
         raise ValueError(f"--config={source} is not a {stage} config (it has no {', '.join(missing)}): "
                          f"use experiments/configs/{files}:<preset>")
+    check_values(config)
 
 
-def _get(config: ml_collections.ConfigDict, dotted: str) -> object:
+def check_values(config: ml_collections.ConfigDict, prefix: str = "--config.",
+                 choices: dict[str, tuple] = CHOICES) -> None:
+    """A ValueError naming the key (`prefix` + dotted key) of the first value out of its `choices`."""
+    for key, allowed in choices.items():
+        value = config_value(config, key)
+        if value is not None and value not in allowed:
+            raise ValueError(f"{prefix}{key}={value!r}: expected one of {allowed}")
+
+
+def config_value(config: ml_collections.ConfigDict, dotted: str) -> object:
+    """`config`'s value at a dotted key; None when it has no such key."""
     for key in dotted.split("."):
         if not isinstance(config, ml_collections.ConfigDict) or key not in config:
             return None

@@ -33,7 +33,8 @@ from instructjax.data import Loader, comparison_loader
 from instructjax.models import ModelConfig, Transformer
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import comparison_config, loader_config, num_train_steps, optim_config
+from instructjax.train.config import (comparison_config, loader_config, num_train_steps, optim_config,
+                                      resolve_dtypes)
 from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.inputs import build_dataset, check_batch_size
@@ -149,10 +150,10 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     final train state; the policy is exported to WORKDIR/export (HF format with the tokenizer)
     when `config.export`.
     """
+    config = resolve_dtypes(config)
     check_config(config)
     run = setup_lib.start(config, workdir, num_keys=2)
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
-    check_batch_size(config.batch_size, config.microbatches, mesh)
     init_rng, train_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     params_shardings = parallel.param_shardings(cfg, setup_lib.param_shapes(params), mesh, rules)

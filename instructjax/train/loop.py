@@ -28,7 +28,7 @@ import ml_collections
 import tqdm
 from absl import logging
 
-from instructjax.data.loader import BatchIterator, format_tally
+from instructjax.data.loader import format_tally
 from instructjax.train.checkpointing import Checkpointer
 from instructjax.train.metrics import MetricsWriter
 from instructjax.train.state import TrainState
@@ -71,6 +71,12 @@ class LoopConfig:
         return step == self.num_steps or (every > 0 and step % every == 0)
 
 
+def data_stats(train_iterator) -> Optional[dict[str, int]]:
+    """The records read, truncated and dropped so far by the train iterator: the `stats` of a `BatchIterator`
+    or of one built on them (PPO's prompts and text); None for an iterator without."""
+    return getattr(train_iterator, "stats", None)
+
+
 class _Tracker:
     """Host side of the step metrics: NaN guard, progress bar, throughput, logging."""
 
@@ -105,8 +111,8 @@ class _Tracker:
                 logged |= {"perf/steps_per_s": self.interval_steps / seconds, "perf/tokens_per_s": tokens_per_s}
             if first_step_s is not None:
                 logged["perf/first_step_s"] = first_step_s
-            if isinstance(self.train_iterator, BatchIterator):
-                logged |= {f"data/{k}": v for k, v in self.train_iterator.stats.items()}
+            if (stats := data_stats(self.train_iterator)) is not None:
+                logged |= {f"data/{k}": v for k, v in stats.items()}
             self.writer.write(step, logged)
             self.interval_start, self.interval_steps, self.interval_tokens = now, 0, 0
         return values
@@ -145,9 +151,8 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
         finally:
             tracker.close()
             writer.close()
-            if isinstance(train_iterator, BatchIterator):
-                logging.info("%s: data: %s (data/* in %s)", name, format_tally(train_iterator.stats),
-                             workdir.metrics_file)
+            if (stats := data_stats(train_iterator)) is not None:
+                logging.info("%s: data: %s (data/* in %s)", name, format_tally(stats), workdir.metrics_file)
     if export_fn is not None:
         export_fn(state)
     return state

@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import optax
 
+SCHEDULES = ("constant", "linear", "cosine")
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -35,7 +37,7 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     elif cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.final_lr_fraction)
     else:
-        raise ValueError(f"optim.schedule={cfg.schedule!r}: expected 'constant', 'linear' or 'cosine'")
+        raise ValueError(f"optim.schedule={cfg.schedule!r}: expected one of {SCHEDULES}")
     if cfg.warmup_steps == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), decay], [cfg.warmup_steps])

@@ -32,7 +32,7 @@ from instructjax.rl.sampler import SamplingSettings, sample_responses
 from instructjax.rl.value_head import VALUE_HEAD, add_value_head, lm_params
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import setup as setup_lib
-from instructjax.train.config import loader_config, optim_config
+from instructjax.train.config import loader_config, optim_config, resolve_dtypes
 from instructjax.train.export import export_model, fetch
 from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
@@ -104,6 +104,15 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
                              "reads none: set value.init to 'policy' (a copy of the policy trunk) or 'shared' (a value "
                              "head on the policy trunk)")
     return sources
+
+
+def check_batches(config: ml_collections.ConfigDict, c: PPOConfig, mesh) -> None:
+    """The prompt batch (sharded before it is repeated), the episodes and the PPO-ptx rows over the mesh."""
+    check_batch_size(config.batch_size, 1, mesh)
+    check_batch_size(config.batch_size * c.group_size, c.num_minibatches * c.microbatches, mesh,
+                     "batch_size x rollout.group_size")
+    if c.gamma_ptx > 0:
+        check_batch_size(config.ptx.batch_size, c.num_minibatches * c.microbatches, mesh, "ptx.batch_size")
 
 
 def load_reward(config: ml_collections.ConfigDict, sources: RewardSources, policy_cfg: models.ModelConfig,
@@ -225,17 +234,15 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     run); eval.every_steps > 0 without it is refused.
     Returns the final `PPOState`.
     """
+    config = resolve_dtypes(config)
     sources = check_config(config)  # a setting PPO would not honour stops here, before anything is written
     if config.eval.every_steps > 0 and evaluate is None:
         raise ValueError(f"ppo: eval.every_steps={config.eval.every_steps} needs an evaluate function "
                          "(train_ppo(..., evaluate=fn), as the pipeline passes); PPO has no evaluation of its own: "
                          "set eval.every_steps=0")
-    run = setup_lib.start(config, workdir, num_keys=4)
-    workdir, mesh, rules = run.workdir, run.mesh, run.rules
     c = ppo_config(config)
-    check_batch_size(config.batch_size, 1, mesh)  # the prompt batch is sharded before it is repeated
-    episodes = config.batch_size * c.group_size
-    check_batch_size(episodes, c.num_minibatches * c.microbatches, mesh, "batch_size x rollout.group_size")
+    run = setup_lib.start(config, workdir, num_keys=4, check_mesh=lambda mesh: check_batches(config, c, mesh))
+    workdir, mesh, rules = run.workdir, run.mesh, run.rules
     init_rng, reward_rng, _, train_rng = run.keys  # the third key is unused since value heads start at zero
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
@@ -252,7 +259,6 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     score_functions = FunctionScorer(sources.functions, tokenizer, prompt_source) if sources.functions else None
     text = None
     if c.gamma_ptx > 0:
-        check_batch_size(config.ptx.batch_size, c.num_minibatches * c.microbatches, mesh, "ptx.batch_size")
         text_data = build_dataset(config.ptx.data, "pretraining_text", workdir.data)
         text = pretraining_loader(text_data.source("train"), tokenizer, PretrainingConfig(max_len=config.ptx.max_len),
                                   loader_config(config.ptx.data, config.ptx.batch_size, config.seed, train=True), mesh)

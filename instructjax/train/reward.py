@@ -34,9 +34,10 @@ from instructjax.rewards.scoring import completion_scores, reward_params_from_lm
 from instructjax.tokenizers import Tokenizer
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import comparison_config, loader_config, num_train_steps, optim_config
+from instructjax.train.config import (comparison_config, loader_config, num_train_steps, optim_config,
+                                      resolve_dtypes)
 from instructjax.train.initial_model import load_initial_model
-from instructjax.train.inputs import build_dataset, check_batch_size
+from instructjax.train.inputs import build_dataset
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.export import fetch, write_atomically
 from instructjax.train.state import TrainState
@@ -143,6 +144,7 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
     result of an uninterrupted run. Returns the final train state (raw, unnormalised params); the
     normalised model is in WORKDIR/export when `config.export` (`ij.rewards.load_reward_model(workdir)`).
     """
+    config = resolve_dtypes(config)
     check_config(config)
     run = setup_lib.start(config, workdir, num_keys=4)
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
@@ -157,7 +159,6 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         policy = (cfg, lm_params)
     del lm_params
 
-    check_batch_size(config.batch_size, config.microbatches, mesh)
     data_dir = config.data.data_dir or workdir.data
     built = build_dataset(config.data, "comparisons", data_dir)
     comparisons = comparison_config(config.data)

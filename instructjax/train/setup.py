@@ -1,6 +1,6 @@
 """What every trainer does the same way before and around its own step: the run's start (distributed
-init, workdir and config.json, mesh, rules, seed keys), the layout of a train state over the mesh,
-and the loop call that closes the train iterator.
+init, config checks, mesh, workdir with config.json and inputs.json, rules, seed keys), the layout of
+a train state over the mesh, and the loop call that closes the train iterator.
 
     run = setup.start(config, workdir, num_keys=3)
     init_rng, train_rng, sample_rng = run.keys
@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Optional, Union
 
 import jax
 import ml_collections
 import optax
+from absl import logging
 from jax.sharding import Mesh
 
 from instructjax import parallel
 from instructjax.train import loop
 from instructjax.train import step as step_lib
+from instructjax.train.config import check_values
+from instructjax.train.fingerprint import fingerprint
+from instructjax.train.inputs import check_batch_size
 from instructjax.train.state import TrainState, abstract_state, init_state, state_shardings
 from instructjax.train.workdir import Workdir
 
@@ -40,13 +45,29 @@ class Run:
     keys: tuple  # jax.random.split(jax.random.key(config.seed), num_keys), in order
 
 
-def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], num_keys: int) -> Run:
-    """Initialise JAX's distributed runtime (multi-host), write (or check) WORKDIR/config.json, make the
-    mesh of `config.parallel` and split `config.seed` into `num_keys` keys."""
+def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], num_keys: int,
+          check_mesh: Optional[Callable[[Mesh], None]] = None) -> Run:
+    """Initialise JAX's distributed runtime (multi-host); check the config (`config.check_values`, the mesh
+    against the devices, `check_mesh(mesh)`: the trainer's batch sizes, by default `config.batch_size` in
+    `config.microbatches` over the mesh) and hash its input files (`fingerprint`); only then write (or
+    check) WORKDIR/config.json and inputs.json (`Workdir.write_config`; a workdir without a checkpoint
+    is rewritten); split `config.seed` into `num_keys` keys."""
     parallel.initialize_distributed(config.parallel.multi_host)
+    check_values(config)
+    try:
+        mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    except ValueError as e:
+        raise ValueError(f"--config.parallel.mesh_shape: {e}") from None
+    if check_mesh is None:
+        check_batch_size(config.batch_size, config.microbatches, mesh)
+    else:
+        check_mesh(mesh)
+    started = time.perf_counter()
+    inputs = fingerprint(config)
+    logging.info("inputs: %d files, %.1f MB hashed in %.1f s", len(inputs),
+                 sum(v["size"] for v in inputs.values()) / 1e6, time.perf_counter() - started)
     workdir = Workdir.at(workdir)
-    workdir.write_config(config)
-    mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    workdir.write_config(config, inputs, locked=workdir.has_checkpoint())
     keys = tuple(jax.random.split(jax.random.key(config.seed), num_keys))
     return Run(config=config, workdir=workdir, mesh=mesh, rules=tuple(config.parallel.rules), keys=keys)
 

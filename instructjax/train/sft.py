@@ -19,7 +19,7 @@ from instructjax.tokenizers import Tokenizer
 from instructjax.train import loop
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import loader_config, num_train_steps, optim_config
+from instructjax.train.config import loader_config, num_train_steps, optim_config, resolve_dtypes
 from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.inputs import build_dataset, check_batch_size
@@ -113,9 +113,9 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     result of an uninterrupted run. Returns the final train state; the model is exported to
     WORKDIR/export (HF format with the tokenizer) when `config.export`.
     """
+    config = resolve_dtypes(config)
     run = setup_lib.start(config, workdir, num_keys=3)
     mesh = run.mesh
-    check_batch_size(config.batch_size, config.microbatches, mesh)
     init_rng, train_rng, sample_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     setup = SFTSetup(run=run, cfg=cfg, tokenizer=tokenizer,

@@ -172,6 +172,11 @@ def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch, algorith
     ({"evaluation.compare": ("runs/grpo",)}, r"evaluation.compare: 'runs/grpo' must be 'NAME=DIR'"),
     ({"evaluation.compare": ("sft=runs/sft",)}, r"evaluation.compare: 'sft=runs/sft' must be 'NAME=DIR' with a NAME"),
     ({"evaluation.compare": ("grpo=/nowhere/grpo",)}, r"'grpo=/nowhere/grpo': no exported model in /nowhere/grpo"),
+    ({"sft.model.dtype": "bfloat17"}, r"--config.sft.model.dtype='bfloat17': expected one of \('float32', 'bfloat16'"),
+    ({"ppo.optim.schedule": "exp"}, r"--config.ppo.optim.schedule='exp': expected one of \('constant', 'linear'"),
+    ({"ppo.kl.controller": "adaptiv"}, r"--config.ppo.kl.controller='adaptiv': expected one of \('fixed', 'adapt"),
+    ({"comparisons.dtype": "fp8"}, r"--config.comparisons.dtype='fp8': expected one of \('', 'float32'"),
+    ({"comparisons.labeler": "humans"}, r"--config.comparisons.labeler='humans': expected one of \('task', 'human'\)"),
 ])
 def test_a_bad_algorithm_or_rounds_is_refused_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
