@@ -6,12 +6,13 @@ import ast
 import importlib.util
 import os
 import pathlib
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import ml_collections
@@ -114,3 +115,41 @@ def kill_after_checkpoint(process: subprocess.Popen, checkpoint_dir: pathlib.Pat
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.communicate()
+
+
+def last_logged_step(metrics_file: pathlib.Path) -> int:
+    """The step of the last complete line of a metrics.jsonl being written (0: none yet)."""
+    lines = metrics_file.read_text().split("\n")[:-1] if metrics_file.exists() else []
+    return max((int(m.group(1)) for line in lines[-3:] if (m := re.match(r'\{"step": (\d+)', line))), default=0)
+
+
+def kill_at_random_points(start: Callable[[int], subprocess.Popen], metrics_file: pathlib.Path, num_steps: int, *,
+                          seed: int, kills: int, max_delay_s: float = 0.5, timeout_s: float = 300
+                          ) -> list[tuple[int, float]]:
+    """SIGKILL a run `kills` times at seeded random points: `start(i)` (re)starts it (the i-th time) and kill i
+    comes a random delay (< `max_delay_s`) after `metrics_file` reaches a random step (drawn in 1..num_steps, in
+    increasing order; at least one step past where the last run was killed): mid-step, during a checkpoint write,
+    an evaluation or the export. Returns the (step, delay) of each kill; the caller then runs it to the end."""
+    rng = random.Random(seed)
+    drawn = [(step, rng.uniform(0, max_delay_s)) for step in sorted(rng.choices(range(1, num_steps + 1), k=kills))]
+    points = []
+    for i, (step, delay) in enumerate(drawn):
+        target = max(step, min(last_logged_step(metrics_file) + 1, num_steps))
+        points.append((target, delay))
+        process, deadline = start(i), time.time() + timeout_s
+        while process.poll() is None and last_logged_step(metrics_file) < target:
+            assert time.time() < deadline, f"run {i}: step {target} not reached in {timeout_s} s"
+            time.sleep(0.02)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        status = process.wait(timeout=timeout_s)
+        assert status in (0, -signal.SIGKILL), f"run {i} failed (status {status}) before its kill at step {target}"
+    return points
+
+
+def assert_same_export(workdir: pathlib.Path, reference: pathlib.Path) -> None:
+    """Two runs exported the same files, byte for byte."""
+    files = sorted(p.relative_to(reference / "export") for p in (reference / "export").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(workdir / "export") for p in (workdir / "export").rglob("*") if p.is_file())
+    for name in files:
+        assert (workdir / "export" / name).read_bytes() == (reference / "export" / name).read_bytes(), name

@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 100  # checkpoint interval (a checkpoint is also written after the last step)
-    c.checkpoint.keep = 3  # newest checkpoints kept
+    c.checkpoint.keep = 3  # newest checkpoints kept (at least 2: docs/training.md#nan--inf-guard)
     c.checkpoint.async_save = True  # write checkpoints in the background
 
     c.eval = ml_collections.ConfigDict()

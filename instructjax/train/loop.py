@@ -9,9 +9,10 @@ It resumes from the workdir's latest checkpoint (train state and data position),
 `init_state()`; runs `step_fn(state, batch, fold_in(rng, step))` for steps start+1..num_steps;
 logs metrics (metrics.jsonl, TensorBoard, a tqdm bar with loss, tokens/s and ETA); evaluates and
 checkpoints every N steps and at the end; stops with `NonFiniteLossError` when a loss or gradient
-norm is NaN/inf (that state is never saved); exports the final state. Step metrics are fetched
-one step late so that the host never waits for the device, except on steps that log, evaluate or
-checkpoint.
+norm is NaN/inf (that state is never saved), naming the last sane checkpoint; exports the final state.
+A checkpoint that fails its checks on resume (checksums, finite state) is set aside for the one
+before it. Step metrics are fetched one step late so that the host never waits for the device,
+except on steps that log, evaluate or checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ GUARDED_METRICS = ("loss", "grad_norm", "policy_grad_norm", "value_grad_norm")  
 
 class NonFiniteLossError(FloatingPointError):
     """A step produced a NaN or infinite loss or gradient norm."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +93,7 @@ class _Tracker:
         now = time.perf_counter()
         bad = {k: values[k] for k in GUARDED_METRICS if k in values and not math.isfinite(values[k])}
         if bad:
-            raise NonFiniteLossError(f"step {step}: {bad} is not finite")
+            raise NonFiniteLossError(f"step {step}: {bad} is not finite", step)
         first_step_s = None
         if self.interval_start is None:  # the first step includes compilation: not a throughput sample
             self.interval_start, first_step_s = now, now - self.started
@@ -127,11 +132,10 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
     """
     with Checkpointer(workdir.checkpoints, keep=config.keep_checkpoints,
                       async_save=config.async_checkpoints) as checkpointer:
-        start = checkpointer.latest_step()
+        start, state = checkpointer.restore_newest_good(abstract_state, train_iterator)
         if start is None:
             state, start, resume_step = init_state(), 0, None
         else:
-            state = checkpointer.restore(start, abstract_state, train_iterator)
             resume_step = start
             logging.info("%s: resumed from %s/%d", name, checkpointer.directory, start)
         writer = MetricsWriter(workdir.metrics_file, workdir.tensorboard, resume_step=resume_step)
@@ -142,9 +146,8 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
             checkpointer.wait()
         except NonFiniteLossError as e:
             checkpointer.wait()
-            raise NonFiniteLossError(
-                f"{name}: {e}; stopped without saving this state. The last good checkpoint is step "
-                f"{checkpointer.latest_step()} in {checkpointer.directory}") from None
+            raise NonFiniteLossError(f"{name}: {e}; stopped without saving this state. "
+                                     f"{recovery_advice(checkpointer, e.step)}", e.step) from None
         finally:
             tracker.close()
             writer.close()
@@ -153,6 +156,28 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
     if export_fn is not None:
         export_fn(state)
     return state
+
+
+def last_sane_checkpoint(steps: list[int], failed_step: int) -> Optional[int]:
+    """The newest of `steps` that is sane: its state was finite when saved (the guard saw its step first) and
+    the step trained from it (the next one) was finite too, i.e. before `failed_step - 1`."""
+    return max((s for s in steps if s < failed_step - 1), default=None)
+
+
+def recovery_advice(checkpointer: Checkpointer, failed_step: int) -> str:
+    """Which checkpoint to go on from after a non-finite step, and how (the same config diverges again)."""
+    newest, sane = checkpointer.latest_step(), last_sane_checkpoint(checkpointer.all_steps(), failed_step)
+    advice = ("Rerunning the same command resumes from the newest checkpoint and repeats this step exactly: it "
+              "diverges again.")
+    if newest is not None and newest != sane:
+        advice += f" Checkpoint {newest} holds the state step {failed_step} was trained from: not known sane."
+    knobs = "a lower --config.optim.lr (or --config.optim.clip_norm)"
+    if sane is None:
+        return f"{advice} No checkpoint is known sane: start over in a fresh --workdir with {knobs}."
+    path = checkpointer.step_dir(sane)
+    return (f"{advice} The last sane checkpoint (finite, and the step trained from it finite) is step {sane}: "
+            f"{path}. To go on from it with {knobs}: mkdir -p NEW/checkpoints && cp -r {path} NEW/checkpoints/ "
+            "and rerun with --workdir=NEW and the new settings.")
 
 
 def _steps(config: LoopConfig, state: TrainState, start: int, step_fn: StepFn, train_iterator, rng: jax.Array,

@@ -18,9 +18,9 @@ from instructjax import datasets, losses
 from instructjax.data import render
 from instructjax.train import dpo, read_metrics, train_dpo
 from instructjax.train.config import dataset_config
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              kill_after_checkpoint, load_experiment_config, run_experiment,
-                                              without_timings)
+from instructjax.testing.experiments import (assert_same_export, assert_same_run, config_leaf_paths,
+                                              documented_config_paths, kill_after_checkpoint, kill_at_random_points,
+                                              load_experiment_config, run_experiment, without_timings)
 
 
 def dpo_config(preset="tiny", **overrides):
@@ -178,6 +178,21 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
     assert not (workdir / "checkpoints" / "30").exists()
     run_experiment("dpo", workdir, tmp_path / "resumed.log", slow, timeout_s=300)
     assert_same_run(workdir, reference)
+
+
+def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tiny_run, tmp_path):
+    reference, _, config = tiny_run
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.1"
+
+    def start(i):
+        return run_experiment("dpo", workdir, tmp_path / f"killed_{i}.log", slow, wait=False)
+
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", config.num_steps, seed=3, kills=3)
+    print("killed after (step, seconds):", points)
+    run_experiment("dpo", workdir, tmp_path / "final.log", slow, timeout_s=300)
+    assert_same_run(workdir, reference)
+    assert_same_export(workdir, reference)
 
 
 @pytest.mark.needs_devices(8)

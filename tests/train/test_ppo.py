@@ -20,9 +20,9 @@ from instructjax.rewards.scoring import reward_params_from_lm
 from instructjax.testing import tiny_tokenizer
 from instructjax.train import read_metrics
 from instructjax.train.ppo import train_ppo
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              kill_after_checkpoint, load_experiment_config, run_experiment,
-                                              without_timings)
+from instructjax.testing.experiments import (assert_same_export, assert_same_run, config_leaf_paths,
+                                              documented_config_paths, kill_after_checkpoint, kill_at_random_points,
+                                              load_experiment_config, run_experiment, without_timings)
 from instructjax.models.functional import init_params
 from instructjax.rewards.io import export_reward_model
 from instructjax.rl.value_head import VALUE_HEAD
@@ -65,14 +65,21 @@ def run_script(workdir, log, *extra, wait=True):
 
 
 GROUPS = ("--config.rollout.group_size=2", "--config.batch_size=8")  # group baselines: 2 responses per prompt
+ALGORITHMS = {"gae": (), "rloo": ("--config.advantage=rloo", *GROUPS),
+              "grpo": ("--config.advantage=grpo", "--config.kl.in_loss=True", "--config.kl.estimator=k3", *GROUPS)}
 
 
-@pytest.mark.parametrize("algorithm", [(), ("--config.advantage=rloo", *GROUPS),
-                                       ("--config.advantage=grpo", "--config.kl.in_loss=True",
-                                        "--config.kl.estimator=k3", *GROUPS)], ids=["gae", "rloo", "grpo"])
-def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, algorithm):
-    reference = tmp_path / "reference"
-    run_script(reference, tmp_path / "reference.log", *algorithm)
+@pytest.fixture(scope="module", params=list(ALGORITHMS))
+def script_run(request, tmp_path_factory):
+    """(workdir, algorithm flags) of one uninterrupted run of the script per advantage estimator."""
+    algorithm = ALGORITHMS[request.param]
+    reference = tmp_path_factory.mktemp(f"ppo_{request.param}") / "reference"
+    run_script(reference, reference.parent / "reference.log", *algorithm)
+    return reference, algorithm
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, script_run):
+    reference, algorithm = script_run
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=1.0"  # time to kill the run between checkpoints 2 and 4
     process = run_script(workdir, tmp_path / "killed.log", slow, *algorithm, wait=False)
@@ -81,6 +88,23 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, algorithm):
     assert not (workdir / "checkpoints" / "6").exists()
     run_script(workdir, tmp_path / "resumed.log", slow, *algorithm)
     assert_same_run(workdir, reference)
+
+
+def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tmp_path, script_run):
+    reference, algorithm = script_run
+    if algorithm == ALGORITHMS["rloo"]:
+        pytest.skip("rloo and grpo share the group code path: grpo's run covers it")
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.3"
+
+    def start(i):
+        return run_script(workdir, tmp_path / f"killed_{i}.log", slow, *algorithm, wait=False)
+
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=4, kills=3)
+    print("killed after (step, seconds):", points)
+    run_script(workdir, tmp_path / "final.log", slow, *algorithm)
+    assert_same_run(workdir, reference)
+    assert_same_export(workdir, reference)
 
 
 def test_shared_value_head_with_bf16_frozen_models_exports_the_lm_and_resumes(tmp_path, caplog):

@@ -62,12 +62,13 @@ def test_the_pipeline_refuses_value_init_reward_without_a_reward_model_before_an
     assert not (tmp_path / "root").exists()
 
 
-def test_nan_at_step_stops_ppo_there_keeping_the_last_good_checkpoint(tmp_path):
-    """The injected NaN reaches the loss and both gradient norms; the guard names all three."""
+def test_nan_at_step_stops_ppo_there_naming_no_sane_checkpoint(tmp_path):
+    """The injected NaN reaches the loss and both gradient norms; the guard names all three. Checkpoint 2
+    is the state step 3 was trained from: not known sane, and there is none before it."""
     config = ppo_config(**{"debug.nan_at_step": 3, "num_steps": 4, "checkpoint.every_steps": 2})
     with pytest.raises(NonFiniteLossError, match=r"ppo: step 3: \{'loss': nan, 'policy_grad_norm': nan, "
-                                                 r"'value_grad_norm': nan\} is not finite.*last good checkpoint is "
-                                                 r"step 2"):
+                                                 r"'value_grad_norm': nan\} is not finite.*Checkpoint 2 holds the "
+                                                 r"state step 3 was trained from.*No checkpoint is known sane"):
         train_ppo(config, tmp_path / "run")
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 

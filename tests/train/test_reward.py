@@ -3,11 +3,8 @@ it learns (validation accuracy > 0.9), normalises, exports (transformers agrees)
 exactly after SIGKILL."""
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +12,9 @@ import pytest
 import instructjax as ij
 from instructjax import rewards
 from instructjax.train import read_metrics, train_reward_model
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, kill_after_checkpoint,
-                                              load_experiment_config)
+from instructjax.testing.experiments import (assert_same_export, assert_same_run, config_leaf_paths,
+                                              kill_after_checkpoint, kill_at_random_points, load_experiment_config,
+                                              run_experiment)
 from instructjax.data.sft import sft_example
 from instructjax.rewards.normalization import NORMALIZATION_FILE, read_normalization
 
@@ -139,33 +137,42 @@ def test_export_scores_equal_in_transformers(synthetic_run):
     assert diff <= 1e-4
 
 
-def run_script(workdir, overrides, *extra, wait=True):
+def run_script(workdir, log, overrides, *extra, wait=True):
     def flag(key, value):
         return f"--config.{key}={value!r}" if isinstance(value, tuple) else f"--config.{key}={value}"
 
-    cmd = [sys.executable, str(REPO / "experiments" / "reward.py"), f"--config={CONFIG_FILE}:tiny",
-           f"--workdir={workdir}", *(flag(k, v) for k, v in overrides.items()), *extra]
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=os.environ | {"JAX_PLATFORMS": "cpu"})
-    if wait:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-3000:]
-    return process
+    return run_experiment("reward", workdir, log, *(flag(k, v) for k, v in overrides.items()), *extra, wait=wait,
+                          timeout_s=300)
 
 
 def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
     reference, _, _, overrides = synthetic_run
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=0.2"  # the steps after checkpoint 10 take seconds: time to kill
-    process = run_script(workdir, overrides, slow, wait=False)
+    process = run_script(workdir, tmp_path / "killed.log", overrides, slow, wait=False)
     kill_after_checkpoint(process, workdir / "checkpoints" / "10", timeout_s=240)
     assert not (workdir / "export").exists()
     assert max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) < 40
 
-    run_script(workdir, overrides, slow)
+    run_script(workdir, tmp_path / "resumed.log", overrides, slow)
     assert_same_run(workdir, reference)
     for name in (NORMALIZATION_FILE, "config.json"):
         assert (workdir / "export" / name).read_text() == (reference / "export" / name).read_text()
+
+
+def test_killed_at_3_random_points_gives_the_same_model(synthetic_run, tmp_path):
+    reference, _, _, overrides = synthetic_run
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.1"
+
+    def start(i):
+        return run_script(workdir, tmp_path / f"killed_{i}.log", overrides, slow, wait=False)
+
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", overrides["num_steps"], seed=2, kills=3)
+    print("killed after (step, seconds):", points)
+    run_script(workdir, tmp_path / "final.log", overrides, slow)
+    assert_same_run(workdir, reference)
+    assert_same_export(workdir, reference)
 
 
 def test_presets_and_bad_settings():

@@ -2,6 +2,8 @@
 after SIGKILL, the NaN guard, and the workdir's config check."""
 
 import json
+import logging
+import shutil
 
 import jax
 import numpy as np
@@ -9,8 +11,9 @@ import pytest
 
 import instructjax as ij
 from instructjax.train import Checkpointer, NonFiniteLossError, read_metrics, train_sft
-from instructjax.testing.experiments import (assert_same_run, config_leaf_paths, documented_config_paths,
-                                              kill_after_checkpoint, load_experiment_config, run_experiment)
+from instructjax.testing.experiments import (assert_same_export, assert_same_run, config_leaf_paths,
+                                              documented_config_paths, kill_after_checkpoint, kill_at_random_points,
+                                              load_experiment_config, run_experiment)
 
 # A short version of the tiny preset: checkpoints at 6, 12, 18, 24 (the last 3 kept); evaluation at 16 and 24.
 OVERRIDES = {"num_steps": 24, "checkpoint.every_steps": 6, "eval.every_steps": 16, "eval.max_new_tokens": 8}
@@ -89,11 +92,27 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
         (reference / "samples" / "step_000024.txt").read_text()
 
 
+def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tiny_run, tmp_path):
+    reference, _ = tiny_run
+    workdir = tmp_path / "run"
+    slow = "--config.debug.step_delay_s=0.1"
+
+    def start(i):
+        return run_script(workdir, tmp_path / f"killed_{i}.log", slow, wait=False)
+
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=1, kills=3)
+    print("killed after (step, seconds):", points)
+    run_script(workdir, tmp_path / "final.log", slow)
+    assert_same_run(workdir, reference)
+    assert_same_export(workdir, reference)
+
+
 @pytest.mark.needs_devices(8)
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = sft_config(**{"debug.nan_at_step": 11, "checkpoint.every_steps": 4, "eval.every_steps": 0,
                            "parallel.mesh_shape": (2, 2, 2)})  # checkpoints of data, fsdp and tensor shards
-    with pytest.raises(NonFiniteLossError, match=r"step 11: .*loss.*not finite.*last good checkpoint is step 8"):
+    with pytest.raises(NonFiniteLossError, match=r"step 11: .*loss.*not finite.*diverges again.*last sane "
+                                                 r"checkpoint .* is step 8"):
         train_sft(config, tmp_path)
     assert not (tmp_path / "export").exists()
     records = read_metrics(tmp_path / "metrics.jsonl")
@@ -103,6 +122,44 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
         raw = checkpointer.restore(8)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(raw["params"]))
     assert int(raw["step"]) == 8
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before_and_ends_as_the_uninterrupted_run(
+        tiny_run, tmp_path, caplog):
+    """64 flipped bytes in the last checkpoint's array data: set aside with a warning naming the file, the run
+    goes on from checkpoint 18 and exports the same bytes (not the corrupt state Orbax would restore)."""
+    reference, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "export")
+    blob = max((p for p in (workdir / "checkpoints" / "24" / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[4096:4160] = bytes(b ^ 0xFF for b in data[4096:4160])
+    blob.write_bytes(bytes(data))
+    with caplog.at_level(logging.INFO):
+        state = train_sft(sft_config(), workdir)
+    assert f"{blob.relative_to(workdir / 'checkpoints' / '24')} does not match its checksum" in caplog.text
+    assert f"resumed from {workdir / 'checkpoints'}/18" in caplog.text
+    assert int(state.step) == 24 and (workdir / "checkpoints" / "rejected" / "24").is_dir()
+    assert_same_run(workdir, reference)
+    assert (workdir / "export" / "model.safetensors").read_bytes() == \
+        (reference / "export" / "model.safetensors").read_bytes()
+
+
+def test_after_a_nan_the_last_sane_checkpoint_carries_on_in_a_fresh_workdir(tiny_run, tmp_path):
+    """NaN at step 13: checkpoint 12 is the state step 13 came from, 6 the last sane one; copied into a fresh
+    workdir as the message says, a run without the NaN goes on from it to the uninterrupted run's model."""
+    reference, _ = tiny_run
+    with pytest.raises(NonFiniteLossError, match=r"Checkpoint 12 holds the state step 13 was trained from.*"
+                                                 r"last sane checkpoint .* is step 6"):
+        train_sft(sft_config(**{"debug.nan_at_step": 13}), tmp_path / "nan")
+    (tmp_path / "new" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "nan" / "checkpoints" / "6", tmp_path / "new" / "checkpoints" / "6")
+    state = train_sft(sft_config(), tmp_path / "new")
+    assert int(state.step) == 24
+    assert (tmp_path / "new" / "export" / "model.safetensors").read_bytes() == \
+        (reference / "export" / "model.safetensors").read_bytes()
 
 
 def test_a_different_config_in_the_same_workdir_is_refused(tmp_path):
