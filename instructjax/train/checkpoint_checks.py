@@ -3,7 +3,6 @@ restored) and the finiteness of the state restored from it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -11,6 +10,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from instructjax.train.fingerprint import file_sha256
 
 MANIFEST = "checksums.json"
 
@@ -25,14 +26,9 @@ def _files(step_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in step_dir.glob("*/**/*") if p.is_file())
 
 
-def _sha256(path: pathlib.Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def write_manifest(step_dir: pathlib.Path) -> None:
     """Write STEP_DIR/checksums.json: {relative path: [size, sha256]} of the item files, atomically."""
-    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)] for p in _files(step_dir)}
+    files = {str(p.relative_to(step_dir)): [p.stat().st_size, file_sha256(p)] for p in _files(step_dir)}
     tmp = step_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, step_dir / MANIFEST)
@@ -55,7 +51,7 @@ def verify_manifest(step_dir: pathlib.Path) -> bool:
         if name not in want:
             raise BadCheckpointError(f"checkpoint {step_dir}: {name} is not in {MANIFEST}")
         size, digest = want[name]
-        if have[name].stat().st_size != size or _sha256(have[name]) != digest:
+        if have[name].stat().st_size != size or file_sha256(have[name]) != digest:
             raise BadCheckpointError(f"checkpoint {step_dir}: {name} does not match its checksum in {MANIFEST} "
                                      "(the file changed on disk after it was written)")
     return True

@@ -14,19 +14,15 @@ from instructjax.rewards.io import EXPORT_DIR
 from instructjax.train.config import config_value
 from instructjax.train.ppo_rewards import uses_model
 
-CHUNK_BYTES = 1 << 20
 # Config keys (dotted) that list data files.
 FILE_KEYS = ("data.train_files", "data.validation_files", "normalize.data.train_files",
              "normalize.data.validation_files", "ptx.data.train_files", "ptx.data.validation_files")
 
 
 def file_sha256(path: pathlib.Path) -> str:
-    """The sha256 of a file's content, read in chunks."""
-    digest = hashlib.sha256()
+    """The sha256 of a file's content (hex)."""
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def input_files(config: ml_collections.ConfigDict) -> dict[str, list[pathlib.Path]]:
