@@ -8,36 +8,23 @@ import numpy as np
 import pytest
 
 from instructjax import sampling
-from instructjax.models import ModelConfig, Transformer, get_preset
+from instructjax.models import ModelConfig, Transformer
 from instructjax.models.functional import init_params, stack_layers
 from instructjax.models.transformer import init_cache
 from instructjax.testing.prompts import left_padded
 from instructjax.train.config import base_config
 from instructjax.train.initial_model import with_overrides
+from instructjax.testing.models import TINY_MODELS, random_tokens
 
-GPT2_TINY = get_preset("tiny").replace(arch="gpt2", norm="layer", activation="gelu_tanh", position="learned",
-                                       qkv_bias=True, out_bias=True, tie_embeddings=True, max_len=64)
-CONFIGS = {"llama_gqa": get_preset("tiny"), "gpt2": GPT2_TINY,
-           "mistral_window": get_preset("tiny").replace(arch="mistral", sliding_window=3)}
 # float32: the two implementations round differently only in the last bits; bfloat16: in the compute dtype
 TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2}
-
-
-@pytest.fixture(params=sorted(CONFIGS))
-def model(request):
-    cfg = CONFIGS[request.param]
-    return cfg, init_params(cfg, jax.random.key(0))
-
-
-def tokens(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, shape), jnp.int32)
 
 
 def padded_batch():
     """Rows right-padded, left-padded and full (9 tokens: longer than the sliding window of 3)."""
     cols = np.arange(9)
     mask = np.stack([cols < 6, cols >= 2, cols >= 0])
-    return tokens((3, 9), seed=1), jnp.asarray(mask)
+    return random_tokens((3, 9), seed=1), jnp.asarray(mask)
 
 
 def both(cfg, params, *args, **kwargs):
@@ -61,7 +48,7 @@ def test_packed_segments_agree(model):
     segments = jnp.array([[1, 1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 2, 2, 2, 2, 3, 3, 3]])
     positions = jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 0], [0, 1, 0, 1, 2, 3, 0, 1, 2]])
     mask = segments > 0
-    einsum, xla = both(cfg, params, tokens((2, 9), seed=2), positions=positions, attention_mask=mask,
+    einsum, xla = both(cfg, params, random_tokens((2, 9), seed=2), positions=positions, attention_mask=mask,
                        segment_ids=segments)
     np.testing.assert_allclose(xla, einsum, atol=TOLERANCE["float32"])
 
@@ -85,10 +72,10 @@ def test_kv_cache_decode_agrees(model):
     np.testing.assert_allclose(logits["xla"][real], logits["einsum"][real], atol=TOLERANCE["float32"])
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "mistral_window"])
+@pytest.mark.parametrize("name", ["llama", "mistral_window"])
 def test_sampler_agrees(name):
     """The compiled sampler (prefill + 8 decode steps, greedy) gives the same tokens and log-probs."""
-    cfg = CONFIGS[name]
+    cfg = TINY_MODELS[name]
     params = init_params(cfg, jax.random.key(0))
     prompts, mask = left_padded((3, 7, 5), cfg.vocab_size)
     out = {impl: sampling.generate(cfg.replace(attention_impl=impl), params, prompts, mask, rng=jax.random.key(0),
@@ -101,7 +88,7 @@ def test_sampler_agrees(name):
 @pytest.mark.parametrize("dtype,remat,scan", [("float32", "none", False), ("float32", "dots", True),
                                               ("bfloat16", "none", False)])
 def test_loss_gradients_agree(dtype, remat, scan):
-    cfg = CONFIGS["mistral_window"].replace(dtype=dtype, remat_policy=remat, scan_layers=scan)
+    cfg = TINY_MODELS["mistral_window"].replace(dtype=dtype, remat_policy=remat, scan_layers=scan)
     params = init_params(cfg.replace(scan_layers=False), jax.random.key(0))
     params = stack_layers(params) if scan else params
     seq, mask = padded_batch()

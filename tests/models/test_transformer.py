@@ -10,26 +10,12 @@ from instructjax.models import Transformer, get_preset
 from instructjax.models.functional import init_params
 from instructjax.models.transformer import init_cache
 from instructjax.models.functional import stack_layers, unstack_layers
-
-GPT2_TINY = get_preset("tiny").replace(arch="gpt2", norm="layer", activation="gelu_tanh", position="learned",
-                                       qkv_bias=True, out_bias=True, tie_embeddings=True, max_len=64)
-CONFIGS = {"llama": get_preset("tiny"), "gpt2": GPT2_TINY,
-           "mistral_window": get_preset("tiny").replace(arch="mistral", sliding_window=3)}
-
-
-@pytest.fixture(params=sorted(CONFIGS))
-def model(request):
-    cfg = CONFIGS[request.param]
-    return cfg, init_params(cfg, jax.random.key(0))
-
-
-def tokens(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, shape), jnp.int32)
+from instructjax.testing.models import TINY_MODELS, random_tokens
 
 
 def test_padding_does_not_change_real_logits(model):
     cfg, params = model
-    seq = tokens((1, 6))
+    seq = random_tokens((1, 6))
     ref = Transformer(cfg).apply({"params": params}, seq)[0]
     pad = jnp.full((1, 3), 7, jnp.int32)
     left = jnp.concatenate([pad, seq], axis=1)
@@ -45,7 +31,7 @@ def test_padding_does_not_change_real_logits(model):
 
 def test_cache_decode_equals_full_forward(model):
     cfg, params = model
-    seq = tokens((2, 8), seed=1)
+    seq = random_tokens((2, 8), seed=1)
     mask = jnp.array([[True] * 8, [False, False] + [True] * 6])
     full = Transformer(cfg).apply({"params": params}, seq, attention_mask=mask)
     cache = init_cache(cfg, batch=2, max_len=10)
@@ -64,7 +50,7 @@ def test_cache_decode_equals_full_forward(model):
 def test_scan_and_remat_give_same_logits_and_grads(remat):
     cfg = get_preset("tiny")
     params = init_params(cfg, jax.random.key(0))
-    seq = tokens((2, 5))
+    seq = random_tokens((2, 5))
     scanned_cfg = cfg.replace(scan_layers=True, remat_policy=remat)
     scanned = stack_layers(params)
 
@@ -81,7 +67,7 @@ def test_scan_and_remat_give_same_logits_and_grads(remat):
 def test_bf16_compute_with_f32_params_gives_f32_logits():
     cfg = get_preset("tiny")
     params = init_params(cfg, jax.random.key(0))
-    seq = tokens((2, 5))
+    seq = random_tokens((2, 5))
     ref = Transformer(cfg).apply({"params": params}, seq)
     out = Transformer(cfg.replace(dtype="bfloat16")).apply({"params": params}, seq)
     assert out.dtype == jnp.float32
@@ -93,7 +79,7 @@ def test_bf16_compute_with_f32_params_gives_f32_logits():
 def test_segment_ids_isolate_packed_examples():
     cfg = get_preset("tiny")
     params = init_params(cfg, jax.random.key(0))
-    a, b = tokens((1, 4), seed=2), tokens((1, 3), seed=3)
+    a, b = random_tokens((1, 4), seed=2), random_tokens((1, 3), seed=3)
     packed = jnp.concatenate([a, b], axis=1)
     segments = jnp.array([[1, 1, 1, 1, 2, 2, 2]])
     positions = jnp.array([[0, 1, 2, 3, 0, 1, 2]])
@@ -103,7 +89,7 @@ def test_segment_ids_isolate_packed_examples():
 
 
 def test_every_param_has_logical_axes():
-    for cfg in CONFIGS.values():
+    for cfg in TINY_MODELS.values():
         for head in ("lm", "scalar"):
             axes = ij.models.param_logical_axes(cfg, head)
             params = init_params(cfg, jax.random.key(0), head)
@@ -118,7 +104,7 @@ def test_every_param_has_logical_axes():
 def test_scalar_head_reads_final_hidden_state():
     cfg = get_preset("tiny")
     params = init_params(cfg, jax.random.key(0), head="scalar")
-    seq = tokens((2, 5))
+    seq = random_tokens((2, 5))
     scores, hidden = Transformer(cfg, head="scalar").apply({"params": params}, seq, return_hidden=True)
     head = params["score_head"]
     np.testing.assert_allclose(scores, hidden @ head["kernel"][:, 0] + head["bias"][0], atol=1e-5)
@@ -130,7 +116,7 @@ def test_scalar_head_reads_final_hidden_state():
 def test_dropout_only_when_not_deterministic():
     cfg = get_preset("tiny").replace(dropout_rate=0.5)
     params = init_params(cfg, jax.random.key(0))
-    seq = tokens((1, 5))
+    seq = random_tokens((1, 5))
     model = Transformer(cfg)
     eval_a = model.apply({"params": params}, seq)
     eval_b = model.apply({"params": params}, seq, deterministic=True)
