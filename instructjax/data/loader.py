@@ -18,6 +18,7 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+from jax.experimental import multihost_utils
 
 from instructjax.datasets import features
 
@@ -51,6 +52,16 @@ def new_tally() -> dict[str, int]:
 # What each drop reason means, for the console.
 DROP_REASONS = {"overlong": "longer than data.max_len tokens",
                 "too_many_completions": "more completions than data.max_completions"}
+
+
+def global_tally(tally: dict[str, int]) -> dict[str, int]:
+    """The counters summed over all processes (with several: a collective every process must join)."""
+    if jax.process_count() == 1:
+        return dict(tally)
+    keys = ["records", "truncated", *(f"dropped_{reason}" for reason in DROP_REASONS)]
+    local = np.asarray([tally.get(k, 0) for k in keys], np.int32)
+    sums = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
+    return {k: int(n) for k, n in zip(keys, sums) if n or not k.startswith("dropped_")}
 
 
 def format_tally(tally: dict[str, int]) -> str:
@@ -99,7 +110,8 @@ class Tally(grain.IterDataset):
 
 
 class BatchIterator(grain.DatasetIterator):
-    """Global batches; `stats` counts records read, truncated and dropped so far (part of the state)."""
+    """Global batches; `stats` counts records read, truncated and dropped so far over all processes
+    (part of the state)."""
 
     def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], mesh: jax.sharding.Mesh | None):
         super().__init__(parent)
@@ -107,7 +119,7 @@ class BatchIterator(grain.DatasetIterator):
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self._tally)
+        return global_tally(self._tally)
 
     def __next__(self) -> dict[str, Any]:
         batch = next(self._parent)

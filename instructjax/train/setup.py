@@ -43,7 +43,8 @@ class Run:
 def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], num_keys: int) -> Run:
     """Initialise JAX's distributed runtime (multi-host), write (or check) WORKDIR/config.json, make the
     mesh of `config.parallel` and split `config.seed` into `num_keys` keys."""
-    parallel.initialize_distributed(config.parallel.multi_host)
+    p = config.parallel
+    parallel.initialize_distributed(p.multi_host, p.coordinator_address, p.num_processes, p.process_id)
     workdir = Workdir.at(workdir)
     workdir.write_config(config)
     mesh = parallel.make_mesh(config.parallel.mesh_shape)
