@@ -13,6 +13,8 @@ import ml_collections
 
 PathLike = Union[str, os.PathLike]
 _MISSING = object()
+# Where a process sits in a multi-process job: differs between the processes and restarts of one run.
+PLACEMENT_FIELDS = ("parallel.coordinator_address", "parallel.process_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +56,13 @@ class Workdir:
         return self.root / "export"
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
-        """Write `config.json`; a workdir that already has one must have been made by the same config
-        (rerunning the same command resumes; a changed config needs a fresh workdir)."""
+        """Write `config.json` (process 0); a workdir that already has one must have been made by the same
+        config (rerunning the same command resumes; a changed config needs a fresh workdir), except for
+        `PLACEMENT_FIELDS` (of any section)."""
         new = config_to_dict(config)
         if self.config_file.exists():
             old = json.loads(self.config_file.read_text())
-            changed = sorted(_diff(old, new))
+            changed = sorted(k for k in _diff(old, new) if not k.endswith(PLACEMENT_FIELDS))
             if changed:
                 details = "; ".join(f"{k}: {_at(old, k)!r} -> {_at(new, k)!r}" for k in changed[:10])
                 raise ValueError(f"{self.config_file} was written by a different config ({details}). "
