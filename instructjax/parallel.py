@@ -9,6 +9,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = ["DEFAULT_RULES", "batch_sharding"]  # the rest: `from instructjax.parallel import name`
@@ -50,10 +51,34 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
-def initialize_distributed(multi_host: bool) -> None:
-    """Join the multi-host job (coordinator from the environment, as on TPU pods / SLURM)."""
-    if multi_host:
-        jax.distributed.initialize()
+def initialize_distributed(multi_host: bool, coordinator_address: str = "", num_processes: int = -1,
+                           process_id: int = -1) -> None:
+    """Join the multi-process job once per process (later calls do nothing). The coordinator's
+    HOST:PORT, the process count and this process's id as given; "" / -1: detected from the cluster
+    environment (TPU pods, SLURM, Open MPI). On CPU, processes exchange collectives over gloo.
+    The errors name the `config.parallel` keys."""
+    explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+    if not multi_host:
+        given = [k for k, v in explicit.items() if v not in ("", -1)]
+        if given:
+            raise ValueError(f"config.parallel.{', '.join(given)} need config.parallel.multi_host=True")
+        return
+    if -1 not in (num_processes, process_id) and not 0 <= process_id < num_processes:
+        raise ValueError(f"config.parallel.process_id={process_id} must be in 0..num_processes-1 "
+                         f"(config.parallel.num_processes={num_processes})")
+    if jax.distributed.is_initialized():
+        return
+    if not jax.config.jax_cpu_collectives_implementation:  # none: CPU arrays would not span processes
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address or None, None if num_processes == -1 else num_processes,
+                               None if process_id == -1 else process_id)
+
+
+def host_values(tree):
+    """Numpy copies of (global) arrays, gathered from every process when there are several."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
 
 
 def _fit(spec: P, shape: tuple, mesh: Mesh) -> P:

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from instructjax.models.config import ModelConfig
 from instructjax.models.transformer import KVCache, Transformer, init_cache
-from instructjax.parallel import BATCH_AXES
+from instructjax.parallel import BATCH_AXES, host_values
 
 __all__ = ["generate"]  # the rest: `from instructjax.sampling import name`
 
@@ -347,6 +347,19 @@ def _normalise_eos(eos_id) -> tuple:
     return tuple(int(i) for i in eos_id)
 
 
+def _check_prompts(cfg: ModelConfig, prompt_mask: jax.Array, max_new_tokens: int) -> None:
+    """Left padding with a real last token, and room for the response under a learned-position model's
+    max_len; reduced on the devices (a mask spanning several processes is gathered only to name bad rows)."""
+    if not bool(jnp.all(prompt_mask[:, -1])):
+        bad = np.flatnonzero(~host_values(prompt_mask[:, -1])).tolist()
+        raise ValueError(f"prompts must be left-padded with a real last token; rows {bad} are not")
+    if cfg.position == "learned":
+        longest = int(jnp.max(jnp.sum(prompt_mask, axis=1)))
+        if longest + max_new_tokens > cfg.max_len:
+            raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds "
+                             f"the model's max_len {cfg.max_len}")
+
+
 def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.Array, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              eos_id: Union[None, int, Sequence[int]] = None, stop_ids=None, pad_id: int = 0, n: int = 1,
@@ -387,16 +400,10 @@ def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.A
         raise ValueError("stream= is only supported without a mesh")
     if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
         raise ValueError(f"prompt_tokens {prompt_tokens.shape} and prompt_mask {prompt_mask.shape} must both be [B, P]")
-    if not isinstance(prompt_mask, jax.core.Tracer):
-        mask_np = np.asarray(prompt_mask).astype(bool)
-        if not mask_np[:, -1].all():
-            bad = np.flatnonzero(~mask_np[:, -1]).tolist()
-            raise ValueError(f"prompts must be left-padded with a real last token; rows {bad} are not")
-        if cfg.position == "learned" and mask_np.sum(1).max() + max_new_tokens > cfg.max_len:
-            raise ValueError(f"prompt length {int(mask_np.sum(1).max())} + max_new_tokens {max_new_tokens} exceeds "
-                             f"the model's max_len {cfg.max_len}")
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     prompt_mask = jnp.asarray(prompt_mask, bool)
+    if not isinstance(prompt_mask, jax.core.Tracer):
+        _check_prompts(cfg, prompt_mask, max_new_tokens)
     if prompt_bucket:
         prompt_tokens, prompt_mask = pad_prompts(prompt_tokens, prompt_mask,
                                                  bucket_length(prompt_tokens.shape[1], prompt_bucket), pad_id)
@@ -427,8 +434,10 @@ def generate(cfg: ModelConfig, params, prompt_tokens, prompt_mask, *, rng: jax.A
         if num_rows % shards:
             raise ValueError(f"{num_rows} rows do not divide over mesh axes {batch_axes} of size {shards}")
         rows = NamedSharding(mesh, PartitionSpec(batch_axes))
-        prompt_tokens, prompt_mask, keys, row_valid = (jax.device_put(x, rows)
-                                                       for x in (prompt_tokens, prompt_mask, keys, row_valid))
+        prompt_tokens, prompt_mask, row_valid = (jax.device_put(x, rows)
+                                                 for x in (prompt_tokens, prompt_mask, row_valid))
+        # as raw data: device_put takes a process-local array onto devices of several processes, a key array not
+        keys = jax.random.wrap_key_data(jax.device_put(jax.random.key_data(keys), rows), impl=jax.random.key_impl(keys))
         if stop_ids is not None:
             stop_ids = jax.device_put(stop_ids, rows)
         params = _place(params, mesh)

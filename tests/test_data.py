@@ -357,6 +357,23 @@ def test_hosts_get_disjoint_equal_shards(monkeypatch, built):
         list(data.prompt_loader(source, TOK, data.PromptConfig(), data.LoaderConfig(batch_size=4)))
 
 
+
+@pytest.mark.parametrize("num_epochs", [2, None])
+def test_hosts_load_the_blocks_of_the_single_process_batches(monkeypatch, built, num_epochs):
+    source = built["prompts"].source("train")  # 40 records: 2 epochs of 5 batches of 8 (4 per host)
+
+    def sources(host, count):
+        monkeypatch.setattr(jax, "process_index", lambda: host)
+        monkeypatch.setattr(jax, "process_count", lambda: count)
+        loader = data.prompt_loader(source, TOK, data.PromptConfig(max_prompt_len=256),
+                                    data.LoaderConfig(batch_size=8, seed=0, num_epochs=num_epochs))
+        return [list(b["source"]) for b in take(loader, 10)]
+
+    one, hosts = sources(0, 1), [sources(h, 2) for h in range(2)]
+    assert [a + b for a, b in zip(*hosts)] == one
+    assert len(set(sum(one[:5], []))) == len(set(sum(one[5:], []))) == 40  # each epoch all records, reshuffled
+    assert one[0] != one[5]
+
 _EIGHT_DEVICES = textwrap.dedent("""
     import json, sys
     import jax

@@ -45,3 +45,12 @@ def test_indivisible_dims_are_replicated():
     mesh = parallel.make_mesh((1, 1, 8))
     spec = parallel.param_shardings(cfg, params, mesh)["layers_0"]["attn"]["k"]["kernel"].spec
     assert spec == jax.sharding.PartitionSpec("fsdp", None, None)  # 3 heads do not split over tensor=8
+
+
+def test_initialize_distributed_refuses_placement_without_multi_host():
+    parallel.initialize_distributed(False)  # one process: nothing to join
+    with pytest.raises(ValueError, match=r"config.parallel.coordinator_address, num_processes need "
+                                         r"config.parallel.multi_host=True"):
+        parallel.initialize_distributed(False, "127.0.0.1:1234", 2)
+    with pytest.raises(ValueError, match=r"config.parallel.process_id=2 must be in 0..num_processes-1"):
+        parallel.initialize_distributed(True, "127.0.0.1:1234", 2, 2)

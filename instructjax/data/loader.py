@@ -18,6 +18,7 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+from jax.experimental import multihost_utils
 
 from instructjax.datasets import features
 
@@ -53,6 +54,16 @@ DROP_REASONS = {"overlong": "longer than data.max_len tokens",
                 "overlong_prompt": "prompts longer than data.max_prompt_len tokens (data.truncation='truncate_prompt' "
                                    "keeps their end)",
                 "too_many_completions": "more completions than data.max_completions"}
+
+
+def global_tally(tally: dict[str, int]) -> dict[str, int]:
+    """The counters summed over all processes (with several: a collective every process must join)."""
+    if jax.process_count() == 1:
+        return dict(tally)
+    keys = ["records", "truncated", *(f"dropped_{reason}" for reason in DROP_REASONS)]
+    local = np.asarray([tally.get(k, 0) for k in keys], np.int32)
+    sums = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
+    return {k: int(n) for k, n in zip(keys, sums) if n or not k.startswith("dropped_")}
 
 
 def format_tally(tally: dict[str, int]) -> str:
@@ -101,7 +112,8 @@ class Tally(grain.IterDataset):
 
 
 class BatchIterator(grain.DatasetIterator):
-    """Global batches; `stats` counts records read, truncated and dropped so far (part of the state)."""
+    """Global batches; `stats` counts records read, truncated and dropped so far over all processes
+    (part of the state)."""
 
     def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], mesh: jax.sharding.Mesh | None):
         super().__init__(parent)
@@ -109,7 +121,7 @@ class BatchIterator(grain.DatasetIterator):
 
     @property
     def stats(self) -> dict[str, int]:
-        return dict(self._tally)
+        return global_tally(self._tally)
 
     def __next__(self) -> dict[str, Any]:
         batch = next(self._parent)
@@ -145,21 +157,39 @@ def host_batch_size(config: LoaderConfig) -> int:
 
 def sharded_records(source: Sequence[Any] | grain.MapDataset, kind: str, config: LoaderConfig) -> grain.MapDataset:
     """Decoded records of this host for one epoch: shuffled globally by seed, then split evenly
-    (`tokenized_stream` repeats them for the configured epochs). Each record carries `index`, its
-    position in `source`, so that any host can look it up again (`prompt_texts`).
+    (`tokenized_stream` repeats them for the configured epochs, reshuffled each epoch). Each record
+    carries `index`, its position in `source`, so that any host can look it up again (`prompt_texts`).
 
-    Each epoch drops `len % process_count` records (different ones each epoch when shuffled) so
-    that every host sees the same number of records.
+    The processes take blocks of `host_batch_size` records in turn, so that a global batch holds
+    the records in the order one process would load them (the same batches on any number of
+    processes, when no record is dropped and the epoch is a multiple of the batch); the epoch's
+    last partial round is dealt one record at a time. Each epoch leaves `len % process_count`
+    records out (different ones each epoch when shuffled), so that every host sees as many.
     """
     ds = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
     ds = ds.map_with_index(functools.partial(_decode_at, kind, len(ds)))  # before the shuffle: source positions
     if config.shuffle:
         ds = ds.shuffle(seed=config.seed)
     index, count = jax.process_index(), jax.process_count()
-    ds = ds[: len(ds) - len(ds) % count][index::count]
-    if not len(ds):
+    positions = host_positions(len(ds), host_batch_size(config), index, count)
+    if not len(positions):
         raise ValueError(f"no records for process {index} of {count} (the source has {len(source)})")
-    return ds
+    if count == 1:
+        return ds
+    return grain.MapDataset.source(positions).map_with_index(functools.partial(_epoch_record, ds, len(positions)))
+
+
+def host_positions(length: int, block: int, index: int, count: int) -> np.ndarray:
+    """Positions in an epoch of `length` records of process `index`'s records: its block of `block`
+    in each full round of `count` blocks, then every `count`-th of the rest (`length % count` left out)."""
+    full = length // (block * count) * block * count
+    rest = np.arange(full, length - (length - full) % count)
+    return np.concatenate([np.arange(full).reshape(-1, count, block)[:, index].ravel(), rest[index::count]])
+
+
+def _epoch_record(ds: grain.MapDataset, per_epoch: int, i: int, position: np.int64) -> dict[str, Any]:
+    # a repeated source asks for i past its end in later epochs: read the same position of that epoch
+    return ds[int(position) + i // per_epoch * len(ds)]
 
 
 def _decode_at(kind: str, length: int, index: int, stored: dict[str, Any]) -> dict[str, Any]:

@@ -362,6 +362,12 @@ def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
     first, so that a config the stages would refuse is refused before anything is written."""
     check_values(config, choices=PIPELINE_CHOICES)
     _check_policy_steps(config)
+    multi_host = [f"--config.{s}.parallel.multi_host" for s in ("sft", "reward", "ppo", "dpo")
+                  if config[s].parallel.multi_host]
+    if multi_host:
+        raise ValueError(f"{', '.join(multi_host)}: the pipeline runs as one process (its sampling, labelling and "
+                         "evaluation stages are not split over processes); run the stage scripts "
+                         "(experiments/sft.py, reward.py, ppo.py, dpo.py) as several processes instead")
     configs = {"sft": sft_config(config, root)}
     for round_ in range(1, config.rounds + 1):
         if trains_reward_model(config, round_):

@@ -9,10 +9,11 @@ import pathlib
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence, Union
 
 import jax
 import ml_collections
@@ -107,14 +108,59 @@ def run_experiment(stage: str, workdir: pathlib.Path, log: pathlib.Path, *flags:
     return process
 
 
-def kill_after_checkpoint(process: subprocess.Popen, checkpoint_dir: pathlib.Path, timeout_s: float) -> None:
-    """SIGKILL a running experiment as soon as `checkpoint_dir` exists (a crash mid-run, for resume tests)."""
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(stage: str, workdir: pathlib.Path, log_dir: pathlib.Path, *flags: str, processes: int = 2,
+                  devices: int = 4, wait: bool = True, timeout_s: float = 400) -> list[subprocess.Popen]:
+    """`run_experiment` as one job of `processes` processes on 127.0.0.1 (coordinator on a free port),
+    `devices` fake CPU devices each, logs in LOG_DIR/process_<i>.log. `wait`: until all exit, each with
+    status 0 within `timeout_s` (else all are killed and the logs' tails shown).
+
+    Give each job its own LOG_DIR: the persistent compilation cache is kept there, and with one shared
+    by several jobs process 0 loads its programs from it while the others compile theirs (only process
+    0 writes it); on jax 0.10 CPU the process that ran ahead then stopped the job (PPO: a compiling
+    process missed the coordinator's heartbeats for 100 s, every time)."""
+    job = ("--config.parallel.multi_host=True", f"--config.parallel.coordinator_address=127.0.0.1:{free_port()}",
+           f"--config.parallel.num_processes={processes}")
+    logs = [log_dir / f"process_{i}.log" for i in range(processes)]
+    running = [run_experiment(stage, workdir, log, *flags, *job, f"--config.parallel.process_id={i}", devices=devices,
+                              wait=False) for i, log in enumerate(logs)]
+    if wait:
+        deadline = time.time() + timeout_s
+        try:
+            codes = [p.wait(timeout=max(deadline - time.time(), 0)) for p in running]
+        except subprocess.TimeoutExpired:
+            codes = None
+        finally:
+            _kill(running)
+        assert codes == [0] * processes, (codes, [log.read_text()[-3000:] for log in logs])
+    return running
+
+
+def _kill(processes: Sequence[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.communicate()
+
+
+def kill_after_checkpoint(processes: Union[subprocess.Popen, Sequence[subprocess.Popen]],
+                          checkpoint_dir: pathlib.Path, timeout_s: float) -> None:
+    """SIGKILL a running experiment (all the processes of one) as soon as `checkpoint_dir` exists (a
+    crash mid-run, for resume tests)."""
+    processes = [processes] if isinstance(processes, subprocess.Popen) else list(processes)
     deadline = time.time() + timeout_s
-    while not checkpoint_dir.is_dir():
-        assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    try:
+        while not checkpoint_dir.is_dir():
+            assert all(p.poll() is None for p in processes) and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        _kill(processes)
 
 
 def last_logged_step(metrics_file: pathlib.Path) -> int:

@@ -75,7 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mesh_shape = (-1, 1, 1)  # sizes of the ('data', 'fsdp', 'tensor') axes; one -1 = the remaining devices
     c.parallel.rules = parallel.DEFAULT_RULES  # logical axis name -> mesh axes, for params and activations
-    c.parallel.multi_host = False  # call jax.distributed.initialize() first (TPU pods, SLURM)
+    c.parallel.multi_host = False  # join a multi-process job first (jax.distributed.initialize; docs/training.md)
+    c.parallel.coordinator_address = ""  # multi_host: process 0's HOST:PORT; "": from the cluster environment
+    c.parallel.num_processes = -1  # multi_host: processes of the job; -1: from the cluster environment
+    c.parallel.process_id = -1  # multi_host: this process's id in 0..num_processes-1; -1: from the cluster environment
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 100  # checkpoint interval (a checkpoint is also written after the last step)

@@ -7,18 +7,11 @@ import shutil
 from typing import Any, Callable, Optional
 
 import jax
-from jax.experimental import multihost_utils
 
 from instructjax.checkpoints import save_hf
 from instructjax.models import ModelConfig
+from instructjax.parallel import host_values
 from instructjax.tokenizers import Tokenizer
-
-
-def fetch(tree: Any) -> Any:
-    """Numpy copies of global arrays, gathered from every host when there are several."""
-    if jax.process_count() > 1:
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.device_get(tree)
 
 
 def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
@@ -35,5 +28,5 @@ def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) 
 def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: Optional[Tokenizer] = None) -> None:
     """Gather `params` from all devices and hosts and write them with `save_hf` from process 0,
     atomically: into `<path>.tmp`, then renamed over `path`."""
-    params = fetch(params)
+    params = host_values(params)
     write_atomically(path, lambda tmp: save_hf(tmp, cfg, params, tokenizer=tokenizer))

@@ -33,7 +33,7 @@ from instructjax.rl.value_head import VALUE_HEAD, add_value_head, lm_params
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import setup as setup_lib
 from instructjax.train.config import loader_config, optim_config, resolve_dtypes
-from instructjax.train.export import export_model, fetch
+from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import make_optimizer
@@ -174,9 +174,10 @@ def write_sample_table(path, step: int, tokenizer, rollout: Rollout, kl_coef: fl
                        source_names: tuple[str, ...]) -> None:
     """A JSONL table of sample prompts, responses, scores (total and per source) and summed KL, one file
     per logged iteration."""
-    tokens, attention, response_mask, scores, source_scores, sample_lp, ref_lp = (np.asarray(x) for x in fetch(
-        (rollout.tokens, rollout.attention_mask, rollout.response_mask, rollout.scores, rollout.source_scores,
-         rollout.sample_logprobs, rollout.ref_logprobs)))
+    tokens, attention, response_mask, scores, source_scores, sample_lp, ref_lp = (
+        np.asarray(x) for x in parallel.host_values((rollout.tokens, rollout.attention_mask, rollout.response_mask,
+                                                      rollout.scores, rollout.source_scores, rollout.sample_logprobs,
+                                                      rollout.ref_logprobs)))
     if jax.process_index() != 0:
         return
     num_new = response_mask.shape[1]

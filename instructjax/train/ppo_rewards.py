@@ -19,12 +19,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from instructjax import sampling
+from instructjax import parallel, sampling
 from instructjax.data import prompt_texts
 from instructjax.data.render import response_texts
 from instructjax.rl.reward_functions import NamedRewardFunction, call_reward_function, resolve_reward_functions
 from instructjax.tokenizers import Tokenizer
-from instructjax.train.export import fetch
 
 SOURCES = ("model", "function", "model+function", "random", "token_count")
 
@@ -104,7 +103,7 @@ class FunctionScorer:
         self.functions, self.tokenizer, self.prompt_source = tuple(functions), tokenizer, prompt_source
 
     def __call__(self, out: sampling.SampleOutput, indices: jax.Array) -> np.ndarray:
-        tokens, mask, indices = (np.asarray(x) for x in fetch((out.tokens, out.mask, indices)))
+        tokens, mask, indices = (np.asarray(x) for x in parallel.host_values((out.tokens, out.mask, indices)))
 
         def compute() -> np.ndarray:
             prompts = prompt_texts(self.prompt_source, indices)

@@ -39,7 +39,7 @@ from instructjax.train.config import (comparison_config, loader_config, num_trai
 from instructjax.train.initial_model import load_initial_model
 from instructjax.train.inputs import build_dataset
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
-from instructjax.train.export import fetch, write_atomically
+from instructjax.train.export import write_atomically
 from instructjax.train.state import TrainState
 
 HISTOGRAM_FILE = "score_histogram.png"
@@ -220,7 +220,7 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         if jax.process_index() == 0:
             (workdir.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if config.export:
-            params = fetch(state.params)
+            params = parallel.host_values(state.params)
             write_atomically(workdir.export, lambda tmp: export_reward_model(tmp, cfg, params, tokenizer, norm))
         elif jax.process_index() == 0:
             save_normalization(workdir.root, norm, folded_into_params=False)

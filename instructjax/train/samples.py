@@ -13,7 +13,6 @@ from instructjax import parallel, sampling
 from instructjax.data import render
 from instructjax.models import ModelConfig
 from instructjax.tokenizers import Prompt, Tokenizer
-from instructjax.train.export import fetch
 
 
 def left_padded(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +36,7 @@ def generate_responses(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prom
     out = sampling.generate(cfg, params, tokens, mask, rng=rng, max_new_tokens=max_new_tokens,
                             temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                             mesh=mesh, batch_axes=parallel.BATCH_AXES)
-    out_tokens, out_mask = fetch((out.tokens, out.mask))
+    out_tokens, out_mask = parallel.host_values((out.tokens, out.mask))
     return tokenizer.decode_batch(out_tokens[:len(prompts)], out_mask[:len(prompts)])
 
 

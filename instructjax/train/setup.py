@@ -52,7 +52,8 @@ def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], n
     `config.microbatches` over the mesh) and hash its input files (`fingerprint`); only then write (or
     check) WORKDIR/config.json and inputs.json (`Workdir.write_config`; a workdir without a checkpoint
     is rewritten); split `config.seed` into `num_keys` keys."""
-    parallel.initialize_distributed(config.parallel.multi_host)
+    p = config.parallel
+    parallel.initialize_distributed(p.multi_host, p.coordinator_address, p.num_processes, p.process_id)
     check_values(config)
     try:
         mesh = parallel.make_mesh(config.parallel.mesh_shape)

@@ -14,7 +14,9 @@ import ml_collections
 
 PathLike = Union[str, os.PathLike]
 _MISSING = object()
-UNCOMPARED = ("accept_changed_inputs",)  # config keys (their last part) a rerun may change: not a different run
+# Config keys (their last part) a rerun may change without being a different run: accepting changed inputs,
+# and where a process sits in a multi-process job (differs between its processes and restarts).
+UNCOMPARED = ("accept_changed_inputs", "coordinator_address", "process_id")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,13 @@ def test_a_pipeline_field_is_refused_before_anything_is_written(tmp_path, key, v
     assert not (tmp_path / "run").exists()
 
 
+
+def test_multi_process_stages_are_refused_before_anything_is_written(tmp_path):
+    config = load_experiment_config("pipeline", "tiny", {"ppo.parallel.multi_host": True})
+    with pytest.raises(ValueError, match=r"--config\.ppo\.parallel\.multi_host: the pipeline runs as one process"):
+        ij.pipeline.run_pipeline(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
 def test_the_command_line_refuses_a_pipeline_field(tmp_path):
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(CONFIGS.parents[1])}

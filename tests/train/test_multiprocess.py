@@ -1,0 +1,84 @@
+"""One job of 2 processes x 4 fake CPU devices on 127.0.0.1 against 1 process x 8 devices. SFT: the same
+metrics and export, to float rounding (the gradient all-reduce runs over gloo between the processes).
+PPO: the same first rollout (sampling and scoring on arrays spanning both processes); the updates differ
+(see FIRST_ROLLOUT). Both: a job whose processes are all SIGKILLed after a checkpoint resumes to exactly
+the uninterrupted 2-process run."""
+
+import jax
+import numpy as np
+import pytest
+
+from instructjax import checkpoints
+from instructjax.testing.experiments import (assert_same_run, kill_after_checkpoint, load_experiment_config,
+                                              run_experiment, run_processes, without_timings)
+from instructjax.train import Workdir, read_metrics
+
+# Per stage: short runs of the tiny presets (flags) and the checkpoint after which the processes are killed.
+STAGES = {
+    "sft": (("--config.num_steps=12", "--config.checkpoint.every_steps=4", "--config.eval.every_steps=12",
+             "--config.eval.max_new_tokens=8"), "4"),
+    # without PPO-ptx: packed text rows are cut from each process's own stream (docs/data.md)
+    "ppo": (("--config.num_steps=4", "--config.checkpoint.every_steps=2", "--config.samples.every_steps=2"), "2"),
+}
+
+
+# PPO metrics of the first iteration that the rollout decides (sampled responses, reward, KL to the
+# reference). The update's are not compared: on 2 processes its first gradient norms differ from 1
+# process's by about 1% (policy 1.0642 vs 1.0754, value 0.1868 vs 0.1937, one minibatch, tiny preset)
+# and the params by up to 2 x lr after one Adam step (sign flips of near-zero gradient entries?):
+# not explained yet.
+FIRST_ROLLOUT = ("train/score", "train/raw_score", "train/kl", "train/kl_coef", "train/response_length",
+                 "train/eos_fraction", "train/tokens", "train/reward_total", "train/returns_mean",
+                 "train/values_mean")
+
+
+def assert_close(got, want, keys, step):
+    np.testing.assert_allclose([got[k] for k in keys], [want[k] for k in keys], rtol=1e-4, atol=1e-5,
+                               err_msg=f"step {step}: {keys}")
+
+
+def assert_close_run(stage, workdir, reference):
+    """SFT: the same metrics (wall-clock aside) and exported params, to float rounding. PPO: the same
+    FIRST_ROLLOUT metrics."""
+    got, want = (without_timings(read_metrics(w / "metrics.jsonl")) for w in (workdir, reference))
+    if stage == "ppo":
+        assert_close(got[0], want[0], FIRST_ROLLOUT, 1)
+        return
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    for g, w in zip(got, want):
+        assert_close(g, w, sorted(g), g["step"])
+    _, params = checkpoints.load_hf(workdir / "export")
+    _, expected = checkpoints.load_hf(reference / "export")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, expected)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_processes_equal_one_and_resume_exactly(tmp_path, stage):
+    flags, first_checkpoint = STAGES[stage]
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    for log_dir in ("two_logs", "killed_logs", "resumed_logs"):  # one per job: its own compilation cache
+        (tmp_path / log_dir).mkdir()
+    run_experiment(stage, one, tmp_path / "one.log", *flags, devices=8, timeout_s=300)
+    run_processes(stage, two, tmp_path / "two_logs", *flags, timeout_s=300)
+    assert_close_run(stage, two, one)
+    assert "Rank 1 is connected" in (tmp_path / "two_logs" / "process_1.log").read_text()  # gloo collectives
+
+    slow = "--config.debug.step_delay_s=1.0"  # time to kill the run between two checkpoints
+    running = run_processes(stage, killed, tmp_path / "killed_logs", *flags, slow, wait=False)
+    kill_after_checkpoint(running, killed / "checkpoints" / first_checkpoint, timeout_s=300)
+    assert not (killed / "export").exists()
+    run_processes(stage, killed, tmp_path / "resumed_logs", *flags, slow, timeout_s=300)
+    assert "resumed from" in (tmp_path / "resumed_logs" / "process_1.log").read_text()
+    assert_same_run(killed, two)
+
+
+def test_a_workdir_accepts_other_placements_of_the_same_run(tmp_path):
+    """Each process (and a restart on another coordinator) checks config.json, written by process 0."""
+    placed = {"parallel.multi_host": True, "parallel.coordinator_address": "127.0.0.1:1234",
+              "parallel.num_processes": 2, "parallel.process_id": 0}
+    Workdir.at(tmp_path).write_config(load_experiment_config("sft", overrides=placed))
+    moved = {**placed, "parallel.coordinator_address": "10.0.0.2:555", "parallel.process_id": 1}
+    Workdir.at(tmp_path).write_config(load_experiment_config("sft", overrides=moved))
+    with pytest.raises(ValueError, match="parallel.num_processes: 2 -> 4"):
+        Workdir.at(tmp_path).write_config(load_experiment_config("sft", overrides={**placed,
+                                                                                 "parallel.num_processes": 4}))
