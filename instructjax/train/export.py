@@ -10,8 +10,11 @@ import jax
 from jax.experimental import multihost_utils
 
 from instructjax.checkpoints import save_hf
-from instructjax.models import ModelConfig
+from instructjax.checkpoints.peft import save_peft_adapter
+from instructjax.models import ModelConfig, lora
 from instructjax.tokenizers import Tokenizer
+
+ADAPTER_DIR = "adapter"  # WORKDIR/export/adapter: the LoRA adapters in PEFT's format
 
 
 def fetch(tree: Any) -> Any:
@@ -34,6 +37,16 @@ def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) 
 
 def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: Optional[Tokenizer] = None) -> None:
     """Gather `params` from all devices and hosts and write them with `save_hf` from process 0,
-    atomically: into `<path>.tmp`, then renamed over `path`."""
+    atomically: into `<path>.tmp`, then renamed over `path`. A LoRA model (`cfg.lora`) is written
+    merged, and its adapters in PEFT's format to `<path>/adapter` (language models)."""
     params = fetch(params)
-    write_atomically(path, lambda tmp: save_hf(tmp, cfg, params, tokenizer=tokenizer))
+
+    def write(tmp: pathlib.Path) -> None:
+        if cfg.lora is None:
+            save_hf(tmp, cfg, params, tokenizer=tokenizer)
+            return
+        save_hf(tmp, cfg.replace(lora=None), lora.merged(params, cfg.lora), tokenizer=tokenizer)
+        if "score_head" not in params:
+            save_peft_adapter(tmp / ADAPTER_DIR, cfg, params)
+
+    write_atomically(path, write)
