@@ -32,7 +32,7 @@ from instructjax.rl.sampler import SamplingSettings, sample_responses
 from instructjax.rl.value_head import VALUE_HEAD, add_value_head, lm_params
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import setup as setup_lib
-from instructjax.train.config import loader_config, optim_config, resolve_dtypes
+from instructjax.train.config import loader_config, lora_config, optim_config, resolve_dtypes
 from instructjax.train.export import export_model, fetch
 from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
@@ -244,6 +244,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     run = setup_lib.start(config, workdir, num_keys=4, check_mesh=lambda mesh: check_batches(config, c, mesh))
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
     init_rng, reward_rng, _, train_rng = run.keys  # the third key is unused since value heads start at zero
+    lora_config(config, "PPO / GRPO / RLOO", supported=False)
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
     value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params)
