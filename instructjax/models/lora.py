@@ -101,6 +101,13 @@ def merged(params: dict, lora: LoraConfig) -> dict:
     return merge(jax.device_get(params))
 
 
+def merged_model(cfg: Any, params: dict) -> tuple[Any, dict]:
+    """(ModelConfig, params) of the plain model equal to `cfg` + `params`: adapters merged, `lora` off."""
+    if cfg.lora is None:
+        return cfg, params
+    return cfg.replace(lora=None), merged(params, cfg.lora)
+
+
 def kaiming_uniform_a(rng: jax.Array, shape: tuple, dtype=jnp.float32) -> jax.Array:
     """PEFT's init of A (torch's kaiming_uniform_ with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     fan_in = int(np.prod(shape[:-1]))

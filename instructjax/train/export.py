@@ -42,11 +42,8 @@ def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: O
     params = fetch(params)
 
     def write(tmp: pathlib.Path) -> None:
-        if cfg.lora is None:
-            save_hf(tmp, cfg, params, tokenizer=tokenizer)
-            return
-        save_hf(tmp, cfg.replace(lora=None), lora.merged(params, cfg.lora), tokenizer=tokenizer)
-        if "score_head" not in params:
+        save_hf(tmp, *lora.merged_model(cfg, params), tokenizer=tokenizer)
+        if cfg.lora is not None and "score_head" not in params:
             save_peft_adapter(tmp / ADAPTER_DIR, cfg, params)
 
     write_atomically(path, write)

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from instructjax import datasets, parallel
 from instructjax.data import SFTConfig, comparison_loader, prompt_texts, sft_loader
-from instructjax.models import ModelConfig
+from instructjax.models import ModelConfig, lora
 from instructjax.rewards import references
 from instructjax.rewards.evaluation import (ComparisonScores, accuracy_by_family, comparison_metrics, pair_results,
                                            score_histogram)
@@ -221,8 +221,8 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         if jax.process_index() == 0:
             (workdir.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if config.export:
-            params = fetch(state.params)
-            write_atomically(workdir.export, lambda tmp: export_reward_model(tmp, cfg, params, tokenizer, norm))
+            plain_cfg, params = lora.merged_model(cfg, fetch(state.params))
+            write_atomically(workdir.export, lambda tmp: export_reward_model(tmp, plain_cfg, params, tokenizer, norm))
         elif jax.process_index() == 0:
             save_normalization(workdir.root, norm, folded_into_params=False)
 
