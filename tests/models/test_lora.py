@@ -8,9 +8,10 @@ import pytest
 
 from instructjax.models import Transformer, get_preset, lora
 from instructjax.models.functional import init_params
+from instructjax.train.config import base_config, lora_config
 from instructjax.train.initial_model import with_adapters
 from instructjax.train.sft import sft_loss_fn
-from instructjax.train.state import TrainState
+from instructjax.train.state import TrainState, trainable
 from instructjax.train.step import make_train_step
 
 CFG = get_preset("tiny")
@@ -78,6 +79,15 @@ def test_train_step_updates_only_the_adapters_and_keeps_no_state_for_the_base():
         assert differs == is_adapter
 
 
+def test_a_reward_model_with_adapters_trains_its_score_head_too():
+    cfg = CFG.replace(lora=lora.LoraConfig(rank=2))
+    part = trainable(init_params(cfg, jax.random.key(0), head="scalar"))
+    assert part["score_head"]["kernel"] is not None and part["embed"]["embedding"] is None
+    assert part["layers_0"]["attn"]["q"]["kernel"] is None and part["layers_0"]["attn"]["q"]["lora_a"] is not None
+    full = init_params(CFG, jax.random.key(0))
+    assert trainable(full) is full  # no adapters: everything is trained
+
+
 def test_lora_config_refuses_bad_values_and_scan_layers():
     with pytest.raises(ValueError, match="lora.targets"):
         lora.LoraConfig(rank=4, targets=("c_attn",))
@@ -87,3 +97,15 @@ def test_lora_config_refuses_bad_values_and_scan_layers():
         CFG.replace(scan_layers=True, lora=lora.LoraConfig(rank=4))
     with pytest.raises(ValueError, match="gpt2"):
         get_preset("gpt2", lora=lora.LoraConfig(rank=4))
+
+
+def test_lora_config_names_the_key_of_a_bad_value_or_an_unsupported_trainer():
+    config = base_config()
+    assert lora_config(config, "sft") is None  # rank 0: off
+    config.lora.rank = 4
+    assert lora_config(config, "sft").scale == 4.0  # alpha 16 / rank 4
+    with pytest.raises(ValueError, match=r"--config.lora.rank=4: LoRA is not supported by PPO"):
+        lora_config(config, "PPO", supported=False)
+    config.lora.targets = ("c_attn",)
+    with pytest.raises(ValueError, match=r"--config.lora.targets"):
+        lora_config(config, "sft")
