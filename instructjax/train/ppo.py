@@ -90,6 +90,7 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
     (`train_ppo` and the pipeline call this before anything is written)."""
     sources = reward_sources(config.reward)
     ppo_config(config)  # PPOConfig checks advantage and rollout.group_size
+    lora_config(config, "PPO / GRPO / RLOO", supported=False)
     if config.num_epochs:
         raise ValueError(f"ppo: num_epochs={config.num_epochs} is not read: PPO runs num_steps iterations (rollout "
                          "batches; passes over each batch: ppo.epochs); use num_steps and leave num_epochs at 0")
@@ -244,7 +245,6 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     run = setup_lib.start(config, workdir, num_keys=4, check_mesh=lambda mesh: check_batches(config, c, mesh))
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
     init_rng, reward_rng, _, train_rng = run.keys  # the third key is unused since value heads start at zero
-    lora_config(config, "PPO / GRPO / RLOO", supported=False)
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
     value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params)
