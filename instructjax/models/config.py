@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from instructjax.models.lora import LoraConfig
+
 ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
@@ -52,6 +54,7 @@ class ModelConfig:
     scan_layers: bool = False  # stack the blocks with nn.scan (params get a leading layer axis)
     frozen_layers: int = 0  # training: no gradient reaches the embeddings' lookup and the first N blocks
     initializer_range: float = 0.02  # std of the normal init of random weights
+    lora: Optional[LoraConfig] = None  # LoRA adapters on the projections (instructjax.models.lora), None: off
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -63,6 +66,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..{self.num_layers}")
         if self.frozen_layers and self.scan_layers:
             raise ValueError("ModelConfig.frozen_layers needs scan_layers=False (the blocks are unrolled)")
+        if self.lora is not None and self.arch == "gpt2":
+            raise ValueError("lora.rank > 0 needs a Llama-family model (llama, mistral, qwen2), not gpt2 "
+                             "(fused c_attn projection)")
+        if self.lora is not None and self.scan_layers:
+            raise ValueError("lora.rank > 0 needs model.scan_layers=False (adapters are per unrolled block)")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for key, allowed in (("norm", ("rms", "layer")), ("activation", ("silu", "gelu_tanh")),
@@ -93,6 +101,8 @@ class ModelConfig:
         d = dict(d)
         if d.get("rope_scaling") is not None:
             d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+        if d.get("lora") is not None:
+            d["lora"] = LoraConfig(**d["lora"])
         return cls(**d)
 
     def num_params(self) -> int:

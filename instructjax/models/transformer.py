@@ -16,6 +16,7 @@ import numpy as np
 
 from instructjax.models.attention import dot_product_attention
 from instructjax.models.config import ModelConfig
+from instructjax.models.lora import kaiming_uniform_a
 from instructjax.models.matmul import BATCHED_CONTRACTION, CONTRACTION, contract
 
 NEG_INF = float(np.finfo(np.float32).min)
@@ -118,7 +119,8 @@ class Norm(nn.Module):
 
 
 class Projection(nn.Module):
-    """`x` contracted over its last `n_in` dims with a kernel of `shape` (+ bias over the output dims).
+    """`x` contracted over its last `n_in` dims with a kernel of `shape` (+ bias over the output dims),
+    plus the LoRA update (alpha / r) x.A.B when `cfg.lora` targets this projection's name.
 
     Written out (not nn.DenseGeneral) so kernels keep their true shape under logical partitioning.
     """
@@ -128,6 +130,7 @@ class Projection(nn.Module):
     axes: tuple
     n_in: int = 1
     use_bias: bool = False
+    deterministic: bool = True  # no LoRA dropout
 
     @nn.compact
     def __call__(self, x):
@@ -137,8 +140,18 @@ class Projection(nn.Module):
         # converting every weight to f32 on every call (5x slower bf16 decoding)
         batch, contracted = "abcdefgh"[:x.ndim - self.n_in], "ijkl"[:self.n_in]
         features = "uvwxyz"[:len(self.shape) - self.n_in]
-        y = contract(f"{batch}{contracted},{contracted}{features}->{batch}{features}", x, kernel,
-                     dtype).astype(dtype)
+        y = contract(f"{batch}{contracted},{contracted}{features}->{batch}{features}", x, kernel, dtype)
+        lora = self.cfg.lora
+        if lora is not None and lora.targets_projection(self.name):
+            in_shape, in_axes = self.shape[:self.n_in], self.axes[:self.n_in]
+            a = self.param("lora_a", nn.with_logical_partitioning(kaiming_uniform_a, in_axes + (None,)),
+                           in_shape + (lora.rank,), pdtype)
+            b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, (None,) + self.axes[self.n_in:]),
+                           (lora.rank,) + self.shape[self.n_in:], pdtype)
+            h = nn.Dropout(lora.dropout)(x, deterministic=self.deterministic or lora.dropout == 0)
+            h = contract(f"{batch}{contracted},{contracted}r->{batch}r", h, a, dtype).astype(dtype)
+            y = y + lora.scale * contract(f"{batch}r,r{features}->{batch}{features}", h, b, dtype)
+        y = y.astype(dtype)
         if self.use_bias:
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:]),
                               self.shape[self.n_in:], pdtype)
@@ -163,7 +176,7 @@ class Attention(nn.Module):
 
         def proj(name, heads, bias):
             return Projection(cfg, (cfg.d_model, heads, cfg.head_dim), ("embed", "heads", "head_dim"),
-                              use_bias=bias, name=name)(x)
+                              use_bias=bias, deterministic=self.deterministic, name=name)(x)
 
         q = proj("q", cfg.num_heads, cfg.qkv_bias)
         k = proj("k", cfg.num_kv_heads, cfg.qkv_bias)
@@ -203,7 +216,7 @@ class Attention(nn.Module):
             out = dot_product_attention(q, k, v, mask, implementation=cfg.attention_impl, cached=cache_kv is not None)
         out = out.astype(dtype).reshape(b, t, cfg.num_heads, cfg.head_dim)
         out = Projection(cfg, (cfg.num_heads, cfg.head_dim, cfg.d_model), ("heads", "head_dim", "embed"), n_in=2,
-                         use_bias=cfg.out_bias, name="o")(out)
+                         use_bias=cfg.out_bias, deterministic=self.deterministic, name="o")(out)
         return out, cache_kv
 
 
@@ -211,13 +224,15 @@ class Mlp(nn.Module):
     """SwiGLU (Llama family) or GELU (GPT-2) feed-forward block."""
 
     cfg: ModelConfig
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
 
         def dense(name, features, axes, inp):
-            return Projection(cfg, (inp.shape[-1], features), axes, use_bias=cfg.out_bias, name=name)(inp)
+            return Projection(cfg, (inp.shape[-1], features), axes, use_bias=cfg.out_bias,
+                              deterministic=self.deterministic, name=name)(inp)
 
         if cfg.activation == "silu":
             h = nn.silu(dense("gate", cfg.ffn_dim, ("embed", "mlp"), x)) * dense("up", cfg.ffn_dim, ("embed", "mlp"), x)
@@ -240,7 +255,7 @@ class Block(nn.Module):
         h, cache_kv = Attention(cfg, self.deterministic, name="attn")(
             Norm(cfg, name="attn_norm")(x), mask, positions, cache_kv, layer_index, cache_index)
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic or cfg.dropout_rate == 0)
-        h = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
+        h = Mlp(cfg, self.deterministic, name="mlp")(Norm(cfg, name="mlp_norm")(x))
         x = x + nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic or cfg.dropout_rate == 0)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         new_carry = (x,) + (cache_kv if cache_kv is not None else (None, None))

@@ -7,6 +7,7 @@ sections; every field is declared here with a one-line comment.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import ml_collections
 from absl import logging
@@ -17,6 +18,7 @@ from instructjax.data.render import TRUNCATIONS
 from instructjax.data.sft import LOSS_ON
 from instructjax.datasets.jsonl import ALL_TIED_POLICIES
 from instructjax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
+from instructjax.models.lora import LoraConfig
 from instructjax.rl.kl import KL_CONTROLLERS, KL_ESTIMATORS
 from instructjax.train.optim import SCHEDULES, OptimConfig
 
@@ -60,6 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat_policy = "none"  # rematerialisation of each block: none | full | dots | dots_no_batch
     c.model.scan_layers = False  # run the blocks with nn.scan (faster compiles of deep models)
     c.model.frozen_layers = 0  # train only the blocks above the first N (and the heads); 0: all
+
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # LoRA adapters of this rank on the projections, only they (and a score head) trained; 0: off
+    c.lora.alpha = 16.0  # the adapters' update is scaled by alpha / rank
+    c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # HF names
+    c.lora.dropout = 0.0  # dropout on the adapters' input while training
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-5  # peak learning rate
@@ -184,6 +192,20 @@ def comparison_config(data: ml_collections.ConfigDict) -> ComparisonConfig:
     """The `ComparisonConfig` of a `comparison_rows` section."""
     return ComparisonConfig(max_len=data.max_len, max_completions=data.max_completions, truncation=data.truncation,
                             chat_template=data.chat_template)
+
+
+def lora_config(config: ml_collections.ConfigDict, stage: str, supported: bool = True) -> Optional[LoraConfig]:
+    """The adapters of `config.lora` (None when rank is 0); a ValueError naming the key when `stage` does not
+    support LoRA (`supported` False) or a value is invalid."""
+    if config.lora.rank == 0:
+        return None
+    if not supported:
+        raise ValueError(f"--config.lora.rank={config.lora.rank}: LoRA is not supported by {stage} yet; set it to 0")
+    try:
+        return LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha, targets=tuple(config.lora.targets),
+                          dropout=config.lora.dropout)
+    except ValueError as e:
+        raise ValueError(f"--config.{e}") from None
 
 
 def optim_config(config: ml_collections.ConfigDict, total_steps: int) -> OptimConfig:

@@ -33,10 +33,10 @@ from instructjax.data import Loader, comparison_loader
 from instructjax.models import ModelConfig, Transformer
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import (comparison_config, loader_config, num_train_steps, optim_config,
+from instructjax.train.config import (comparison_config, loader_config, lora_config, num_train_steps, optim_config,
                                       resolve_dtypes)
 from instructjax.train.export import export_model
-from instructjax.train.initial_model import load_initial_model
+from instructjax.train.initial_model import load_initial_model, with_adapters
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.state import TrainState
@@ -156,6 +156,8 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
     init_rng, train_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
+    # fresh adapters (B = 0) leave the model as it is: the reference pass below is the base model's
+    cfg, params = with_adapters(cfg, params, lora_config(config, "dpo"), jax.random.fold_in(init_rng, 1))
     params_shardings = parallel.param_shardings(cfg, setup_lib.param_shapes(params), mesh, rules)
 
     built = build_dataset(config.data, "comparisons", workdir.data)

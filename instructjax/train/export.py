@@ -9,9 +9,12 @@ from typing import Any, Callable, Optional
 import jax
 
 from instructjax.checkpoints import save_hf
-from instructjax.models import ModelConfig
+from instructjax.checkpoints.peft import save_peft_adapter
+from instructjax.models import ModelConfig, lora
 from instructjax.parallel import host_values
 from instructjax.tokenizers import Tokenizer
+
+ADAPTER_DIR = "adapter"  # WORKDIR/export/adapter: the LoRA adapters in PEFT's format
 
 
 def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
@@ -27,6 +30,13 @@ def write_atomically(path: pathlib.Path, write: Callable[[pathlib.Path], None]) 
 
 def export_model(path: pathlib.Path, cfg: ModelConfig, params: Any, tokenizer: Optional[Tokenizer] = None) -> None:
     """Gather `params` from all devices and hosts and write them with `save_hf` from process 0,
-    atomically: into `<path>.tmp`, then renamed over `path`."""
+    atomically: into `<path>.tmp`, then renamed over `path`. A LoRA model (`cfg.lora`) is written
+    merged, and its adapters in PEFT's format to `<path>/adapter` (language models)."""
     params = host_values(params)
-    write_atomically(path, lambda tmp: save_hf(tmp, cfg, params, tokenizer=tokenizer))
+
+    def write(tmp: pathlib.Path) -> None:
+        save_hf(tmp, *lora.merged_model(cfg, params), tokenizer=tokenizer)
+        if cfg.lora is not None and "score_head" not in params:
+            save_peft_adapter(tmp / ADAPTER_DIR, cfg, params)
+
+    write_atomically(path, write)

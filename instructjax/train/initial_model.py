@@ -4,7 +4,7 @@ model or an earlier stage's workdir, with the run's dtype / dropout / remat / sc
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,9 @@ from instructjax import checkpoints, models
 from instructjax.tokenizers import Tokenizer, tiny_tokenizer
 from instructjax.train.config import INIT_SOURCES
 from instructjax.train.workdir import Workdir
+from instructjax.models import lora as lora_lib
 from instructjax.models.functional import init_params, stack_layers, unstack_layers
+from instructjax.models.lora import LoraConfig
 
 
 def load_initial_model(init: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
@@ -38,6 +40,18 @@ def with_overrides(cfg: models.ModelConfig, params: Any,
     cfg = cfg.replace(**model)
     params = jax.tree.map(lambda x: np.asarray(x, dtype=jnp.dtype(cfg.param_dtype)), params)
     return cfg, params
+
+
+def with_adapters(cfg: models.ModelConfig, params: Any, lora: Optional[LoraConfig],
+                  rng: jax.Array) -> tuple[models.ModelConfig, Any]:
+    """`cfg` with `lora` and `params` with fresh adapters (PEFT's init: A kaiming-uniform, B zero, so the
+    model starts as the base model); unchanged when `lora` is None."""
+    if lora is None:
+        return cfg, params
+    cfg = cfg.replace(lora=lora)
+    # the module initializers of the adapters only: XLA drops the init of the base weights
+    adapters = jax.jit(lambda: lora_lib.adapters(init_params(cfg, rng)))()
+    return cfg, lora_lib.with_adapters(params, jax.device_get(adapters))
 
 
 def _load(init: ml_collections.ConfigDict, rng: jax.Array) -> tuple[models.ModelConfig, Any, Tokenizer]:

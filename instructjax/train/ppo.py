@@ -32,7 +32,7 @@ from instructjax.rl.sampler import SamplingSettings, sample_responses
 from instructjax.rl.value_head import VALUE_HEAD, add_value_head, lm_params
 from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, make_ppo_update
 from instructjax.train import setup as setup_lib
-from instructjax.train.config import loader_config, optim_config, resolve_dtypes
+from instructjax.train.config import loader_config, lora_config, optim_config, resolve_dtypes
 from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
@@ -90,6 +90,7 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
     (`train_ppo` and the pipeline call this before anything is written)."""
     sources = reward_sources(config.reward)
     ppo_config(config)  # PPOConfig checks advantage and rollout.group_size
+    lora_config(config, "PPO / GRPO / RLOO", supported=False)
     if config.num_epochs:
         raise ValueError(f"ppo: num_epochs={config.num_epochs} is not read: PPO runs num_steps iterations (rollout "
                          "batches; passes over each batch: ppo.epochs); use num_steps and leave num_epochs at 0")

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from instructjax import datasets, parallel
 from instructjax.data import SFTConfig, comparison_loader, prompt_texts, sft_loader
-from instructjax.models import ModelConfig
+from instructjax.models import ModelConfig, lora
 from instructjax.rewards import references
 from instructjax.rewards.evaluation import (ComparisonScores, accuracy_by_family, comparison_metrics, pair_results,
                                            score_histogram)
@@ -34,9 +34,9 @@ from instructjax.rewards.scoring import completion_scores, reward_params_from_lm
 from instructjax.tokenizers import Tokenizer
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import (comparison_config, loader_config, num_train_steps, optim_config,
+from instructjax.train.config import (comparison_config, loader_config, lora_config, num_train_steps, optim_config,
                                       resolve_dtypes)
-from instructjax.train.initial_model import load_initial_model
+from instructjax.train.initial_model import load_initial_model, with_adapters
 from instructjax.train.inputs import build_dataset
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.export import write_atomically
@@ -158,6 +158,7 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
                              "not a reward model")
         policy = (cfg, lm_params)
     del lm_params
+    cfg, params = with_adapters(cfg, params, lora_config(config, "reward"), jax.random.fold_in(head_rng, 1))
 
     data_dir = config.data.data_dir or workdir.data
     built = build_dataset(config.data, "comparisons", data_dir)
@@ -220,8 +221,8 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
         if jax.process_index() == 0:
             (workdir.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if config.export:
-            params = parallel.host_values(state.params)
-            write_atomically(workdir.export, lambda tmp: export_reward_model(tmp, cfg, params, tokenizer, norm))
+            plain_cfg, params = lora.merged_model(cfg, parallel.host_values(state.params))
+            write_atomically(workdir.export, lambda tmp: export_reward_model(tmp, plain_cfg, params, tokenizer, norm))
         elif jax.process_index() == 0:
             save_normalization(workdir.root, norm, folded_into_params=False)
 

@@ -19,9 +19,9 @@ from instructjax.tokenizers import Tokenizer
 from instructjax.train import loop
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import loader_config, num_train_steps, optim_config, resolve_dtypes
+from instructjax.train.config import loader_config, lora_config, num_train_steps, optim_config, resolve_dtypes
 from instructjax.train.export import export_model
-from instructjax.train.initial_model import load_initial_model
+from instructjax.train.initial_model import load_initial_model, with_adapters
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import learning_rate_schedule, make_optimizer
 from instructjax.train.samples import generate_responses, write_samples
@@ -118,6 +118,7 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     mesh = run.mesh
     init_rng, train_rng, sample_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
+    cfg, params = with_adapters(cfg, params, lora_config(config, "sft"), jax.random.fold_in(init_rng, 1))
     setup = SFTSetup(run=run, cfg=cfg, tokenizer=tokenizer,
                      dataset=build_dataset(config.data, "demonstrations", run.workdir.data),
                      sft_config=sft_data_config(config.data))

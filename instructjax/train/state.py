@@ -11,6 +11,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from instructjax import parallel
+from instructjax.models import lora
 
 
 @flax.struct.dataclass
@@ -23,7 +24,21 @@ class TrainState:
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable(params)))
+
+
+def trainable(tree: Any) -> Any:
+    """The part of a params-shaped tree that training updates (the optimizer's params), None elsewhere:
+    all of it, unless the params hold LoRA adapters; then only the adapters and a score head
+    (`lora.trained_with_adapters`), so that no gradient or optimizer state exists for the base weights."""
+    if not lora.has_adapters(tree):
+        return tree
+    return jax.tree_util.tree_map_with_path(lambda path, x: x if lora.trained_with_adapters(path) else None, tree)
+
+
+def with_trainable(params: Any, part: Any) -> Any:
+    """`params` with the leaves of `part` (a `trainable` tree) in place of theirs."""
+    return jax.tree.map(lambda p, t: p if t is None else t, params, part)
 
 
 def _is_sharding(x: Any) -> bool:
@@ -34,8 +49,8 @@ def state_shardings(tx: optax.GradientTransformation, params_shapes: Any, params
                     mesh: Mesh) -> TrainState:
     """Shardings of a `TrainState`: each copy of the params inside the optimizer state (Adam moments)
     is laid out like the params; counters and other small leaves are replicated."""
-    opt_shapes = jax.eval_shape(tx.init, params_shapes)
-    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, params_shardings,
+    opt_shapes = jax.eval_shape(tx.init, trainable(params_shapes))
+    opt_shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, trainable(params_shardings),
                                           transform_non_params=lambda _: parallel.replicated(mesh),
                                           is_leaf=_is_sharding)
     return TrainState(step=parallel.replicated(mesh), params=params_shardings, opt_state=opt_shardings)

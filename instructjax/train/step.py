@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from instructjax import parallel
-from instructjax.train.state import TrainState
+from instructjax.train.state import TrainState, trainable, with_trainable
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
@@ -41,9 +41,13 @@ def split_microbatches(batch: dict, num_microbatches: int) -> dict:
 def accumulate_gradients(loss_fn: LossFn, params: Any, batch: dict, rng: Optional[jax.Array],
                          num_microbatches: int) -> tuple[Any, jax.Array, Any]:
     """(gradient of the summed loss, summed loss, summed aux) over `num_microbatches` microbatches;
-    each microbatch gets its own key split from `rng` (None: `loss_fn` is called with None)."""
+    each microbatch gets its own key split from `rng` (None: `loss_fn` is called with None). The
+    gradient is a `trainable(params)` tree: the base weights of a LoRA model are constants."""
     def value_and_grad(micro: dict, key: jax.Array):
-        (loss_sum, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, micro, key)
+        def loss(part):
+            return loss_fn(with_trainable(params, part), micro, key)
+
+        (loss_sum, aux), grads = jax.value_and_grad(loss, has_aux=True)(trainable(params))
         return grads, loss_sum, aux
 
     if num_microbatches == 1:
@@ -99,9 +103,12 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_mi
 
 
 def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
-    """One optax update of a `TrainState`: params and optimizer state updated, step + 1."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+    """One optax update of a `TrainState` from the gradient of its `trainable` params: those params and
+    the optimizer state updated, step + 1."""
+    part = trainable(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, part)
+    return TrainState(step=state.step + 1, params=with_trainable(state.params, optax.apply_updates(part, updates)),
+                      opt_state=opt_state)
 
 
 def with_derived_metrics(step: StepFn, derive: Callable[[dict], dict], drop: Sequence[str] = ()) -> StepFn:
