@@ -1,0 +1,236 @@
+"""Per-device memory of a stage, planned ahead of time: the trainers' own jitted programs lowered and
+compiled on abstract arrays (no parameter is materialised) over a mesh, read with XLA's memory analysis.
+
+    plan = plan_stage("sft", config, cfg, mesh)   # or "ppo": rollout, scoring and update
+    print(format_plan(plan, device_gb=80))
+
+Resident bytes (params, optimizer state, frozen models) come from each leaf's shard shape; each
+program's inputs, outputs and temporaries (activations, gradients, KV cache...) from
+`compiled.memory_analysis()`. A program's peak is everything resident plus its other inputs, its
+outputs not aliased to donated inputs, and its temporaries. docs/memory.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh, NamedSharding
+
+from instructjax import parallel, sampling
+from instructjax.models import ModelConfig
+from instructjax.models.functional import init_params
+from instructjax.rl.frozen import frozen_model
+from instructjax.rl.rollout import make_scorer
+from instructjax.rl.sampler import sample_responses
+from instructjax.rl.value_head import add_value_head
+from instructjax.train import ppo, sft
+from instructjax.train import setup as setup_lib
+from instructjax.train import step as step_lib
+from instructjax.train.config import optim_config
+from instructjax.train.optim import make_optimizer
+from instructjax.train.ppo_rewards import reward_sources
+
+STAGES = ("sft", "ppo")
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramMemory:
+    """Per-device bytes of one compiled program (`compiled.memory_analysis()`), and how many of its input
+    bytes are resident state (params, optimizer state, frozen models) counted once in the plan."""
+
+    name: str
+    arguments: int  # every input buffer
+    outputs: int  # every output buffer
+    aliased: int  # outputs written into donated inputs
+    temporaries: int  # activations, gradients, KV cache, scratch
+    resident_arguments: int  # the part of `arguments` that is resident state
+
+    @property
+    def transient(self) -> int:
+        """Bytes the program adds to the resident state while it runs."""
+        return self.arguments - self.resident_arguments + self.outputs - self.aliased + self.temporaries
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Per-device bytes of a stage on a mesh: resident state and each program's transient bytes."""
+
+    stage: str
+    mesh_shape: tuple
+    params: int  # trained parameters
+    optimizer: int  # optimizer state (Adam moments, counters)
+    frozen: int  # frozen models (PPO's reference and reward model)
+    programs: tuple  # ProgramMemory, in the order they run
+
+    @property
+    def resident(self) -> int:
+        return self.params + self.optimizer + self.frozen
+
+    @property
+    def peak(self) -> int:
+        """The largest footprint of any program: resident state + its transient bytes."""
+        return self.resident + max(p.transient for p in self.programs)
+
+
+def shard_bytes(tree: Any) -> int:
+    """Per-device bytes of a tree of `ShapeDtypeStruct`s with shardings (the first device's shard of each leaf)."""
+    def leaf(x) -> int:
+        shape = x.sharding.shard_shape(x.shape) if isinstance(x.sharding, NamedSharding) else x.shape
+        return math.prod(shape) * jnp.dtype(x.dtype).itemsize
+    return sum(leaf(x) for x in jax.tree.leaves(tree))
+
+
+def with_shardings(shapes: Any, shardings: Any) -> Any:
+    """`ShapeDtypeStruct`s of `shapes` laid out by the matching tree of `shardings`."""
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def abstract_params(cfg: ModelConfig, head: str = "lm") -> Any:
+    """Param shapes of `cfg` in its param dtype, as `with_overrides` casts loaded params (nothing materialised)."""
+    shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0), head=head))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(cfg.param_dtype)), shapes)
+
+
+def abstract_key(mesh: Mesh) -> jax.ShapeDtypeStruct:
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh))
+
+
+def text_batch(rows: int, length: int, mesh: Mesh) -> dict:
+    """A batch of SFT / pretraining rows (`sft_loader`, `pretraining_loader`) split over the batch axes."""
+    sharding = parallel.batch_sharding(mesh, 2)
+    dtypes = {"tokens": jnp.int32, "positions": jnp.int32, "segment_ids": jnp.int32, "attention_mask": bool,
+              "loss_mask": bool}
+    return {k: jax.ShapeDtypeStruct((rows, length), d, sharding=sharding) for k, d in dtypes.items()}
+
+
+def program_memory(name: str, lowered: Any, resident_arguments: int) -> ProgramMemory:
+    """Compile `lowered` and read its per-device memory analysis."""
+    m = lowered.compile().memory_analysis()
+    return ProgramMemory(name=name, arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
+                         aliased=m.alias_size_in_bytes, temporaries=m.temp_size_in_bytes,
+                         resident_arguments=resident_arguments)
+
+
+def state_bytes(layout: setup_lib.StateLayout) -> tuple[int, int]:
+    """(params, optimizer state + step) per-device bytes of a train state layout."""
+    params = shard_bytes(layout.abstract_state.params)
+    return params, shard_bytes(layout.abstract_state) - params
+
+
+def plan_sft(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
+    """The SFT train step of `config` (batch_size rows of data.max_len tokens, microbatches) on `mesh`."""
+    rules = tuple(config.parallel.rules)
+    optim = optim_config(config, max(config.num_steps, 1))
+    layout = setup_lib.train_state_layout(make_optimizer(optim), abstract_params(cfg), cfg, mesh, rules)
+    jitted = step_lib.jit_step(sft.sft_train_step(config, cfg, layout.tx, optim), layout.state_shardings, mesh)
+    with parallel.activation_sharding(mesh, rules):
+        lowered = jitted.lower(layout.abstract_state, text_batch(config.batch_size, config.data.max_len, mesh),
+                               abstract_key(mesh))
+    params, optimizer = state_bytes(layout)
+    step = program_memory("train step", lowered, params + optimizer)
+    return MemoryPlan("sft", tuple(mesh.devices.shape), params, optimizer, 0, (step,))
+
+
+def ppo_networks(config: ml_collections.ConfigDict, c: ppo.PPOConfig, cfg: ModelConfig
+                 ) -> tuple[Any, Optional[ModelConfig], Any]:
+    """(policy param shapes, value cfg, value param shapes) as `ppo.init_value` lays them out, a separate
+    value network taken to have the policy's shape (a reward model's own size is not known here)."""
+    policy = abstract_params(cfg)
+    if not c.uses_values:
+        return policy, None, None
+    if config.value.init == "shared":
+        return jax.eval_shape(lambda p: add_value_head(cfg, p), policy), None, None
+    return policy, cfg, abstract_params(cfg, head="scalar")
+
+
+def reference_model(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, rules) -> tuple[ModelConfig, Any]:
+    """(cfg, sharded param shapes) of the frozen reference model as `rl.frozen.frozen_model` keeps it."""
+    ref_cfg = cfg.replace(dtype=config.reference.dtype or cfg.dtype)
+    shapes = jax.eval_shape(lambda p: frozen_model(cfg, p, config.reference.dtype)[1], abstract_params(cfg))
+    return ref_cfg, with_shardings(shapes, parallel.param_shardings(cfg, shapes, mesh, rules))
+
+
+def reward_source(config: ml_collections.ConfigDict, sources, cfg: ModelConfig, mesh: Mesh, rules) -> tuple[Any, Any]:
+    """(reward_fn, sharded param shapes or None) as `ppo.reward_function` makes them, from a reward model of
+    the policy's shape (traced: nothing materialised)."""
+    made = {}
+
+    def build(params):
+        made["fn"], frozen = ppo.reward_function(config, sources, cfg, cfg, params)
+        return frozen
+
+    shapes = jax.eval_shape(build, abstract_params(cfg, "scalar") if sources.has_reward_model else None)
+    if shapes is None:
+        return made["fn"], None
+    return made["fn"], with_shardings(shapes, parallel.param_shardings(cfg, shapes, mesh, rules, head="scalar"))
+
+
+def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
+    """PPO's three programs of one iteration on `mesh`: the rollout (sampling with a KV cache), the scoring
+    (reference logprobs, reward model) and the whole update; the reward model has the policy's shape."""
+    rules = tuple(config.parallel.rules)
+    c, sources = ppo.ppo_config(config), reward_sources(config.reward)
+    policy, value_cfg, value = ppo_networks(config, c, cfg)
+    layout = ppo.ppo_layout(config, c, cfg, policy, value_cfg, value, mesh, rules)
+    ref_cfg, ref = reference_model(config, cfg, mesh, rules)
+    reward_fn, reward = reward_source(config, sources, cfg, mesh, rules)
+    policy_params, optimizer = state_bytes(layout.policy)
+    value_params, value_optimizer = state_bytes(layout.value) if layout.value is not None else (0, 0)
+    frozen = shard_bytes(ref) + shard_bytes(reward)
+    rows = config.batch_size * c.group_size
+    prompt_sharding = parallel.batch_sharding(mesh, 2)
+    prompts = [jax.ShapeDtypeStruct((rows, config.data.max_prompt_len), d, sharding=prompt_sharding)
+               for d in (jnp.int32, bool)]
+    settings = ppo.sampling_settings(config, 0, 0)
+    key, params = abstract_key(mesh), layout.abstract.policy.params
+
+    def rollout(params, tokens, mask, rng):
+        return sample_responses(cfg, params, tokens, mask, rng=rng, settings=settings, mesh=mesh)
+
+    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
+    scores = None if not sources.functions else jax.ShapeDtypeStruct(
+        (len(sources.functions), rows), jnp.float32, sharding=parallel.replicated(mesh))
+    score = make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature, no_eos_penalty_value=penalty,
+                        weights=sources.weights)
+    ptx = text_batch(config.ptx.batch_size, config.ptx.max_len, mesh) if c.gamma_ptx > 0 else None
+    with parallel.activation_sharding(mesh, rules):
+        sampled = jax.jit(rollout).lower(params, *prompts, key)
+        out = with_shardings(jax.eval_shape(rollout, params, *prompts, key), sampled.compile().output_shardings)
+        scored = jax.jit(score).lower(ref, reward, out, scores)
+        batch = with_shardings(jax.eval_shape(score, ref, reward, out, scores), scored.compile().output_shardings)
+        updated = ppo.jit_update(config, c, cfg, value_cfg, layout, mesh).lower(layout.abstract, batch, ptx, key)
+    programs = (program_memory("rollout", sampled, policy_params),
+                program_memory("scoring", scored, frozen),
+                program_memory("update", updated, shard_bytes(layout.abstract)))
+    return MemoryPlan("ppo", tuple(mesh.devices.shape), policy_params + value_params, optimizer + value_optimizer,
+                      frozen, programs)
+
+
+def plan_stage(stage: str, config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
+    """The memory plan of `stage` ("sft" or "ppo"; GRPO / RLOO configs are "ppo" configs)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: expected one of {STAGES}")
+    return plan_sft(config, cfg, mesh) if stage == "sft" else plan_ppo(config, cfg, mesh)
+
+
+def format_plan(plan: MemoryPlan, device_gb: float) -> str:
+    """A table of per-device bytes (resident state, each program's transient bytes and peak, in GiB, or
+    MiB below 1 GiB) and the verdict against a device of `device_gb` GiB."""
+    unit, scale = ("GiB", GiB) if plan.peak >= GiB else ("MiB", 1024 ** 2)
+    size = lambda b: f"{b / scale:10.3f}"
+    lines = [f"stage {plan.stage}, mesh (data, fsdp, tensor) = {plan.mesh_shape}, per device ({unit}):",
+             f"  params {size(plan.params)}   optimizer {size(plan.optimizer)}   frozen models {size(plan.frozen)}",
+             f"  {'program':<11} {'inputs':>10} {'outputs':>10} {'temp':>10} {'peak':>10}"]
+    for p in plan.programs:
+        lines.append(f"  {p.name:<11} {size(p.arguments - p.resident_arguments)} {size(p.outputs - p.aliased)} "
+                     f"{size(p.temporaries)} {size(plan.resident + p.transient)}")
+    fits = plan.peak <= device_gb * GiB
+    lines.append(f"peak {plan.peak / GiB:.3f} GiB of {device_gb:g} GiB: {'fits' if fits else 'does not fit'}")
+    return "\n".join(lines)
