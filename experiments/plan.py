@@ -28,9 +28,9 @@ _fake_devices(sys.argv)
 from absl import app, flags  # noqa: E402  (jax starts after the flags above)
 from ml_collections import config_flags  # noqa: E402
 
-from instructjax import models, parallel  # noqa: E402
+from instructjax import parallel  # noqa: E402
 from instructjax.train.config import check_stage_config, resolve_dtypes  # noqa: E402
-from instructjax.train.memory import format_plan, plan_stage  # noqa: E402
+from instructjax.train.memory import format_plan, plan_stage, planned_model  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an SFT, PPO or GRPO config (experiments/configs/*.py)",
                                           lock_config=True)
@@ -41,15 +41,6 @@ _DEVICE_GB = flags.DEFINE_float("device_gb", 80.0, "memory of one device (GiB) f
 flags.mark_flags_as_required(["config"])
 
 
-def model_config(config) -> models.ModelConfig:
-    """The planned model: --preset, else the config's random preset or the embedded SmolLM2 (init.source
-    "default"), with `config.model`'s settings."""
-    name = _PRESET.value or {"random": config.init.preset, "default": "smollm2_135m"}.get(config.init.source)
-    if not name:
-        raise app.UsageError(f"init.source={config.init.source!r}: give the model's shape with --preset")
-    return models.get_preset(name).replace(**config.model)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -57,7 +48,7 @@ def main(argv):
     stage = "ppo" if "rollout" in config else "sft"
     check_stage_config(config, stage, config_flags.get_config_filename(flags.FLAGS["config"]))
     mesh = parallel.make_mesh(mesh_shape(_MESH.value))
-    print(format_plan(plan_stage(stage, config, model_config(config), mesh), _DEVICE_GB.value))
+    print(format_plan(plan_stage(stage, config, planned_model(config, _PRESET.value), mesh), _DEVICE_GB.value))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
-from instructjax import parallel, sampling
+from instructjax import models, parallel
 from instructjax.models import ModelConfig
 from instructjax.models.functional import init_params
 from instructjax.rl.frozen import frozen_model
@@ -91,6 +91,20 @@ def with_shardings(shapes: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
+def planned_model(config: ml_collections.ConfigDict, preset: str = "") -> ModelConfig:
+    """The model of a plan: `preset`, else the config's random preset or the embedded SmolLM2 (init.source
+    "default"), with `config.model`'s settings; other init sources need a preset (nothing is read)."""
+    name = preset or {"random": config.init.preset, "default": "smollm2_135m"}.get(config.init.source)
+    if not name:
+        raise ValueError(f"init.source={config.init.source!r}: give the model's shape as a preset (ij.models.PRESETS)")
+    return models.get_preset(name).replace(**config.model)
+
+
+def outputs(compiled: Any) -> Any:
+    """`ShapeDtypeStruct`s (with shardings) of a compiled program's outputs: the next program's inputs."""
+    return with_shardings(compiled.out_info, compiled.output_shardings)
+
+
 def abstract_params(cfg: ModelConfig, head: str = "lm") -> Any:
     """Param shapes of `cfg` in its param dtype, as `with_overrides` casts loaded params (nothing materialised)."""
     shapes = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0), head=head))
@@ -110,9 +124,9 @@ def text_batch(rows: int, length: int, mesh: Mesh) -> dict:
     return {k: jax.ShapeDtypeStruct((rows, length), d, sharding=sharding) for k, d in dtypes.items()}
 
 
-def program_memory(name: str, lowered: Any, resident_arguments: int) -> ProgramMemory:
-    """Compile `lowered` and read its per-device memory analysis."""
-    m = lowered.compile().memory_analysis()
+def program_memory(name: str, compiled: Any, resident_arguments: int) -> ProgramMemory:
+    """The per-device memory analysis of a compiled program."""
+    m = compiled.memory_analysis()
     return ProgramMemory(name=name, arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
                          aliased=m.alias_size_in_bytes, temporaries=m.temp_size_in_bytes,
                          resident_arguments=resident_arguments)
@@ -124,18 +138,31 @@ def state_bytes(layout: setup_lib.StateLayout) -> tuple[int, int]:
     return params, shard_bytes(layout.abstract_state) - params
 
 
-def plan_sft(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
-    """The SFT train step of `config` (batch_size rows of data.max_len tokens, microbatches) on `mesh`."""
+def sft_step_program(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh
+                     ) -> tuple[setup_lib.StateLayout, Any, tuple]:
+    """(state layout, jitted SFT train step, its abstract arguments: state, a batch of batch_size rows of
+    data.max_len tokens, a key), as `train_sft` builds the step."""
     rules = tuple(config.parallel.rules)
     optim = optim_config(config, max(config.num_steps, 1))
     layout = setup_lib.train_state_layout(make_optimizer(optim), abstract_params(cfg), cfg, mesh, rules)
     jitted = step_lib.jit_step(sft.sft_train_step(config, cfg, layout.tx, optim), layout.state_shardings, mesh)
-    with parallel.activation_sharding(mesh, rules):
-        lowered = jitted.lower(layout.abstract_state, text_batch(config.batch_size, config.data.max_len, mesh),
-                               abstract_key(mesh))
+    args = (layout.abstract_state, text_batch(config.batch_size, config.data.max_len, mesh), abstract_key(mesh))
+    return layout, jitted, args
+
+
+def sft_plan(layout: setup_lib.StateLayout, compiled: Any, mesh: Mesh) -> MemoryPlan:
+    """The plan of a compiled SFT step (`sft_step_program`) and its state layout."""
     params, optimizer = state_bytes(layout)
-    step = program_memory("train step", lowered, params + optimizer)
+    step = program_memory("train step", compiled, params + optimizer)
     return MemoryPlan("sft", tuple(mesh.devices.shape), params, optimizer, 0, (step,))
+
+
+def plan_sft(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
+    """The SFT train step of `config` (batch_size rows of data.max_len tokens, microbatches) on `mesh`."""
+    layout, jitted, args = sft_step_program(config, cfg, mesh)
+    with parallel.activation_sharding(mesh, tuple(config.parallel.rules)):
+        compiled = jitted.lower(*args).compile()
+    return sft_plan(layout, compiled, mesh)
 
 
 def ppo_networks(config: ml_collections.ConfigDict, c: ppo.PPOConfig, cfg: ModelConfig
@@ -201,13 +228,11 @@ def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) ->
                         weights=sources.weights)
     ptx = text_batch(config.ptx.batch_size, config.ptx.max_len, mesh) if c.gamma_ptx > 0 else None
     with parallel.activation_sharding(mesh, rules):
-        sampled = jax.jit(rollout).lower(params, *prompts, key)
-        out = with_shardings(jax.eval_shape(rollout, params, *prompts, key), sampled.compile().output_shardings)
-        scored = jax.jit(score).lower(ref, reward, out, scores)
-        batch = with_shardings(jax.eval_shape(score, ref, reward, out, scores), scored.compile().output_shardings)
-        updated = ppo.jit_update(config, c, cfg, value_cfg, layout, mesh).lower(layout.abstract, batch, ptx, key)
-    programs = (program_memory("rollout", sampled, policy_params),
-                program_memory("scoring", scored, frozen),
+        sampled = jax.jit(rollout).lower(params, *prompts, key).compile()
+        scored = jax.jit(score).lower(ref, reward, outputs(sampled), scores).compile()
+        updated = ppo.jit_update(config, c, cfg, value_cfg, layout, mesh).lower(layout.abstract, outputs(scored), ptx,
+                                                                                 key).compile()
+    programs = (program_memory("rollout", sampled, policy_params), program_memory("scoring", scored, frozen),
                 program_memory("update", updated, shard_bytes(layout.abstract)))
     return MemoryPlan("ppo", tuple(mesh.devices.shape), policy_params + value_params, optimizer + value_optimizer,
                       frozen, programs)
