@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,6 @@ from instructjax import models, parallel
 from instructjax.models import ModelConfig
 from instructjax.models.functional import init_params
 from instructjax.rl.frozen import frozen_model
-from instructjax.rl.rollout import make_scorer
 from instructjax.rl.sampler import sample_responses
 from instructjax.rl.value_head import add_value_head
 from instructjax.train import ppo, sft
@@ -177,26 +176,24 @@ def ppo_networks(config: ml_collections.ConfigDict, c: ppo.PPOConfig, cfg: Model
     return policy, cfg, abstract_params(cfg, head="scalar")
 
 
-def reference_model(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, rules) -> tuple[ModelConfig, Any]:
-    """(cfg, sharded param shapes) of the frozen reference model as `rl.frozen.frozen_model` keeps it."""
-    ref_cfg = cfg.replace(dtype=config.reference.dtype or cfg.dtype)
-    shapes = jax.eval_shape(lambda p: frozen_model(cfg, p, config.reference.dtype)[1], abstract_params(cfg))
-    return ref_cfg, with_shardings(shapes, parallel.param_shardings(cfg, shapes, mesh, rules))
+def traced(make: Callable[[Any], tuple[Any, Any]], params: Any) -> tuple[Any, Any]:
+    """`make(params) -> (anything, params)` run on param shapes: (its first result, the shapes of its params)."""
+    made = []
+
+    def params_only(p):
+        first, out = make(p)
+        made.append(first)
+        return out
+
+    shapes = jax.eval_shape(params_only, params)
+    return made[0], shapes
 
 
-def reward_source(config: ml_collections.ConfigDict, sources, cfg: ModelConfig, mesh: Mesh, rules) -> tuple[Any, Any]:
-    """(reward_fn, sharded param shapes or None) as `ppo.reward_function` makes them, from a reward model of
-    the policy's shape (traced: nothing materialised)."""
-    made = {}
-
-    def build(params):
-        made["fn"], frozen = ppo.reward_function(config, sources, cfg, cfg, params)
-        return frozen
-
-    shapes = jax.eval_shape(build, abstract_params(cfg, "scalar") if sources.has_reward_model else None)
+def sharded(cfg: ModelConfig, shapes: Any, mesh: Mesh, rules, head: str = "lm") -> Any:
+    """Param shapes of `cfg` laid out over the mesh as the trainers place them (None stays None)."""
     if shapes is None:
-        return made["fn"], None
-    return made["fn"], with_shardings(shapes, parallel.param_shardings(cfg, shapes, mesh, rules, head="scalar"))
+        return None
+    return with_shardings(shapes, parallel.param_shardings(cfg, shapes, mesh, rules, head=head))
 
 
 def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
@@ -206,8 +203,11 @@ def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) ->
     c, sources = ppo.ppo_config(config), reward_sources(config.reward)
     policy, value_cfg, value = ppo_networks(config, c, cfg)
     layout = ppo.ppo_layout(config, c, cfg, policy, value_cfg, value, mesh, rules)
-    ref_cfg, ref = reference_model(config, cfg, mesh, rules)
-    reward_fn, reward = reward_source(config, sources, cfg, mesh, rules)
+    ref_cfg, ref = traced(lambda p: frozen_model(cfg, p, config.reference.dtype), abstract_params(cfg))
+    ref = sharded(cfg, ref, mesh, rules)
+    reward_fn, reward = traced(lambda p: ppo.reward_function(config, sources, cfg, cfg, p),
+                               abstract_params(cfg, "scalar") if sources.has_reward_model else None)
+    reward = sharded(cfg, reward, mesh, rules, head="scalar")
     policy_params, optimizer = state_bytes(layout.policy)
     value_params, value_optimizer = state_bytes(layout.value) if layout.value is not None else (0, 0)
     frozen = shard_bytes(ref) + shard_bytes(reward)
@@ -221,11 +221,9 @@ def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) ->
     def rollout(params, tokens, mask, rng):
         return sample_responses(cfg, params, tokens, mask, rng=rng, settings=settings, mesh=mesh)
 
-    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
     scores = None if not sources.functions else jax.ShapeDtypeStruct(
         (len(sources.functions), rows), jnp.float32, sharding=parallel.replicated(mesh))
-    score = make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature, no_eos_penalty_value=penalty,
-                        weights=sources.weights)
+    score = ppo.rollout_scorer(config, sources, ref_cfg, reward_fn)
     ptx = text_batch(config.ptx.batch_size, config.ptx.max_len, mesh) if c.gamma_ptx > 0 else None
     with parallel.activation_sharding(mesh, rules):
         sampled = jax.jit(rollout).lower(params, *prompts, key).compile()

@@ -254,6 +254,15 @@ def sampling_settings(config: ml_collections.ConfigDict, eos_id: Optional[int], 
                             pad_id=pad_id, dtype=config.rollout.dtype or None)
 
 
+def rollout_scorer(config: ml_collections.ConfigDict, sources: RewardSources, ref_cfg: models.ModelConfig,
+                   reward_fn) -> Callable[..., Rollout]:
+    """The scorer of sampled responses (`rl.rollout.make_scorer`): reference logprobs, the rewards' weighted
+    sum and the no-EOS penalty of `config.rollout`."""
+    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
+    return make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature, no_eos_penalty_value=penalty,
+                       weights=sources.weights)
+
+
 class IterationCounter:
     """PPO iterations on the host: read from the state once, at the run's first iteration (the loop may
     have resumed at any step), then counted without waiting for the device."""
@@ -324,9 +333,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         reward_params = jax.device_put(reward_params, parallel.param_shardings(reward_cfg, reward_params, mesh, rules,
                                                                                head="scalar"))
     settings = sampling_settings(config, tokenizer.eos_id, tokenizer.pad_id)
-    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
-    score = jax.jit(make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
-                                no_eos_penalty_value=penalty, weights=sources.weights))
+    score = jax.jit(rollout_scorer(config, sources, ref_cfg, reward_fn))
     update = jit_update(config, c, cfg, value_cfg, layout, mesh)
     episode_rows = jax.jit(lambda batch: jax.tree.map(lambda x: jnp.repeat(x, c.group_size, axis=0), batch),
                            out_shardings=parallel.batch_sharding(mesh, 1))
