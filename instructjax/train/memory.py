@@ -95,7 +95,7 @@ def planned_model(config: ml_collections.ConfigDict, preset: str = "") -> ModelC
     "default"), with `config.model`'s settings; other init sources need a preset (nothing is read)."""
     name = preset or {"random": config.init.preset, "default": "smollm2_135m"}.get(config.init.source)
     if not name:
-        raise ValueError(f"init.source={config.init.source!r}: give the model's shape as a preset (ij.models.PRESETS)")
+        raise ValueError(f"init.source={config.init.source!r}: give the model's shape as a preset (instructjax.models.config.PRESETS)")
     return models.get_preset(name).replace(**config.model)
 
 

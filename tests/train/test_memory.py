@@ -22,7 +22,7 @@ def test_the_tiny_sft_plan_is_within_25_percent_of_the_measured_peak():
 
 
 def test_shard_bytes_counts_one_device_s_shard():
-    mesh = parallel.make_mesh((1, 1, 1))
+    mesh = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
     x = jax.ShapeDtypeStruct((8, 6), jnp.float32, sharding=NamedSharding(mesh, P()))
     assert shard_bytes({"a": x, "b": jax.ShapeDtypeStruct((3,), jnp.int32)}) == 8 * 6 * 4 + 3 * 4
 
