@@ -34,7 +34,7 @@ from instructjax.train.memory import format_plan, plan_stage, planned_model  # n
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an SFT, PPO or GRPO config (experiments/configs/*.py)",
                                           lock_config=True)
-_PRESET = flags.DEFINE_string("preset", "", "model shape (ij.models.PRESETS); '': the config's init model")
+_PRESET = flags.DEFINE_string("preset", "", "model shape (instructjax.models.config.PRESETS); '': the config's init model")
 _MESH = flags.DEFINE_string("mesh", "1,1,1", "sizes of the (data, fsdp, tensor) mesh axes, e.g. (8,1,1)")
 _DEVICES = flags.DEFINE_integer("devices", 0, "fake CPU devices (0: the mesh's size)")
 _DEVICE_GB = flags.DEFINE_float("device_gb", 80.0, "memory of one device (GiB) for the verdict")
