@@ -196,44 +196,68 @@ def sharded(cfg: ModelConfig, shapes: Any, mesh: Mesh, rules, head: str = "lm") 
     return with_shardings(shapes, parallel.param_shardings(cfg, shapes, mesh, rules, head=head))
 
 
-def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
-    """PPO's three programs of one iteration on `mesh`: the rollout (sampling with a KV cache), the scoring
-    (reference logprobs, reward model) and the whole update; the reward model has the policy's shape."""
+@dataclasses.dataclass(frozen=True)
+class PPOPrograms:
+    """PPO's three compiled programs of one iteration and the abstract arrays they start from."""
+
+    layout: ppo.PPOLayout  # the PPOState (policy, value network, optimizers) over the mesh
+    ref: Any  # the frozen reference model's params
+    reward: Any  # the frozen reward model's params (None: no reward model)
+    prompts: tuple  # (tokens int32 [rows, P], mask bool [rows, P])
+    function_scores: Any  # float32 [F, rows] of reward functions (None: none)
+    ptx: Any  # a PPO-ptx batch (None: plain PPO)
+    rollout: Any  # (policy params, tokens, mask, key) -> SampleOutput
+    scoring: Any  # (ref, reward, SampleOutput, function scores) -> Rollout
+    update: Any  # (PPOState, Rollout, ptx, key) -> (PPOState, metrics, per-minibatch metrics)
+
+
+def ppo_programs(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> PPOPrograms:
+    """The rollout (sampling with a KV cache), the scoring (reference logprobs, reward model) and the whole
+    update of `config` on `mesh`, as `train_ppo` builds them; the reward model has the policy's shape."""
     rules = tuple(config.parallel.rules)
     c, sources = ppo.ppo_config(config), reward_sources(config.reward)
     policy, value_cfg, value = ppo_networks(config, c, cfg)
     layout = ppo.ppo_layout(config, c, cfg, policy, value_cfg, value, mesh, rules)
     ref_cfg, ref = traced(lambda p: frozen_model(cfg, p, config.reference.dtype), abstract_params(cfg))
-    ref = sharded(cfg, ref, mesh, rules)
     reward_fn, reward = traced(lambda p: ppo.reward_function(config, sources, cfg, cfg, p),
                                abstract_params(cfg, "scalar") if sources.has_reward_model else None)
-    reward = sharded(cfg, reward, mesh, rules, head="scalar")
-    policy_params, optimizer = state_bytes(layout.policy)
-    value_params, value_optimizer = state_bytes(layout.value) if layout.value is not None else (0, 0)
-    frozen = shard_bytes(ref) + shard_bytes(reward)
     rows = config.batch_size * c.group_size
-    prompt_sharding = parallel.batch_sharding(mesh, 2)
-    prompts = [jax.ShapeDtypeStruct((rows, config.data.max_prompt_len), d, sharding=prompt_sharding)
-               for d in (jnp.int32, bool)]
+    prompts = tuple(jax.ShapeDtypeStruct((rows, config.data.max_prompt_len), d,
+                                         sharding=parallel.batch_sharding(mesh, 2)) for d in (jnp.int32, bool))
+    scores = None if not sources.functions else jax.ShapeDtypeStruct(
+        (len(sources.functions), rows), jnp.float32, sharding=parallel.replicated(mesh))
     settings = ppo.sampling_settings(config, 0, 0)
-    key, params = abstract_key(mesh), layout.abstract.policy.params
 
     def rollout(params, tokens, mask, rng):
         return sample_responses(cfg, params, tokens, mask, rng=rng, settings=settings, mesh=mesh)
 
-    scores = None if not sources.functions else jax.ShapeDtypeStruct(
-        (len(sources.functions), rows), jnp.float32, sharding=parallel.replicated(mesh))
     score = ppo.rollout_scorer(config, sources, ref_cfg, reward_fn)
     ptx = text_batch(config.ptx.batch_size, config.ptx.max_len, mesh) if c.gamma_ptx > 0 else None
+    ref, reward, key = sharded(cfg, ref, mesh, rules), sharded(cfg, reward, mesh, rules, "scalar"), abstract_key(mesh)
     with parallel.activation_sharding(mesh, rules):
-        sampled = jax.jit(rollout).lower(params, *prompts, key).compile()
+        sampled = jax.jit(rollout).lower(layout.abstract.policy.params, *prompts, key).compile()
         scored = jax.jit(score).lower(ref, reward, outputs(sampled), scores).compile()
         updated = ppo.jit_update(config, c, cfg, value_cfg, layout, mesh).lower(layout.abstract, outputs(scored), ptx,
                                                                                  key).compile()
-    programs = (program_memory("rollout", sampled, policy_params), program_memory("scoring", scored, frozen),
-                program_memory("update", updated, shard_bytes(layout.abstract)))
+    return PPOPrograms(layout=layout, ref=ref, reward=reward, prompts=prompts, function_scores=scores, ptx=ptx,
+                       rollout=sampled, scoring=scored, update=updated)
+
+
+def ppo_plan(p: PPOPrograms, mesh: Mesh) -> MemoryPlan:
+    """The plan of PPO's compiled programs: the policy and value network trained, the reference and reward
+    model frozen."""
+    policy_params, optimizer = state_bytes(p.layout.policy)
+    value_params, value_optimizer = state_bytes(p.layout.value) if p.layout.value is not None else (0, 0)
+    frozen = shard_bytes(p.ref) + shard_bytes(p.reward)
+    programs = (program_memory("rollout", p.rollout, policy_params), program_memory("scoring", p.scoring, frozen),
+                program_memory("update", p.update, shard_bytes(p.layout.abstract)))
     return MemoryPlan("ppo", tuple(mesh.devices.shape), policy_params + value_params, optimizer + value_optimizer,
                       frozen, programs)
+
+
+def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:
+    """PPO's three programs of one iteration on `mesh` (`ppo_programs`)."""
+    return ppo_plan(ppo_programs(config, cfg, mesh), mesh)
 
 
 def plan_stage(stage: str, config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:

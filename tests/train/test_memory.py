@@ -17,7 +17,7 @@ from instructjax.train.memory import format_plan, plan_stage, planned_model, sha
 
 
 def test_the_tiny_sft_plan_is_within_25_percent_of_the_measured_peak():
-    r = measured_vs_planned("tiny", {})
+    r = measured_vs_planned("sft", "tiny", {})
     assert abs(r["planned"] - r["measured"]) <= 0.25 * r["measured"], r
 
 
