@@ -16,8 +16,14 @@ from instructjax.train.config import resolve_dtypes
 from instructjax.train.memory import format_plan, plan_stage, planned_model, shard_bytes
 
 
-def test_the_tiny_sft_plan_is_within_25_percent_of_the_measured_peak():
-    r = measured_vs_planned("sft", "tiny", {})
+@pytest.mark.parametrize("stage,overrides", [
+    ("sft", {}),
+    # the tiny PPO iteration (22 MB planned) is below a fixed ~14 MB of a first execution the plan does not
+    # count (measured 36 MB); at 128 episodes of 32 new tokens the plan is 259 MB, measured 286 MB
+    ("ppo", {"batch_size": 128, "rollout.max_new_tokens": 32}),
+])
+def test_the_tiny_plan_is_within_25_percent_of_the_measured_peak(stage, overrides):
+    r = measured_vs_planned(stage, "tiny", overrides)
     assert abs(r["planned"] - r["measured"]) <= 0.25 * r["measured"], r
 
 
