@@ -320,10 +320,13 @@ def _generate_jit(params, prompt_tokens, prompt_mask, keys, stop_ids, row_valid,
 
 
 def _place(tree, mesh: Mesh):
-    """Leaves not already on `mesh` are replicated onto it (params already sharded there are kept)."""
+    """Leaves not already on `mesh` are replicated onto it (params already sharded there are kept, and so
+    are traced ones: inside a caller's jit, as the memory planner lowers `generate`, its shardings decide)."""
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def place(x):
+        if isinstance(x, jax.core.Tracer):
+            return x
         if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
             return x
         return jax.device_put(x, replicated)

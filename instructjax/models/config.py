@@ -131,6 +131,14 @@ PRESETS = {
         arch="llama", vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
         head_dim=64, ffn_dim=8192, norm_eps=1e-5, rope_theta=500000.0,
         rope_scaling=RopeScaling(32.0, 1.0, 4.0, 8192), tie_embeddings=True, max_len=131072),
+    "llama3_8b": ModelConfig(  # Llama-3.1-8B's shape
+        arch="llama", vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+        head_dim=128, ffn_dim=14336, norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), max_len=131072),
+    "llama3_70b": ModelConfig(  # Llama-3.1-70B's shape
+        arch="llama", vocab_size=128256, d_model=8192, num_layers=80, num_heads=64, num_kv_heads=8,
+        head_dim=128, ffn_dim=28672, norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), max_len=131072),
     "qwen2_5_0_5b": ModelConfig(
         arch="qwen2", vocab_size=151936, d_model=896, num_layers=24, num_heads=14, num_kv_heads=2,
         head_dim=64, ffn_dim=4864, norm_eps=1e-6, rope_theta=1000000.0, qkv_bias=True,

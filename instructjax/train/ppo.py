@@ -10,6 +10,7 @@ and the pretraining text. The final policy LM is exported to WORKDIR/export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable, Optional, Union
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from instructjax import models, parallel
@@ -206,6 +208,63 @@ def ppo_state_layout(policy: setup_lib.StateLayout, value: Optional[setup_lib.St
     return shardings, abstract
 
 
+@dataclasses.dataclass(frozen=True)
+class PPOLayout:
+    """The `PPOState` over the mesh: the policy's and the value network's layouts (with their optimizers;
+    `value` None: no value network), the state's shardings and its checkpoint restore target."""
+
+    policy: setup_lib.StateLayout
+    value: Optional[setup_lib.StateLayout]
+    shardings: PPOState
+    abstract: PPOState
+
+    @property
+    def value_tx(self) -> Optional[optax.GradientTransformation]:
+        return None if self.value is None else self.value.tx
+
+
+def ppo_layout(config: ml_collections.ConfigDict, c: PPOConfig, cfg: models.ModelConfig, policy_params: Any,
+               value_cfg: Optional[models.ModelConfig], value_params: Any, mesh, rules) -> PPOLayout:
+    """The layout of the PPO state of `policy_params` and `value_params` (arrays or shapes; a value network
+    when `value_cfg`), each network with its optimizer decaying over all minibatch updates of the run."""
+    num_updates = config.num_steps * c.ppo_epochs * c.num_minibatches
+    policy_layout = setup_lib.train_state_layout(
+        make_optimizer(optim_config(config, num_updates)), policy_params, cfg, mesh, rules,
+        param_shardings=policy_param_shardings(cfg, setup_lib.param_shapes(policy_params), mesh, rules))
+    value_layout = None
+    if value_cfg is not None:  # a separate value network with its own optimizer
+        value_optim = config.optim.to_dict() | {"lr": config.value.lr}
+        value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}), num_updates))
+        value_layout = setup_lib.train_state_layout(value_tx, value_params, value_cfg, mesh, rules, head="scalar")
+    shardings, abstract = ppo_state_layout(policy_layout, value_layout, parallel.replicated(mesh))
+    return PPOLayout(policy=policy_layout, value=value_layout, shardings=shardings, abstract=abstract)
+
+
+def jit_update(config: ml_collections.ConfigDict, c: PPOConfig, cfg: models.ModelConfig,
+               value_cfg: Optional[models.ModelConfig], layout: PPOLayout, mesh) -> Callable:
+    """`jax.jit` of the whole PPO update, the state donated and laid out by `layout`."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(make_ppo_update(cfg, value_cfg, layout.policy.tx, layout.value_tx, c,
+                                   nan_at_step=config.debug.nan_at_step),
+                   donate_argnums=0, out_shardings=(layout.shardings, replicated, replicated))
+
+
+def sampling_settings(config: ml_collections.ConfigDict, eos_id: Optional[int], pad_id: int) -> SamplingSettings:
+    """How the rollout samples responses (`config.rollout`)."""
+    return SamplingSettings(max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
+                            top_k=config.rollout.top_k, top_p=config.rollout.top_p, eos_id=eos_id,
+                            pad_id=pad_id, dtype=config.rollout.dtype or None)
+
+
+def rollout_scorer(config: ml_collections.ConfigDict, sources: RewardSources, ref_cfg: models.ModelConfig,
+                   reward_fn) -> Callable[..., Rollout]:
+    """The scorer of sampled responses (`rl.rollout.make_scorer`): reference logprobs, the rewards' weighted
+    sum and the no-EOS penalty of `config.rollout`."""
+    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
+    return make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature, no_eos_penalty_value=penalty,
+                       weights=sources.weights)
+
+
 class IterationCounter:
     """PPO iterations on the host: read from the state once, at the run's first iteration (the loop may
     have resumed at any step), then counted without waiting for the device."""
@@ -266,33 +325,18 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
                                   loader_config(config.ptx.data, config.ptx.batch_size, config.seed, train=True), mesh)
 
     num_steps = config.num_steps
-    num_updates = num_steps * c.ppo_epochs * c.num_minibatches
-    policy_tx = make_optimizer(optim_config(config, num_updates))
-    policy_layout = setup_lib.train_state_layout(
-        policy_tx, policy_params, cfg, mesh, rules,
-        param_shardings=policy_param_shardings(cfg, setup_lib.param_shapes(policy_params), mesh, rules))
-    value_layout = value_tx = None
-    if value_cfg is not None:  # a separate value network with its own optimizer
-        value_optim = config.optim.to_dict() | {"lr": config.value.lr}
-        value_tx = make_optimizer(optim_config(ml_collections.ConfigDict({"optim": value_optim}), num_updates))
-        value_layout = setup_lib.train_state_layout(value_tx, value_params, value_cfg, mesh, rules, head="scalar")
+    layout = ppo_layout(config, c, cfg, policy_params, value_cfg, value_params, mesh, rules)
+    policy_layout, value_layout, shardings, abstract = layout.policy, layout.value, layout.shardings, layout.abstract
     replicated = parallel.replicated(mesh)
-    shardings, abstract = ppo_state_layout(policy_layout, value_layout, replicated)
-    build_state = lambda p, v: init_ppo_state(p, v, policy_tx, value_tx, config.kl.init_coef)
+    build_state = lambda p, v: init_ppo_state(p, v, layout.policy.tx, layout.value_tx, config.kl.init_coef)
 
     ref_params = jax.device_put(ref_params, parallel.param_shardings(cfg, ref_params, mesh, rules))
     if reward_params is not None:
         reward_params = jax.device_put(reward_params, parallel.param_shardings(reward_cfg, reward_params, mesh, rules,
                                                                                head="scalar"))
-    eos = tokenizer.eos_id
-    settings = SamplingSettings(max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
-                                top_k=config.rollout.top_k, top_p=config.rollout.top_p, eos_id=eos,
-                                pad_id=tokenizer.pad_id, dtype=config.rollout.dtype or None)
-    penalty = config.rollout.no_eos_penalty if config.rollout.penalize_no_eos else None
-    score = jax.jit(make_scorer(ref_cfg, reward_fn, temperature=config.rollout.temperature,
-                                no_eos_penalty_value=penalty, weights=sources.weights))
-    update = jax.jit(make_ppo_update(cfg, value_cfg, policy_tx, value_tx, c, nan_at_step=config.debug.nan_at_step),
-                     donate_argnums=0, out_shardings=(shardings, replicated, replicated))
+    settings = sampling_settings(config, tokenizer.eos_id, tokenizer.pad_id)
+    score = jax.jit(rollout_scorer(config, sources, ref_cfg, reward_fn))
+    update = jit_update(config, c, cfg, value_cfg, layout, mesh)
     episode_rows = jax.jit(lambda batch: jax.tree.map(lambda x: jnp.repeat(x, c.group_size, axis=0), batch),
                            out_shardings=parallel.batch_sharding(mesh, 1))
 

@@ -10,6 +10,7 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from instructjax import datasets
 from instructjax.data import SFTConfig, sft_loader
@@ -23,7 +24,7 @@ from instructjax.train.config import loader_config, lora_config, num_train_steps
 from instructjax.train.export import export_model
 from instructjax.train.initial_model import load_initial_model, with_adapters
 from instructjax.train.inputs import build_dataset, check_batch_size
-from instructjax.train.optim import learning_rate_schedule, make_optimizer
+from instructjax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from instructjax.train.samples import generate_responses, write_samples
 from instructjax.train.state import TrainState
 from instructjax.train.step import LossFn
@@ -52,6 +53,13 @@ def sft_loss_fn(cfg: ModelConfig, *, deterministic: bool = False) -> LossFn:
         return jnp.sum(jnp.where(mask, nll, 0.0)), {"weight": weight, "totals": totals}
 
     return loss_fn
+
+
+def sft_train_step(config: ml_collections.ConfigDict, cfg: ModelConfig, tx: optax.GradientTransformation,
+                   optim: OptimConfig) -> step_lib.StepFn:
+    """The SFT train step of `config` (microbatches, the nan test hook) with `tx`, made from `optim`."""
+    return step_lib.make_train_step(sft_loss_fn(cfg), tx, num_microbatches=config.microbatches,
+                                    schedule=learning_rate_schedule(optim), nan_at_step=config.debug.nan_at_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +137,7 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     num_steps = num_train_steps(config, len(train_source))
     optim = optim_config(config, num_steps)
     layout = setup_lib.train_state_layout(make_optimizer(optim), params, cfg, mesh, run.rules)
-    step = step_lib.make_train_step(sft_loss_fn(cfg), layout.tx, num_microbatches=config.microbatches,
-                                    schedule=learning_rate_schedule(optim), nan_at_step=config.debug.nan_at_step)
+    step = sft_train_step(config, cfg, layout.tx, optim)
     eval_fn = make_evaluator(setup, layout.param_shardings, sample_rng) if config.eval.every_steps > 0 else None
 
     def export(state: TrainState) -> None:

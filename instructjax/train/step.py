@@ -128,13 +128,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(parallel.BATCH_AXES))
 
 
+def jit_step(step: StepFn, state_shardings: TrainState, mesh: Mesh) -> Any:
+    """`jax.jit` of `step` with explicit in/out shardings and the state donated (trace it under
+    `parallel.activation_sharding`; the memory planner lowers it on abstract arrays)."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
 def compile_step(step: StepFn, state_shardings: TrainState, mesh: Mesh,
                  rules=parallel.DEFAULT_RULES) -> StepFn:
-    """`jax.jit` of `step` with explicit in/out shardings and the state donated, traced under the
-    mesh and its logical-axis rules."""
-    replicated = parallel.replicated(mesh)
-    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    """`jit_step` of `step`, traced under the mesh and its logical-axis rules."""
+    jitted = jit_step(step, state_shardings, mesh)
 
     def call(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
         with parallel.activation_sharding(mesh, rules):

@@ -184,6 +184,7 @@ def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch, algorith
     ({"ppo.kl.controller": "adaptiv"}, r"--config.ppo.kl.controller='adaptiv': expected one of \('fixed', 'adapt"),
     ({"comparisons.dtype": "fp8"}, r"--config.comparisons.dtype='fp8': expected one of \('', 'float32'"),
     ({"comparisons.labeler": "humans"}, r"--config.comparisons.labeler='humans': expected one of \('task', 'human'\)"),
+    ({"demonstrations.source": "oracle"}, r"--config.demonstrations.source='oracle': expected one of \('edit', 'best_"),
 ])
 def test_a_bad_algorithm_or_rounds_is_refused_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):

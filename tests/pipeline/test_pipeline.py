@@ -155,9 +155,6 @@ def test_edited_demonstrations_meet_every_constraint(finished_run, tmp_path):
         assert set(record) == {"prompt", "response"}
         assert all(c.check(record["response"]) for c in prompts[record["prompt"]].constraints), record
     assert MIN_CLOSENESS <= summary["closeness"]["min"] <= summary["closeness"]["mean"] <= 1.0
-    with pytest.raises(ValueError, match="demonstrations.source='oracle'"):
-        stages.demonstrations_stage(load_experiment_config("pipeline", "tiny", {"demonstrations.source": "oracle"}),
-                                    tmp_path)
 
 
 def test_edit_source_edits_the_best_finished_sample():
