@@ -92,6 +92,13 @@ class JsonlBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     KIND: ClassVar[str]
 
+    def _log_download_bytes(self) -> None:
+        """Nothing: TFDS would print "Downloading and preparing dataset" though nothing is downloaded;
+        `datasets.build` logs what it built."""
+
+    def _log_download_done(self) -> None:
+        """Nothing: `datasets.build` logs the build and its summary."""
+
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=features_lib.features(self.KIND), disable_shuffling=True,

@@ -17,9 +17,10 @@ def records_of(kind, path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_builds_examples_and_reads_them_back(kind, tmp_path):
+def test_builds_examples_and_reads_them_back(kind, tmp_path, capsys):
     config = datasets.example_config(kind)
     built = datasets.build(config, tmp_path)
+    assert "Downloading" not in capsys.readouterr().out  # nothing is downloaded: TFDS's announcement is not shown
     expected = records_of(kind, config.train_files[0])
     n_val = round(0.2 * len(expected))
     assert built.summary["splits"] == {"train": len(expected) - n_val, "validation": n_val}
