@@ -1,8 +1,8 @@
 """One job of 2 processes x 4 fake CPU devices on 127.0.0.1 against 1 process x 8 devices. SFT: the same
 metrics and export, to float rounding (the gradient all-reduce runs over gloo between the processes).
-PPO: the same first rollout (sampling and scoring on arrays spanning both processes); the updates differ
-(see FIRST_ROLLOUT). Both: a job whose processes are all SIGKILLed after a checkpoint resumes to exactly
-the uninterrupted 2-process run."""
+PPO: the same first iteration (sampling, scoring and the update on arrays spanning both processes).
+Both: a job whose processes are all SIGKILLed after a checkpoint resumes to exactly the uninterrupted
+2-process run."""
 
 import jax
 import numpy as np
@@ -18,18 +18,15 @@ STAGES = {
     "sft": (("--config.num_steps=12", "--config.checkpoint.every_steps=4", "--config.eval.every_steps=12",
              "--config.eval.max_new_tokens=8"), "4"),
     # without PPO-ptx: packed text rows are cut from each process's own stream (docs/data.md)
-    "ppo": (("--config.num_steps=4", "--config.checkpoint.every_steps=2", "--config.samples.every_steps=2"), "2"),
+    # every prompt fits (the tiny preset's 64-token rows drop 10 of the 26): no process's blocks shift
+    "ppo": (("--config.num_steps=4", "--config.checkpoint.every_steps=2", "--config.samples.every_steps=2",
+             "--config.data.max_prompt_len=512"), "2"),
 }
 
 
-# PPO metrics of the first iteration that the rollout decides (sampled responses, reward, KL to the
-# reference). The update's are not compared: on 2 processes its first gradient norms differ from 1
-# process's by about 1% (policy 1.0642 vs 1.0754, value 0.1868 vs 0.1937, one minibatch, tiny preset)
-# and the params by up to 2 x lr after one Adam step (sign flips of near-zero gradient entries?):
-# not explained yet.
-FIRST_ROLLOUT = ("train/score", "train/raw_score", "train/kl", "train/kl_coef", "train/response_length",
-                 "train/eos_fraction", "train/tokens", "train/reward_total", "train/returns_mean",
-                 "train/values_mean")
+# PPO: the first iteration's metrics, the update's included (gradient norms, losses). Later iterations
+# read other prompts on 2 processes than on 1: the 26 prompts are not a multiple of the batch of 16, so
+# each process's blocks wrap around the epoch differently (docs/data.md).
 
 
 def assert_close(got, want, keys, step):
@@ -39,10 +36,11 @@ def assert_close(got, want, keys, step):
 
 def assert_close_run(stage, workdir, reference):
     """SFT: the same metrics (wall-clock aside) and exported params, to float rounding. PPO: the same
-    FIRST_ROLLOUT metrics."""
+    metrics of the first iteration."""
     got, want = (without_timings(read_metrics(w / "metrics.jsonl")) for w in (workdir, reference))
     if stage == "ppo":
-        assert_close(got[0], want[0], FIRST_ROLLOUT, 1)
+        assert sorted(got[0]) == sorted(want[0])
+        assert_close(got[0], want[0], sorted(got[0]), 1)
         return
     assert [sorted(r) for r in got] == [sorted(r) for r in want]
     for g, w in zip(got, want):
