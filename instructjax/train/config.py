@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8  # Adam epsilon
     c.optim.weight_decay = 0.0  # decoupled weight decay (not applied to norms and biases)
     c.optim.clip_norm = 1.0  # global gradient-norm clip; 0 disables
+    c.optim.skip_nonfinite = 0  # updates with NaN/inf gradients skipped (counted) before the NaN guard stops; 0: none
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.mesh_shape = (-1, 1, 1)  # sizes of the ('data', 'fsdp', 'tensor') axes; one -1 = the remaining devices

@@ -31,6 +31,7 @@ from absl import logging
 from instructjax.data.loader import format_tally
 from instructjax.train.checkpointing import Checkpointer
 from instructjax.train.metrics import MetricsWriter
+from instructjax.train.optim import skipped_updates
 from instructjax.train.state import TrainState
 from instructjax.train.step import StepFn
 from instructjax.train.workdir import Workdir
@@ -58,6 +59,7 @@ class LoopConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     async_checkpoints: bool = True  # write checkpoints in a background thread
     step_delay_s: float = 0.0  # test hook: sleep after each step (time to kill a run mid-way)
+    skip_nonfinite: int = 0  # non-finite updates the optimizer may skip before the guard stops the run
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, num_steps: int) -> "LoopConfig":
@@ -65,7 +67,8 @@ class LoopConfig:
         return cls(num_steps=num_steps, log_every_steps=config.log_every_steps,
                    eval_every_steps=config.eval.every_steps,
                    checkpoint_every_steps=config.checkpoint.every_steps, keep_checkpoints=config.checkpoint.keep,
-                   async_checkpoints=config.checkpoint.async_save, step_delay_s=config.debug.step_delay_s)
+                   async_checkpoints=config.checkpoint.async_save, step_delay_s=config.debug.step_delay_s,
+                   skip_nonfinite=config.optim.skip_nonfinite)
 
     def due(self, step: int, every: int) -> bool:
         return step == self.num_steps or (every > 0 and step % every == 0)
@@ -86,14 +89,24 @@ class _Tracker:
                              disable=jax.process_index() != 0)
         self.started = time.perf_counter()
         self.interval_start, self.interval_steps, self.interval_tokens = None, 0, 0
+        self.skipped = 0  # non-finite updates skipped so far (optim.skip_nonfinite), set from a restored state
 
     def record(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Fetch a step's metrics; raise on a non-finite loss or gradient norm; update the bar; log on log steps."""
         values = {k: v.item() for k, v in jax.device_get(dict(metrics)).items()}
         now = time.perf_counter()
         bad = {k: values[k] for k in GUARDED_METRICS if k in values and not math.isfinite(values[k])}
-        if bad:
+        skipped = int(values.get("skipped_updates", 0))
+        if skipped > self.config.skip_nonfinite:
+            raise NonFiniteLossError(f"step {step}: {skipped} updates with non-finite gradients skipped, more than "
+                                     f"--config.optim.skip_nonfinite={self.config.skip_nonfinite} ({bad})", step)
+        if bad and skipped == self.skipped:
             raise NonFiniteLossError(f"step {step}: {bad} is not finite", step)
+        if skipped > self.skipped:
+            logging.warning("step %d: %s not finite: %d update(s) skipped, params and optimizer state kept (%d of "
+                            "--config.optim.skip_nonfinite=%d)", step, bad, skipped - self.skipped, skipped,
+                            self.config.skip_nonfinite)
+        self.skipped = skipped
         first_step_s = None
         if self.interval_start is None:  # the first step includes compilation: not a throughput sample
             self.interval_start, first_step_s = now, now - self.started
@@ -140,6 +153,8 @@ def run(config: LoopConfig, workdir: Workdir, *, step_fn: StepFn, init_state: Ca
             logging.info("%s: resumed from %s/%d", name, checkpointer.directory, start)
         writer = MetricsWriter(workdir.metrics_file, workdir.tensorboard, resume_step=resume_step)
         tracker = _Tracker(config, writer, start, name, train_iterator)
+        if (skipped := skipped_updates(state)) is not None:
+            tracker.skipped = int(skipped)
         try:
             state = _steps(config, state, start, step_fn, train_iterator, rng, tracker, checkpointer, writer,
                            eval_fn)
@@ -171,7 +186,8 @@ def recovery_advice(checkpointer: Checkpointer, failed_step: int) -> str:
               "diverges again.")
     if newest is not None and newest != sane:
         advice += f" Checkpoint {newest} holds the state step {failed_step} was trained from: not known sane."
-    knobs = "a lower --config.optim.lr (or --config.optim.clip_norm)"
+    knobs = ("a lower --config.optim.lr (or --config.optim.clip_norm), or --config.optim.skip_nonfinite=N "
+             "(skip up to N such updates)")
     if sane is None:
         return f"{advice} No checkpoint is known sane: start over in a fresh --workdir with {knobs}."
     path = checkpointer.step_dir(sane)
@@ -187,6 +203,8 @@ def _steps(config: LoopConfig, state: TrainState, start: int, step_fn: StepFn, t
     for step in range(start + 1, config.num_steps + 1):
         batch = next(train_iterator)
         state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+        if (skipped := skipped_updates(state)) is not None:  # optim.skip_nonfinite: the guard reads the count
+            metrics = {**metrics, "skipped_updates": skipped}
         if pending is not None:
             tracker.record(*pending)
         pending = (step, metrics)

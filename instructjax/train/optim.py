@@ -1,13 +1,18 @@
-"""Optimizer factory on optax: AdamW with a decay mask, schedules, global-norm clipping."""
+"""Optimizer factory on optax: AdamW with a decay mask, schedules, global-norm clipping, skipping of
+non-finite updates."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 SCHEDULES = ("constant", "linear", "cosine")
+SKIPPED_COUNTER = "total_notfinite"  # optax.apply_if_finite's state field: updates skipped so far
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +29,7 @@ class OptimConfig:
     eps: float = 1e-8  # Adam epsilon
     weight_decay: float = 0.0  # decoupled weight decay, not applied to norms and biases
     clip_norm: float = 1.0  # global gradient norm clip; 0 disables
+    skip_nonfinite: int = 0  # updates with non-finite gradients skipped over the run (optax.apply_if_finite); 0: none
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -49,9 +55,20 @@ def decay_mask(params):
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW with the schedule and the decay mask."""
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=decay_mask)
+    """Clip by global norm, then AdamW with the schedule and the decay mask; with `skip_nonfinite`, an
+    update whose gradients hold a NaN or an infinity is skipped (params and moments kept, counted)."""
+    tx = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                     weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.clip_norm:
-        return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
-    return adamw
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    if cfg.skip_nonfinite:  # never applies a non-finite update; the loop stops after skip_nonfinite of them
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
+    return tx
+
+
+def skipped_updates(state: Any) -> Optional[jax.Array]:
+    """The updates `optax.apply_if_finite` skipped so far in `state` (all its optimizers), a new array (it
+    outlives the state, which the next step donates); None without it."""
+    counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+              if getattr(path[-1], "name", None) == SKIPPED_COUNTER]
+    return jnp.stack(counts).sum() if counts else None

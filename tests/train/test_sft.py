@@ -124,6 +124,20 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert int(raw["step"]) == 8
 
 
+def test_skip_nonfinite_skips_the_poisoned_update_and_goes_on(tmp_path, caplog):
+    """optim.skip_nonfinite=1: the NaN step's update is skipped (params and Adam moments kept, the batch
+    consumed), counted in the metrics and on the console, and the run ends with finite params."""
+    config = sft_config(**{"debug.nan_at_step": 11, "optim.skip_nonfinite": 1, "eval.every_steps": 0})
+    with caplog.at_level(logging.WARNING):
+        state = train_sft(config, tmp_path)
+    assert int(state.step) == 24
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["train/skipped_updates"] for r in records] == [0] * 10 + [1] * 14
+    assert records[10]["train/loss"] == "nan" and np.isfinite(records[11]["train/loss"])  # NaN logged as a string
+    assert "step 11: {'loss': nan" in caplog.text and "1 update(s) skipped" in caplog.text
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before_and_ends_as_the_uninterrupted_run(
         tiny_run, tmp_path, caplog):
     """64 flipped bytes in the last checkpoint's array data: set aside with a warning naming the file, the run
