@@ -90,7 +90,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path, script_run)
     assert_same_run(workdir, reference)
 
 
-def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tmp_path, script_run):
+def test_killed_at_5_random_points_ends_as_the_uninterrupted_run(tmp_path, script_run):
     reference, algorithm = script_run
     if algorithm == ALGORITHMS["rloo"]:
         pytest.skip("rloo and grpo share the group code path: grpo's run covers it")
@@ -100,7 +100,7 @@ def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tmp_path, scrip
     def start(i):
         return run_script(workdir, tmp_path / f"killed_{i}.log", slow, *algorithm, wait=False)
 
-    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=4, kills=3)
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=4, kills=5)
     print("killed after (step, seconds):", points)
     run_script(workdir, tmp_path / "final.log", slow, *algorithm)
     assert_same_run(workdir, reference)

@@ -160,7 +160,7 @@ def test_resume_after_sigkill_gives_the_same_model(synthetic_run, tmp_path):
         assert (workdir / "export" / name).read_text() == (reference / "export" / name).read_text()
 
 
-def test_killed_at_3_random_points_gives_the_same_model(synthetic_run, tmp_path):
+def test_killed_at_5_random_points_gives_the_same_model(synthetic_run, tmp_path):
     reference, _, _, overrides = synthetic_run
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=0.1"
@@ -168,7 +168,7 @@ def test_killed_at_3_random_points_gives_the_same_model(synthetic_run, tmp_path)
     def start(i):
         return run_script(workdir, tmp_path / f"killed_{i}.log", overrides, slow, wait=False)
 
-    points = kill_at_random_points(start, workdir / "metrics.jsonl", overrides["num_steps"], seed=2, kills=3)
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", overrides["num_steps"], seed=2, kills=5)
     print("killed after (step, seconds):", points)
     run_script(workdir, tmp_path / "final.log", overrides, slow)
     assert_same_run(workdir, reference)

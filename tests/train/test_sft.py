@@ -92,7 +92,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tiny_run, tmp_path):
         (reference / "samples" / "step_000024.txt").read_text()
 
 
-def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tiny_run, tmp_path):
+def test_killed_at_5_random_points_ends_as_the_uninterrupted_run(tiny_run, tmp_path):
     reference, _ = tiny_run
     workdir = tmp_path / "run"
     slow = "--config.debug.step_delay_s=0.1"
@@ -100,7 +100,7 @@ def test_killed_at_3_random_points_ends_as_the_uninterrupted_run(tiny_run, tmp_p
     def start(i):
         return run_script(workdir, tmp_path / f"killed_{i}.log", slow, wait=False)
 
-    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=1, kills=3)
+    points = kill_at_random_points(start, workdir / "metrics.jsonl", OVERRIDES["num_steps"], seed=1, kills=5)
     print("killed after (step, seconds):", points)
     run_script(workdir, tmp_path / "final.log", slow)
     assert_same_run(workdir, reference)
