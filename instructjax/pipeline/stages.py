@@ -36,6 +36,7 @@ from instructjax.train.reward import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.config import COMPUTE_DTYPES, INIT_SOURCES, check_values
 from instructjax.train.initial_model import load_initial_model
+from instructjax.train.metrics import data_tally
 from instructjax.train.dpo import train_dpo
 from instructjax.train.ppo import check_config as check_ppo_config, train_ppo
 from instructjax.train.ppo_rewards import uses_model
@@ -386,7 +387,7 @@ def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
 def sft_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """3. Supervised fine-tuning of the initial model on the demonstrations."""
     train_sft(sft_config(config, root), root / "sft")
-    return {"export": str(root / "sft" / "export")}
+    return {"export": str(root / "sft" / "export"), "data": data_tally(root / "sft" / "metrics.jsonl")}
 
 
 class LabelingNeeded(RuntimeError):
@@ -439,7 +440,7 @@ def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: 
     demonstrations."""
     folder = root / round_name("reward", round_)
     train_reward_model(reward_config(config, root, round_), folder)
-    return json.loads((folder / SUMMARY_FILE).read_text())
+    return {**json.loads((folder / SUMMARY_FILE).read_text()), "data": data_tally(folder / "metrics.jsonl")}
 
 
 def _rl_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str, round_: int = 1) -> dict[str, Any]:
@@ -454,7 +455,8 @@ def _rl_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str, 
         write_json(start, evaluate(cfg, params, 0))
     train_ppo(c, root / name, evaluate=evaluate)
     return {"export": str(root / name / "export"), "algorithm": config.algorithm if name != "ppo_ptx" else "ppo",
-            "advantage": c.advantage, "ptx_gamma": c.ptx.gamma, "started_from": started_from(config, name)}
+            "advantage": c.advantage, "ptx_gamma": c.ptx.gamma, "started_from": started_from(config, name),
+            "data": data_tally(root / name / "metrics.jsonl")}
 
 
 def policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: int = 1) -> dict[str, Any]:
@@ -465,7 +467,8 @@ def policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: 
     if config.algorithm != "dpo":
         return _rl_stage(config, root, name, round_)
     train_dpo(dpo_config(config, root, round_), root / name)
-    return {"export": str(root / name / "export"), "algorithm": "dpo", "started_from": started_from(config, name)}
+    return {"export": str(root / name / "export"), "algorithm": "dpo", "started_from": started_from(config, name),
+            "data": data_tally(root / name / "metrics.jsonl")}
 
 
 def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path, reward_dir: pathlib.Path):

@@ -35,6 +35,9 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
         assert (workdir / stage / "stage.json").is_file()
     for stage in ("sft", "reward", "ppo", "ppo_ptx"):
         assert (workdir / stage / "export" / "config.json").is_file()
+        data = summaries[stage]["data"]  # records read, truncated and dropped per reason, as logged last
+        assert data["records"] > 0 and data["truncated"] >= 0, (stage, data)
+        assert all(key in ("records", "truncated") or key.startswith("dropped_") for key in data), data
     assert summaries["ppo"]["ptx_gamma"] == 0.0 and summaries["ppo_ptx"]["ptx_gamma"] == 1.0
     evaluation = summaries["evaluation"]
     assert evaluation["num_test_prompts"] == 16 and evaluation["num_heldout_prompts"] == 16
