@@ -124,6 +124,18 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert int(raw["step"]) == 8
 
 
+def test_rerunning_a_finished_run_changes_nothing(tiny_run, tmp_path):
+    """The same command again in a finished workdir: it restores the last checkpoint, trains no step, logs no
+    metrics twice and writes the same export bytes."""
+    reference, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    state = train_sft(sft_config(), workdir)
+    assert int(state.step) == 24
+    assert (workdir / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+    assert_same_export(workdir, reference)
+
+
 def test_skip_nonfinite_skips_the_poisoned_update_and_goes_on(tmp_path, caplog):
     """optim.skip_nonfinite=1: the NaN step's update is skipped (params and Adam moments kept, the batch
     consumed), counted in the metrics and on the console, and the run ends with finite params."""
