@@ -30,8 +30,8 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
 
 def data_tally(path: pathlib.Path) -> dict[str, int]:
     """The data counters of a run's metrics.jsonl (`data/*` of its last record that has them: records read,
-    prompts truncated, records dropped per reason); empty when it logged none."""
-    tallies = [r for r in read_metrics(path) if any(k.startswith("data/") for k in r)]
+    prompts truncated, records dropped per reason); empty when it logged none or has no metrics.jsonl."""
+    tallies = [r for r in read_metrics(path) if any(k.startswith("data/") for k in r)] if path.exists() else []
     return {k.removeprefix("data/"): v for k, v in tallies[-1].items() if k.startswith("data/")} if tallies else {}
 
 

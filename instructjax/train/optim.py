@@ -70,5 +70,5 @@ def skipped_updates(state: Any) -> Optional[jax.Array]:
     """The updates `optax.apply_if_finite` skipped so far in `state` (all its optimizers), a new array (it
     outlives the state, which the next step donates); None without it."""
     counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
-              if getattr(path[-1], "name", None) == SKIPPED_COUNTER]
+              if path and getattr(path[-1], "name", None) == SKIPPED_COUNTER]
     return jnp.stack(counts).sum() if counts else None
