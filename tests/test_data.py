@@ -344,6 +344,7 @@ def test_hosts_get_disjoint_equal_shards(monkeypatch, built):
     for host in range(3):
         monkeypatch.setattr(jax, "process_index", lambda h=host: h)
         monkeypatch.setattr(jax, "process_count", lambda: 3)
+        monkeypatch.setattr(data.loader, "any_process", lambda flag: flag)  # one host's view: no collective
         loader = data.prompt_loader(source, TOK, data.PromptConfig(max_prompt_len=256),
                                     data.LoaderConfig(batch_size=6, seed=0, num_epochs=1))
         batches = list(loader)
@@ -358,6 +359,19 @@ def test_hosts_get_disjoint_equal_shards(monkeypatch, built):
 
 
 
+def test_a_finite_pass_goes_on_with_padding_while_another_process_has_batches(monkeypatch, built):
+    source = built["prompts"].source("train")  # 40 records: 5 batches of 4 rows on each of 2 hosts
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    other_host = iter([True, False])  # the other host has one batch more (records dropped here only)
+    monkeypatch.setattr(data.loader, "any_process", lambda flag: flag or next(other_host))
+    loader = data.prompt_loader(source, TOK, data.PromptConfig(max_prompt_len=256),
+                                data.LoaderConfig(batch_size=8, seed=0, num_epochs=1))
+    batches = list(loader)
+    assert len(batches) == 6 and all(b["tokens"].shape == (4, 256) for b in batches)
+    assert all(b["mask"].any() for b in batches[:5]) and not batches[5]["mask"].any()
+
+
 @pytest.mark.parametrize("num_epochs", [2, None])
 def test_hosts_load_the_blocks_of_the_single_process_batches(monkeypatch, built, num_epochs):
     source = built["prompts"].source("train")  # 40 records: 2 epochs of 5 batches of 8 (4 per host)
@@ -365,6 +379,7 @@ def test_hosts_load_the_blocks_of_the_single_process_batches(monkeypatch, built,
     def sources(host, count):
         monkeypatch.setattr(jax, "process_index", lambda: host)
         monkeypatch.setattr(jax, "process_count", lambda: count)
+        monkeypatch.setattr(data.loader, "any_process", lambda flag: flag)  # one host's view: no collective
         loader = data.prompt_loader(source, TOK, data.PromptConfig(max_prompt_len=256),
                                     data.LoaderConfig(batch_size=8, seed=0, num_epochs=num_epochs))
         return [list(b["source"]) for b in take(loader, 10)]

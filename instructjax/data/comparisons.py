@@ -85,4 +85,4 @@ def comparison_loader(source: Sequence[Any] | grain.MapDataset, tokenizer: Token
     if record_arrays:
         tokenize = functools.partial(with_record_arrays, tokenize, dict(record_arrays))
     return Loader(lambda tally: batched(tokenized_stream(records, tokenize, loader, tally), loader),
-                  num_records=len(source), mesh=mesh)
+                  num_records=len(source), mesh=mesh, config=loader)

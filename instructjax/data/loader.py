@@ -56,6 +56,11 @@ DROP_REASONS = {"overlong": "longer than data.max_len tokens",
                 "too_many_completions": "more completions than data.max_completions"}
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process (a collective every process must join)."""
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def global_tally(tally: dict[str, int]) -> dict[str, int]:
     """The counters summed over all processes (with several: a collective every process must join)."""
     if jax.process_count() == 1:
@@ -113,19 +118,38 @@ class Tally(grain.IterDataset):
 
 class BatchIterator(grain.DatasetIterator):
     """Global batches; `stats` counts records read, truncated and dropped so far over all processes
-    (part of the state)."""
+    (part of the state).
 
-    def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], mesh: jax.sharding.Mesh | None):
+    A finite pass on several processes goes on while any process has a batch left: each process's share
+    can end a batch earlier than another's (records dropped by one process only), and every process
+    must take part in every step's collectives; a process whose share is done loads all-padding batches
+    (zeros, every mask False), which every consumer of a finite pass already skips."""
+
+    def __init__(self, parent: grain.DatasetIterator, tally: dict[str, int], mesh: jax.sharding.Mesh | None,
+                 finite: bool):
         super().__init__(parent)
         self._tally, self._mesh = tally, mesh
+        self._agree = finite and jax.process_count() > 1
+        self._padding = None  # zeros shaped like this process's batches (a finite pass on several processes)
 
     @property
     def stats(self) -> dict[str, int]:
         return global_tally(self._tally)
 
     def __next__(self) -> dict[str, Any]:
-        batch = next(self._parent)
+        batch = self._next_of_all() if self._agree else next(self._parent)
         return batch if self._mesh is None else global_batch(batch, self._mesh)
+
+    def _next_of_all(self) -> dict[str, Any]:
+        batch = next(self._parent, None)
+        if batch is not None and self._padding is None:
+            self._padding = jax.tree.map(np.zeros_like, batch)
+        if not any_process(batch is not None):
+            raise StopIteration
+        if batch is None and self._padding is None:
+            raise ValueError(f"process {jax.process_index()} loaded no batch of a finite pass that others have "
+                             "batches of: every record of its share was dropped")
+        return self._padding if batch is None else batch
 
     def get_state(self) -> dict[str, Any]:
         return self._parent.get_state()
@@ -138,13 +162,14 @@ class Loader:
     """An iterable of batches; every `iter()` starts from the beginning with fresh counters."""
 
     def __init__(self, build: Callable[[dict[str, int]], grain.IterDataset], *, num_records: int,
-                 mesh: jax.sharding.Mesh | None):
+                 mesh: jax.sharding.Mesh | None, config: LoaderConfig):
         self._build, self._mesh = build, mesh
+        self._finite = config.num_epochs is not None
         self.num_records = num_records  # records per epoch over all hosts (before drops)
 
     def __iter__(self) -> BatchIterator:
         tally = new_tally()
-        return BatchIterator(self._build(tally).__iter__(), tally, self._mesh)
+        return BatchIterator(self._build(tally).__iter__(), tally, self._mesh, self._finite)
 
 
 def host_batch_size(config: LoaderConfig) -> int:

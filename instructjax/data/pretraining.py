@@ -40,4 +40,4 @@ def pretraining_loader(source: Sequence[Any] | grain.MapDataset, tokenizer: Toke
         return batched(packing.concat_then_split(tokenized_stream(records, tokenize, loader, tally), config.max_len),
                        loader)
 
-    return Loader(build, num_records=len(source), mesh=mesh)
+    return Loader(build, num_records=len(source), mesh=mesh, config=loader)

@@ -53,7 +53,7 @@ def prompt_loader(source: Sequence[Any] | grain.MapDataset, tokenizer: Tokenizer
     records = sharded_records(source, "prompts", loader)
     tokenize = functools.partial(prompt_example, tokenizer=tokenizer, config=config)
     return Loader(lambda tally: batched(tokenized_stream(records, tokenize, loader, tally), loader),
-                  num_records=len(source), mesh=mesh)
+                  num_records=len(source), mesh=mesh, config=loader)
 
 
 def prompt_texts(source: Sequence[Any] | grain.MapDataset, indices: Iterable[int]) -> list[str]:

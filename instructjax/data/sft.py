@@ -76,4 +76,4 @@ def sft_loader(source: Sequence[Any] | grain.MapDataset, tokenizer: Tokenizer, c
             ds = packing.pack_examples(ds, config.max_len, host_batch_size(loader), loader.seed)
         return batched(ds, loader)
 
-    return Loader(build, num_records=len(source), mesh=mesh)
+    return Loader(build, num_records=len(source), mesh=mesh, config=loader)

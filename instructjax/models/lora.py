@@ -61,7 +61,8 @@ def has_adapters(params: Any) -> bool:
 
 
 def trained_with_adapters(path: tuple) -> bool:
-    """Whether a param at `path` is trained when the model has adapters: the adapters and a score head."""
+    """Whether a param at `path` is trained when the model has adapters: the adapters and a score head (a reward
+    model's, or a value head on a policy trunk)."""
     return is_adapter(path) or getattr(path[0], "key", path[0]) == "score_head"
 
 

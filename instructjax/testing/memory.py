@@ -55,9 +55,11 @@ def _measure(stage: str, preset: str, overrides: dict) -> dict[str, int]:
     import jax
 
     from instructjax import parallel
+    from instructjax.models import lora
+    from instructjax.rl.value_head import lm_params
     from instructjax.testing.experiments import load_experiment_config
-    from instructjax.train.config import resolve_dtypes
     from instructjax.train import memory
+    from instructjax.train.config import resolve_dtypes
 
     config = resolve_dtypes(load_experiment_config(stage, preset, overrides))
     cfg = memory.planned_model(config)
@@ -75,10 +77,12 @@ def _measure(stage: str, preset: str, overrides: dict) -> dict[str, int]:
     else:
         p = memory.ppo_programs(config, cfg, mesh)
         planned = memory.ppo_plan(p, mesh).peak
-        make = _zeros((p.layout.abstract, p.ref, p.reward, p.prompts, p.function_scores, p.ptx))
+        # with LoRA the reference is the policy's base weights (no copy), as in train_ppo
+        make = _zeros((p.layout.abstract, None if cfg.lora else p.ref, p.reward, p.prompts, p.function_scores, p.ptx))
 
         def run(arrays):
             state, ref, reward, prompts, scores, ptx = arrays
+            ref = lora.without_adapters(lm_params(state.policy.params)) if ref is None else ref
             out = p.rollout(state.policy.params, *prompts, key)
             rollout = p.scoring(ref, reward, out, scores)
             del out

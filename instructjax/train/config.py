@@ -195,13 +195,10 @@ def comparison_config(data: ml_collections.ConfigDict) -> ComparisonConfig:
                             chat_template=data.chat_template)
 
 
-def lora_config(config: ml_collections.ConfigDict, stage: str, supported: bool = True) -> Optional[LoraConfig]:
-    """The adapters of `config.lora` (None when rank is 0); a ValueError naming the key when `stage` does not
-    support LoRA (`supported` False) or a value is invalid."""
+def lora_config(config: ml_collections.ConfigDict) -> Optional[LoraConfig]:
+    """The adapters of `config.lora` (None when rank is 0); a ValueError naming the key of an invalid value."""
     if config.lora.rank == 0:
         return None
-    if not supported:
-        raise ValueError(f"--config.lora.rank={config.lora.rank}: LoRA is not supported by {stage} yet; set it to 0")
     try:
         return LoraConfig(rank=config.lora.rank, alpha=config.lora.alpha, targets=tuple(config.lora.targets),
                           dropout=config.lora.dropout)

@@ -157,7 +157,7 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     init_rng, train_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     # fresh adapters (B = 0) leave the model as it is: the reference pass below is the base model's
-    cfg, params = with_adapters(cfg, params, lora_config(config, "dpo"), jax.random.fold_in(init_rng, 1))
+    cfg, params = with_adapters(cfg, params, lora_config(config), jax.random.fold_in(init_rng, 1))
     params_shardings = parallel.param_shardings(cfg, setup_lib.param_shapes(params), mesh, rules)
 
     built = build_dataset(config.data, "comparisons", workdir.data)

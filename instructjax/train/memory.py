@@ -22,15 +22,14 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
 from instructjax import models, parallel
-from instructjax.models import ModelConfig
+from instructjax.models import ModelConfig, lora
 from instructjax.models.functional import init_params
-from instructjax.rl.frozen import frozen_model
 from instructjax.rl.sampler import sample_responses
-from instructjax.rl.value_head import add_value_head
+from instructjax.rl.value_head import add_value_head, lm_params
 from instructjax.train import ppo, sft
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
-from instructjax.train.config import optim_config
+from instructjax.train.config import lora_config, optim_config
 from instructjax.train.optim import make_optimizer
 from instructjax.train.ppo_rewards import reward_sources
 
@@ -92,11 +91,12 @@ def with_shardings(shapes: Any, shardings: Any) -> Any:
 
 def planned_model(config: ml_collections.ConfigDict, preset: str = "") -> ModelConfig:
     """The model of a plan: `preset`, else the config's random preset or the embedded SmolLM2 (init.source
-    "default"), with `config.model`'s settings; other init sources need a preset (nothing is read)."""
+    "default"), with `config.model`'s settings and `config.lora`'s adapters; other init sources need a preset
+    (nothing is read)."""
     name = preset or {"random": config.init.preset, "default": "smollm2_135m"}.get(config.init.source)
     if not name:
         raise ValueError(f"init.source={config.init.source!r}: give the model's shape as a preset (instructjax.models.config.PRESETS)")
-    return models.get_preset(name).replace(**config.model)
+    return models.get_preset(name).replace(**config.model, lora=lora_config(config))
 
 
 def outputs(compiled: Any) -> Any:
@@ -201,7 +201,8 @@ class PPOPrograms:
     """PPO's three compiled programs of one iteration and the abstract arrays they start from."""
 
     layout: ppo.PPOLayout  # the PPOState (policy, value network, optimizers) over the mesh
-    ref: Any  # the frozen reference model's params
+    ref: Any  # the reference model's params (with LoRA: the policy's base weights, not a copy)
+    frozen: int  # per-device bytes of the frozen models held beside the trained networks
     reward: Any  # the frozen reward model's params (None: no reward model)
     prompts: tuple  # (tokens int32 [rows, P], mask bool [rows, P])
     function_scores: Any  # float32 [F, rows] of reward functions (None: none)
@@ -218,7 +219,8 @@ def ppo_programs(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh
     c, sources = ppo.ppo_config(config), reward_sources(config.reward)
     policy, value_cfg, value = ppo_networks(config, c, cfg)
     layout = ppo.ppo_layout(config, c, cfg, policy, value_cfg, value, mesh, rules)
-    ref_cfg, ref = traced(lambda p: frozen_model(cfg, p, config.reference.dtype), abstract_params(cfg))
+    base_cfg = cfg.replace(lora=None)
+    ref_cfg, ref = traced(lambda p: ppo.reference_model(config, base_cfg, p), abstract_params(base_cfg))
     reward_fn, reward = traced(lambda p: ppo.reward_function(config, sources, cfg, cfg, p),
                                abstract_params(cfg, "scalar") if sources.has_reward_model else None)
     rows = config.batch_size * c.group_size
@@ -233,13 +235,16 @@ def ppo_programs(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh
 
     score = ppo.rollout_scorer(config, sources, ref_cfg, reward_fn)
     ptx = text_batch(config.ptx.batch_size, config.ptx.max_len, mesh) if c.gamma_ptx > 0 else None
-    ref, reward, key = sharded(cfg, ref, mesh, rules), sharded(cfg, reward, mesh, rules, "scalar"), abstract_key(mesh)
+    ref, reward, key = sharded(ref_cfg, ref, mesh, rules), sharded(cfg, reward, mesh, rules, "scalar"), abstract_key(mesh)
+    frozen = shard_bytes(ref) + shard_bytes(reward)
+    if ref is None:  # LoRA: the reference is the policy's base weights, resident already
+        ref = lora.without_adapters(lm_params(layout.abstract.policy.params))
     with parallel.activation_sharding(mesh, rules):
         sampled = jax.jit(rollout).lower(layout.abstract.policy.params, *prompts, key).compile()
         scored = jax.jit(score).lower(ref, reward, outputs(sampled), scores).compile()
         updated = ppo.jit_update(config, c, cfg, value_cfg, layout, mesh).lower(layout.abstract, outputs(scored), ptx,
                                                                                  key).compile()
-    return PPOPrograms(layout=layout, ref=ref, reward=reward, prompts=prompts, function_scores=scores, ptx=ptx,
+    return PPOPrograms(layout=layout, ref=ref, frozen=frozen, reward=reward, prompts=prompts, function_scores=scores, ptx=ptx,
                        rollout=sampled, scoring=scored, update=updated)
 
 
@@ -248,11 +253,11 @@ def ppo_plan(p: PPOPrograms, mesh: Mesh) -> MemoryPlan:
     model frozen."""
     policy_params, optimizer = state_bytes(p.layout.policy)
     value_params, value_optimizer = state_bytes(p.layout.value) if p.layout.value is not None else (0, 0)
-    frozen = shard_bytes(p.ref) + shard_bytes(p.reward)
-    programs = (program_memory("rollout", p.rollout, policy_params), program_memory("scoring", p.scoring, frozen),
+    programs = (program_memory("rollout", p.rollout, policy_params),
+                program_memory("scoring", p.scoring, shard_bytes(p.ref) + shard_bytes(p.reward)),
                 program_memory("update", p.update, shard_bytes(p.layout.abstract)))
     return MemoryPlan("ppo", tuple(mesh.devices.shape), policy_params + value_params, optimizer + value_optimizer,
-                      frozen, programs)
+                      p.frozen, programs)
 
 
 def plan_ppo(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh) -> MemoryPlan:

@@ -24,6 +24,7 @@ import optax
 from absl import logging
 
 from instructjax import models, parallel
+from instructjax.models import lora
 from instructjax.data import PretrainingConfig, PromptConfig, pretraining_loader, prompt_loader
 from instructjax.rewards.io import load_reward_model
 from instructjax.rewards.scoring import reward_params_from_lm
@@ -36,7 +37,7 @@ from instructjax.train.ppo_update import PPOConfig, PPOState, init_ppo_state, ma
 from instructjax.train import setup as setup_lib
 from instructjax.train.config import loader_config, lora_config, optim_config, resolve_dtypes
 from instructjax.train.export import export_model
-from instructjax.train.initial_model import load_initial_model, with_overrides
+from instructjax.train.initial_model import load_initial_model, with_adapters, with_overrides
 from instructjax.train.inputs import build_dataset, check_batch_size
 from instructjax.train.optim import make_optimizer
 from instructjax.train.ppo_rewards import FunctionScorer, RewardSources, reward_sources, source_metrics
@@ -92,13 +93,16 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
     (`train_ppo` and the pipeline call this before anything is written)."""
     sources = reward_sources(config.reward)
     ppo_config(config)  # PPOConfig checks advantage and rollout.group_size
-    lora_config(config, "PPO / GRPO / RLOO", supported=False)
+    lora_config(config)  # a bad lora.* value stops here
     if config.num_epochs:
         raise ValueError(f"ppo: num_epochs={config.num_epochs} is not read: PPO runs num_steps iterations (rollout "
                          "batches; passes over each batch: ppo.epochs); use num_steps and leave num_epochs at 0")
     if config.num_steps <= 0:
         raise ValueError(f"ppo: num_steps={config.num_steps}: set the number of PPO iterations (rollout batches), > 0")
     setup_lib.check_no_dropout(config, "every PPO forward runs without dropout", key="ppo: model")
+    if config.lora.rank and config.lora.dropout:
+        raise ValueError(f"--config.lora.dropout={config.lora.dropout}: every PPO forward runs without dropout "
+                         "(docs/formulas.md#dropout-off); set it to 0")
     if config.advantage == "gae":  # the group baselines read no value.*
         if config.value.init not in VALUE_INITS:
             raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
@@ -150,6 +154,28 @@ def init_value(config: ml_collections.ConfigDict, cfg: models.ModelConfig, polic
     # policy's cfg always had them); the reward model keeps its own size
     value_cfg, value_params = with_overrides(value_cfg, value_params, config.model)
     return value_cfg, value_params, policy_params
+
+
+def reference_model(config: ml_collections.ConfigDict, cfg: models.ModelConfig, initial_params: Any
+                    ) -> tuple[models.ModelConfig, Optional[Any]]:
+    """(cfg, params) of the frozen reference model: the initial policy kept in `reference.dtype`; with LoRA
+    (`lora.rank` > 0) the policy's own base weights with the adapters off, computing in `reference.dtype`
+    (params None: the trainer takes them from the policy state at every iteration, so the base model is held
+    once, not twice)."""
+    if not config.lora.rank:
+        return frozen_model(cfg, initial_params, config.reference.dtype)
+    return cfg.replace(dtype=config.reference.dtype or cfg.dtype), None
+
+
+def with_lora(config: ml_collections.ConfigDict, cfg: models.ModelConfig, policy_params: Any,
+              value_cfg: Optional[models.ModelConfig], value_params: Any, rng: jax.Array):
+    """(policy cfg, policy params, value cfg, value params) with fresh adapters of `config.lora` on the policy
+    and on a separate value network, which then train only their adapters and heads; unchanged at rank 0."""
+    adapters = lora_config(config)
+    cfg, policy_params = with_adapters(cfg, policy_params, adapters, jax.random.fold_in(rng, 0))
+    if value_cfg is not None:
+        value_cfg, value_params = with_adapters(value_cfg, value_params, adapters, jax.random.fold_in(rng, 1))
+    return cfg, policy_params, value_cfg, value_params
 
 
 def reward_function(config: ml_collections.ConfigDict, sources: RewardSources, cfg: models.ModelConfig, reward_cfg,
@@ -304,12 +330,14 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     c = ppo_config(config)
     run = setup_lib.start(config, workdir, num_keys=4, check_mesh=lambda mesh: check_batches(config, c, mesh))
     workdir, mesh, rules = run.workdir, run.mesh, run.rules
-    init_rng, reward_rng, _, train_rng = run.keys  # the third key is unused since value heads start at zero
+    init_rng, reward_rng, adapter_rng, train_rng = run.keys
     cfg, initial_params, tokenizer = load_initial_model(config.init, config.model, init_rng)
     reward_cfg, reward_params = load_reward(config, sources, cfg, initial_params, reward_rng)
     value_cfg, value_params, policy_params = init_value(config, cfg, initial_params, reward_cfg, reward_params)
     reward_fn, reward_params = reward_function(config, sources, cfg, reward_cfg, reward_params)
-    ref_cfg, ref_params = frozen_model(cfg, initial_params, config.reference.dtype)
+    ref_cfg, ref_params = reference_model(config, cfg, initial_params)
+    cfg, policy_params, value_cfg, value_params = with_lora(config, cfg, policy_params, value_cfg, value_params,
+                                                            adapter_rng)
 
     prompts_data = build_dataset(config.data, "prompts", workdir.data)
     prompt_cfg = PromptConfig(max_prompt_len=config.data.max_prompt_len, truncation=config.data.truncation,
@@ -330,7 +358,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     replicated = parallel.replicated(mesh)
     build_state = lambda p, v: init_ppo_state(p, v, layout.policy.tx, layout.value_tx, config.kl.init_coef)
 
-    ref_params = jax.device_put(ref_params, parallel.param_shardings(cfg, ref_params, mesh, rules))
+    if ref_params is not None:
+        ref_params = jax.device_put(ref_params, parallel.param_shardings(ref_cfg, ref_params, mesh, rules))
     if reward_params is not None:
         reward_params = jax.device_put(reward_params, parallel.param_shardings(reward_cfg, reward_params, mesh, rules,
                                                                                head="scalar"))
@@ -351,7 +380,8 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
             out = sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
                                    rng=sample_rng, settings=settings, mesh=mesh)
             function_scores = None if score_functions is None else score_functions(out, prompt_batch["index"])
-            rollout = score(ref_params, reward_params, out, function_scores)
+            reference = lora.without_adapters(lm_params(state.policy.params)) if ref_params is None else ref_params
+            rollout = score(reference, reward_params, out, function_scores)
             iteration = iterations.next(state)
             state, metrics, _ = update(state, rollout, batch["ptx"], update_rng)
         if config.samples.every_steps and (iteration % config.samples.every_steps == 0 or iteration == num_steps):

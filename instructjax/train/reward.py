@@ -158,7 +158,7 @@ def train_reward_model(config: ml_collections.ConfigDict, workdir: Union[str, os
                              "not a reward model")
         policy = (cfg, lm_params)
     del lm_params
-    cfg, params = with_adapters(cfg, params, lora_config(config, "reward"), jax.random.fold_in(head_rng, 1))
+    cfg, params = with_adapters(cfg, params, lora_config(config), jax.random.fold_in(head_rng, 1))
 
     data_dir = config.data.data_dir or workdir.data
     built = build_dataset(config.data, "comparisons", data_dir)

@@ -126,7 +126,7 @@ def train_sft(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
     mesh = run.mesh
     init_rng, train_rng, sample_rng = run.keys
     cfg, params, tokenizer = load_initial_model(config.init, config.model, init_rng)
-    cfg, params = with_adapters(cfg, params, lora_config(config, "sft"), jax.random.fold_in(init_rng, 1))
+    cfg, params = with_adapters(cfg, params, lora_config(config), jax.random.fold_in(init_rng, 1))
     setup = SFTSetup(run=run, cfg=cfg, tokenizer=tokenizer,
                      dataset=build_dataset(config.data, "demonstrations", run.workdir.data),
                      sft_config=sft_data_config(config.data))

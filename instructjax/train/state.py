@@ -30,7 +30,10 @@ class TrainState:
 def trainable(tree: Any) -> Any:
     """The part of a params-shaped tree that training updates (the optimizer's params), None elsewhere:
     all of it, unless the params hold LoRA adapters; then only the adapters and a score head
-    (`lora.trained_with_adapters`), so that no gradient or optimizer state exists for the base weights."""
+    (`lora.trained_with_adapters`), so that no gradient or optimizer state exists for the base weights.
+    A tuple of networks (PPO's policy and value network) is taken network by network."""
+    if isinstance(tree, tuple):
+        return tuple(trainable(network) for network in tree)
     if not lora.has_adapters(tree):
         return tree
     return jax.tree_util.tree_map_with_path(lambda path, x: x if lora.trained_with_adapters(path) else None, tree)

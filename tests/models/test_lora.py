@@ -99,13 +99,11 @@ def test_lora_config_refuses_bad_values_and_scan_layers():
         get_preset("gpt2", lora=lora.LoraConfig(rank=4))
 
 
-def test_lora_config_names_the_key_of_a_bad_value_or_an_unsupported_trainer():
+def test_lora_config_names_the_key_of_a_bad_value():
     config = base_config()
-    assert lora_config(config, "sft") is None  # rank 0: off
+    assert lora_config(config) is None  # rank 0: off
     config.lora.rank = 4
-    assert lora_config(config, "sft").scale == 4.0  # alpha 16 / rank 4
-    with pytest.raises(ValueError, match=r"--config.lora.rank=4: LoRA is not supported by PPO"):
-        lora_config(config, "PPO", supported=False)
+    assert lora_config(config).scale == 4.0  # alpha 16 / rank 4
     config.lora.targets = ("c_attn",)
     with pytest.raises(ValueError, match=r"--config.lora.targets"):
-        lora_config(config, "sft")
+        lora_config(config)

@@ -1,7 +1,8 @@
-"""LoRA in the reward model and DPO trainers; refused by PPO."""
+"""LoRA in the reward model, DPO, PPO and GRPO trainers."""
 
 import math
 
+import jax
 import pytest
 
 from instructjax import checkpoints
@@ -27,8 +28,23 @@ def test_reward_model_with_lora_exports_a_merged_classifier(tmp_path):
     assert "score_head" in params and not lora.has_adapters(params)
 
 
-def test_ppo_refuses_lora_naming_the_key(tmp_path):
-    config = load_experiment_config("ppo", "tiny", {"lora.rank": 4})
-    with pytest.raises(ValueError, match=r"--config.lora.rank=4: LoRA is not supported by PPO"):
+@pytest.mark.parametrize("name", ["ppo", "grpo"])
+def test_rl_with_lora_trains_the_adapters_against_the_base_model_as_reference(tmp_path, name):
+    config = load_experiment_config(name, "tiny", {"lora.rank": 4, "num_steps": 3, "eval.every_steps": 0})
+    state = train_ppo(config, tmp_path / name)
+    kl = [m["train/kl"] for m in read_metrics(tmp_path / name / "metrics.jsonl")]
+    # the reference is the base model: KL 0 while the adapters are zero, then growing as they train (a
+    # reference that kept the adapters would stay at KL 0)
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[2] > 1e-3
+    # only the adapters (and a value head on the trunk) have optimizer state
+    moments = sum(x.size for x in jax.tree.leaves(state.policy.opt_state))
+    adapters = sum(x.size for x in jax.tree.leaves(lora.adapters(state.policy.params)))
+    assert moments < 2 * adapters + 1000 < sum(x.size for x in jax.tree.leaves(state.policy.params))
+    assert (tmp_path / name / "export" / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+
+
+def test_ppo_refuses_lora_dropout_naming_the_key(tmp_path):
+    config = load_experiment_config("ppo", "tiny", {"lora.rank": 4, "lora.dropout": 0.1})
+    with pytest.raises(ValueError, match=r"--config.lora.dropout=0.1: every PPO forward runs without dropout"):
         train_ppo(config, tmp_path / "ppo")
     assert not (tmp_path / "ppo").exists()  # refused before anything is written

@@ -52,3 +52,15 @@ def test_plan_script_prints_a_verdict():
     out = subprocess.run([sys.executable, "experiments/plan.py", "--config=experiments/configs/sft.py:tiny",
                           "--mesh=(2,1,1)", "--device_gb=80"], cwd=CONFIGS.parents[1], capture_output=True, text=True, check=True)
     assert "mesh (data, fsdp, tensor) = (2, 1, 1)" in out.stdout and out.stdout.rstrip().endswith("fits")
+
+
+
+def test_with_lora_ppo_holds_no_reference_copy_and_adam_moments_of_the_adapters_only():
+    mesh = parallel.make_mesh((1, 1, 1), jax.devices()[:1])
+    plans = {}
+    for rank in (0, 4):  # a synthetic reward: the reference is the only frozen model
+        overrides = {"lora.rank": rank, "reward.source": "token_count"}
+        config = resolve_dtypes(load_experiment_config("ppo", overrides=overrides))
+        plans[rank] = plan_stage("ppo", config, planned_model(config), mesh)
+    assert plans[0].frozen > 0 and plans[4].frozen == 0
+    assert plans[4].optimizer < plans[0].optimizer / 4

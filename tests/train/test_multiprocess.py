@@ -1,5 +1,6 @@
-"""One job of 2 processes x 4 fake CPU devices on 127.0.0.1 against 1 process x 8 devices. SFT: the same
-metrics and export, to float rounding (the gradient all-reduce runs over gloo between the processes).
+"""One job of 2 processes x 4 fake CPU devices on 127.0.0.1 against 1 process x 8 devices. SFT, reward
+model, DPO: the same metrics and export, to float rounding (the gradient all-reduce runs over gloo between
+the processes).
 PPO: the same first iteration (sampling, scoring and the update on arrays spanning both processes).
 Both: a job whose processes are all SIGKILLed after a checkpoint resumes to exactly the uninterrupted
 2-process run."""
@@ -35,8 +36,8 @@ def assert_close(got, want, keys, step):
 
 
 def assert_close_run(stage, workdir, reference):
-    """SFT: the same metrics (wall-clock aside) and exported params, to float rounding. PPO: the same
-    metrics of the first iteration."""
+    """SFT, reward model, DPO: the same metrics (wall-clock aside) and exported params, to float rounding.
+    PPO: the same metrics of the first iteration."""
     got, want = (without_timings(read_metrics(w / "metrics.jsonl")) for w in (workdir, reference))
     if stage == "ppo":
         assert sorted(got[0]) == sorted(want[0])
@@ -68,6 +69,20 @@ def test_two_processes_equal_one_and_resume_exactly(tmp_path, stage):
     run_processes(stage, killed, tmp_path / "resumed_logs", *flags, slow, timeout_s=300)
     assert "resumed from" in (tmp_path / "resumed_logs" / "process_1.log").read_text()
     assert_same_run(killed, two)
+
+
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_reward_model_and_dpo_on_two_processes_equal_one(tmp_path, stage):
+    """The comparison trainers: the same metrics (the evaluation included) and export (the reward model's
+    normalisation included) as one process, to float rounding. The tiny presets drop records (too long, too
+    many completions) in training, the evaluation, the normalisation and DPO's reference pass: each process
+    drops its own, so finite passes end at different batches on the two (`data.loader.BatchIterator`), and
+    from the third step on the training batches differ (a drop shifts the blocks a process reads after it)."""
+    flags = ("--config.num_steps=2", "--config.eval.every_steps=2", "--config.checkpoint.every_steps=2")
+    (tmp_path / "two_logs").mkdir()
+    run_experiment(stage, tmp_path / "one", tmp_path / "one.log", *flags, devices=8, timeout_s=300)
+    run_processes(stage, tmp_path / "two", tmp_path / "two_logs", *flags, timeout_s=300)
+    assert_close_run(stage, tmp_path / "two", tmp_path / "one")
 
 
 def test_a_workdir_accepts_other_placements_of_the_same_run(tmp_path):
