@@ -17,6 +17,8 @@ resumed or repeated run loads the file. The loader adds each record's row to its
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 from typing import Any, Callable, Union
@@ -128,10 +130,19 @@ def cached(path: pathlib.Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
     return table
 
 
-def reference_file(workdir: Workdir, built: datasets.BuiltDataset, split: str) -> pathlib.Path:
-    """WORKDIR/reference/<split>-<the dataset's config name: its name and content hash>.npy"""
+def reference_key(config: ml_collections.ConfigDict, inputs: dict) -> str:
+    """A hash of what the reference logprobs depend on besides the comparisons: the initial model (its
+    settings, seed and files' sha256 from the run's input fingerprints) and how records become rows, so that
+    a changed model (`accept_changed_inputs`) is scored anew instead of read from a stale cache."""
+    model_files = sorted(v["sha256"] for v in inputs.values() if v["key"].startswith("init."))
+    described = [config.init.to_dict(), config.model.to_dict(), config.data.to_dict(), config.seed, model_files]
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def reference_file(workdir: Workdir, built: datasets.BuiltDataset, split: str, key: str) -> pathlib.Path:
+    """WORKDIR/reference/<split>-<the dataset's config name: its name and content hash>-<reference_key>.npy"""
     fingerprint = built.tfds_name.split("/", 1)[1].split(":")[0]
-    return workdir.root / REFERENCE_DIR / f"{split}-{fingerprint}.npy"
+    return workdir.root / REFERENCE_DIR / f"{split}-{fingerprint}-{key}.npy"
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -172,8 +183,9 @@ def train_dpo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
         in_order = comparison_loader(source, tokenizer, comparisons,
                                      loader_config(config.data, config.eval.batch_size, config.seed, train=False),
                                      mesh)
-        table = cached(reference_file(workdir, built, split), lambda: reference_logprobs(
-            cfg, params, params_shardings, in_order, comparisons.max_completions, mesh, rules))
+        table = cached(reference_file(workdir, built, split, reference_key(config, run.inputs)),
+                       lambda: reference_logprobs(cfg, params, params_shardings, in_order, comparisons.max_completions,
+                                                  mesh, rules))
         return comparison_loader(source, tokenizer, comparisons,
                                  loader_config(config.data, batch_size, config.seed, train=train), mesh,
                                  record_arrays={"ref_logprobs": table})

@@ -43,6 +43,7 @@ class Run:
     mesh: Mesh
     rules: tuple
     keys: tuple  # jax.random.split(jax.random.key(config.seed), num_keys), in order
+    inputs: dict  # the input files' fingerprints (`fingerprint.fingerprint(config)`, as in WORKDIR/inputs.json)
 
 
 def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], num_keys: int,
@@ -70,7 +71,8 @@ def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], n
     workdir = Workdir.at(workdir)
     workdir.write_config(config, inputs, locked=workdir.has_checkpoint())
     keys = tuple(jax.random.split(jax.random.key(config.seed), num_keys))
-    return Run(config=config, workdir=workdir, mesh=mesh, rules=tuple(config.parallel.rules), keys=keys)
+    return Run(config=config, workdir=workdir, mesh=mesh, rules=tuple(config.parallel.rules), keys=keys,
+               inputs=inputs)
 
 
 def check_no_dropout(config: ml_collections.ConfigDict, reason: str, key: str = "config.model") -> None:

@@ -107,6 +107,17 @@ def training_records(workdir, config, tokenizer):
     return kept
 
 
+def test_the_reference_cache_is_keyed_by_the_initial_model_and_the_rows():
+    config = load_experiment_config("dpo", "tiny")
+    model = {"/m/model.safetensors": {"key": "init.path", "sha256": "a" * 64, "size": 1}}
+    data = {"/d/train.jsonl": {"key": "data.train_files", "sha256": "b" * 64, "size": 1}}
+    key = dpo.reference_key(config, {**model, **data})
+    assert key == dpo.reference_key(config, {**model, "/d/train.jsonl": {**data["/d/train.jsonl"], "sha256": "c" * 64}})
+    changed_model = {"/m/model.safetensors": {**model["/m/model.safetensors"], "sha256": "d" * 64}}
+    assert key != dpo.reference_key(config, {**changed_model, **data})  # the same path, other weights
+    assert key != dpo.reference_key(load_experiment_config("dpo", "tiny", {"data.max_len": 64}), {**model, **data})
+
+
 def test_tiny_preset_learns_the_training_preferences(tiny_run):
     workdir, state, config = tiny_run
     assert int(state.step) == 30
@@ -141,7 +152,8 @@ def test_tiny_preset_learns_the_training_preferences(tiny_run):
 
     # the cached table holds the initial model's logprobs of the same completions; NaN for dropped records
     built = datasets.build(dataset_config(config.data, "comparisons"), workdir / "data")
-    table = np.load(dpo.reference_file(ij.train.Workdir.at(workdir), built, "train"))
+    inputs = json.loads((workdir / "inputs.json").read_text())["files"]
+    table = np.load(dpo.reference_file(ij.train.Workdir.at(workdir), built, "train", dpo.reference_key(config, inputs)))
     assert table.shape == (24, config.data.max_completions)
     np.testing.assert_array_equal(np.isnan(table).all(axis=1), [i not in {k[0] for k in kept} for i in range(24)])
     cached = np.concatenate([table[i, :len(record_rows)] for i, record_rows, _ in kept])
