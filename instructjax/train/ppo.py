@@ -99,6 +99,12 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
                          "batches; passes over each batch: ppo.epochs); use num_steps and leave num_epochs at 0")
     if config.num_steps <= 0:
         raise ValueError(f"ppo: num_steps={config.num_steps}: set the number of PPO iterations (rollout batches), > 0")
+    for key in ("data", "ptx.data"):
+        data = config.data if key == "data" else config.ptx.data
+        if data.validation_files or data.validation_fraction:
+            raise ValueError(f"ppo: {key}.validation_files={tuple(data.validation_files)} / {key}.validation_fraction="
+                             f"{data.validation_fraction}: PPO reads training records only (no validation pass of its "
+                             "own; the pipeline measures held-out prompts through eval.every_steps): leave them () / 0")
     setup_lib.check_no_dropout(config, "every PPO forward runs without dropout", key="ppo: model")
     if config.lora.rank and config.lora.dropout:
         raise ValueError(f"--config.lora.dropout={config.lora.dropout}: every PPO forward runs without dropout "

@@ -35,6 +35,9 @@ NO_REWARD_MODEL = r"value.init='reward' needs a reward model, and reward.source=
 @pytest.mark.parametrize("fields, message", [
     ({"num_epochs": 2.0}, r"ppo: num_epochs=2.0 is not read: PPO runs num_steps iterations .* use num_steps"),
     ({"num_steps": 0}, r"ppo: num_steps=0: set the number of PPO iterations"),
+    ({"data.validation_fraction": 0.1}, r"ppo: data.validation_files=\(\) / data.validation_fraction=0.1: PPO reads "
+                                        r"training records only"),
+    ({"ptx.data.validation_files": ("held_out.jsonl",)}, r"ppo: ptx.data.validation_files=\('held_out.jsonl',\)"),
     ({"model.dropout_rate": 0.1}, r"ppo: model.dropout_rate / attention_dropout"),
     ({"eval.every_steps": 2}, r"ppo: eval.every_steps=2 needs an evaluate function"),
     ({"value.init": "reward", "reward.source": "token_count"}, NO_REWARD_MODEL.format("token_count")),
