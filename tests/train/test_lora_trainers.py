@@ -7,7 +7,8 @@ import pytest
 
 from instructjax import checkpoints
 from instructjax.models import lora
-from instructjax.testing.experiments import load_experiment_config, run_experiment
+from instructjax.testing.experiments import (assert_same_run, kill_after_checkpoint, load_experiment_config,
+                                              run_experiment)
 from instructjax.train.export import ADAPTER_DIR
 from instructjax.train.metrics import read_metrics
 from instructjax.train.ppo import train_ppo
@@ -48,3 +49,15 @@ def test_ppo_refuses_lora_dropout_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"--config.lora.dropout=0.1: every PPO forward runs without dropout"):
         train_ppo(config, tmp_path / "ppo")
     assert not (tmp_path / "ppo").exists()  # refused before anything is written
+
+
+def test_ppo_with_lora_resumes_after_sigkill_bit_exact(tmp_path):
+    flags = ("--config.num_steps=4", "--config.checkpoint.every_steps=2", "--config.eval.every_steps=0",
+             "--config.lora.rank=4", "--config.debug.step_delay_s=1.0")  # time to kill between checkpoints
+    run_experiment("ppo", tmp_path / "reference", tmp_path / "reference.log", *flags, timeout_s=300)
+    process = run_experiment("ppo", tmp_path / "run", tmp_path / "killed.log", *flags, wait=False)
+    kill_after_checkpoint(process, tmp_path / "run" / "checkpoints" / "2", timeout_s=240)
+    assert not (tmp_path / "run" / "export").exists()
+    run_experiment("ppo", tmp_path / "run", tmp_path / "resumed.log", *flags, timeout_s=300)
+    assert "resum" in (tmp_path / "resumed.log").read_text().lower()
+    assert_same_run(tmp_path / "run", tmp_path / "reference")
