@@ -95,7 +95,8 @@ def planned_model(config: ml_collections.ConfigDict, preset: str = "") -> ModelC
     (nothing is read)."""
     name = preset or {"random": config.init.preset, "default": "smollm2_135m"}.get(config.init.source)
     if not name:
-        raise ValueError(f"init.source={config.init.source!r}: give the model's shape as a preset (instructjax.models.config.PRESETS)")
+        raise ValueError(f"init.source={config.init.source!r}: give the model's shape as a preset "
+                         "(instructjax.models.config.PRESETS)")
     return models.get_preset(name).replace(**config.model, lora=lora_config(config))
 
 
@@ -235,8 +236,8 @@ def ppo_programs(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh
 
     score = ppo.rollout_scorer(config, sources, ref_cfg, reward_fn)
     ptx = text_batch(config.ptx.batch_size, config.ptx.max_len, mesh) if c.gamma_ptx > 0 else None
-    ref, reward, key = sharded(ref_cfg, ref, mesh, rules), sharded(cfg, reward, mesh, rules, "scalar"), abstract_key(mesh)
-    frozen = shard_bytes(ref) + shard_bytes(reward)
+    ref, reward = sharded(ref_cfg, ref, mesh, rules), sharded(cfg, reward, mesh, rules, "scalar")
+    key, frozen = abstract_key(mesh), shard_bytes(ref) + shard_bytes(reward)
     if ref is None:  # LoRA: the reference is the policy's base weights, resident already
         ref = lora.without_adapters(lm_params(layout.abstract.policy.params))
     with parallel.activation_sharding(mesh, rules):
@@ -244,8 +245,8 @@ def ppo_programs(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh
         scored = jax.jit(score).lower(ref, reward, outputs(sampled), scores).compile()
         updated = ppo.jit_update(config, c, cfg, value_cfg, layout, mesh).lower(layout.abstract, outputs(scored), ptx,
                                                                                  key).compile()
-    return PPOPrograms(layout=layout, ref=ref, frozen=frozen, reward=reward, prompts=prompts, function_scores=scores, ptx=ptx,
-                       rollout=sampled, scoring=scored, update=updated)
+    return PPOPrograms(layout=layout, ref=ref, frozen=frozen, reward=reward, prompts=prompts, function_scores=scores,
+                       ptx=ptx, rollout=sampled, scoring=scored, update=updated)
 
 
 def ppo_plan(p: PPOPrograms, mesh: Mesh) -> MemoryPlan:
