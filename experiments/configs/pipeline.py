@@ -109,6 +109,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.ppo_ptx.gamma = 1.0  # its pretraining-loss coefficient (InstructGPT eq. 2: 27.8); 0: no PPO-ptx run
 
     config.evaluation = _sampling(k=1, temperature=0.0, max_new_tokens=64, batch_size=40)
+    # evaluation.dtype is the compute dtype of every forward that compares policies (sampling, RM scores, KL,
+    # perplexity), whatever dtype each policy was trained or exported in
     config.evaluation.report_samples = 12  # test prompts shown side by side in report.md
     config.evaluation.perplexity_max_len = 256  # tokens of each held-out docstring scored for perplexity
     config.evaluation.compare = ()  # other runs' policies evaluated beside this run's: "NAME=DIR" (DIR: a stage folder)
@@ -170,6 +172,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     reward.optim.lr = 5e-5
     reward.data.max_len = 144
     reward.data.validation_fraction = 0.1
+    reward.data.max_completions = config.comparisons.k  # the K ranked here: no padding rows to score (preset: 9)
     reward.eval.every_steps = 20
     reward.checkpoint.every_steps = 20
     reward.normalize.max_examples = 128
@@ -203,6 +206,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     if arg in ("quick", "gold"):  # make demo's 30 minutes hold one RL run: PPO-ptx beside it in `full`
         config.ppo_ptx.gamma = 0.0
         config.task.num_heldout = 100
+        config.evaluation.perplexity_max_len = 128
         ppo.eval.every_steps = 8
     if arg == "gold":  # the gold-reward diagnostic: PPO against the task's own checker, no reward model
         ppo.reward.source = "function"

@@ -31,7 +31,8 @@ from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_
 from instructjax.evaluation.report import write_report
 from instructjax.losses import ordered_pair_mask
 from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
-from instructjax.rewards.io import load_reward_model
+from instructjax.rewards.io import RewardModel, load_reward_model
+from instructjax.rl.frozen import frozen_model
 from instructjax.train.reward import SUMMARY_FILE, train_reward_model
 from instructjax.tokenizers import Tokenizer
 from instructjax.train.config import COMPUTE_DTYPES, INIT_SOURCES, check_values
@@ -130,6 +131,20 @@ def _policy(root: pathlib.Path, stage: str):
 def _load_export(export: pathlib.Path):
     cfg, params = checkpoints.load_hf(export)
     return cfg, params, Tokenizer.from_pretrained(export)
+
+
+def _in_evaluation_dtype(config: ml_collections.ConfigDict, cfg, params):
+    """(cfg, params) computing in `evaluation.dtype` ("": the model's), params cast once: every policy and
+    reward model the evaluation compares runs its forwards in the same dtype, whatever dtype it was
+    trained or exported in."""
+    return frozen_model(cfg, params, config.evaluation.dtype)
+
+
+def _evaluation_reward_model(config: ml_collections.ConfigDict, folder: pathlib.Path) -> RewardModel:
+    """The reward stage's model in `folder`, computing in `evaluation.dtype` (its scalar head in float32)."""
+    rm = load_reward_model(folder)
+    cfg, params = _in_evaluation_dtype(config, rm.cfg, rm.params)
+    return dataclasses.replace(rm, cfg=cfg, params=params)
 
 
 def compared_policies(config: ml_collections.ConfigDict) -> dict[str, pathlib.Path]:
@@ -381,7 +396,19 @@ def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
                         "ppo_ptx.gamma=%s is not read", config.ppo_ptx.gamma)
     elif config.ppo_ptx.gamma > 0:
         configs["ppo_ptx"] = ppo_config(config, root, "ppo_ptx")
+    _check_completions_fit(config, configs)
     return configs
+
+
+def _check_completions_fit(config: ml_collections.ConfigDict, configs: dict[str, ml_collections.ConfigDict]) -> None:
+    """A ValueError naming the keys when a trainer on the comparisons would drop records: the comparisons stage
+    ranks up to `comparisons.k` completions a prompt, more than the trainer's `data.max_completions`."""
+    for name, c in configs.items():
+        section = name.split("_")[0]
+        if section in ("reward", "dpo") and c.data.max_completions < config.comparisons.k:
+            raise ValueError(f"--config.comparisons.k={config.comparisons.k} > --config.{section}.data.max_completions="
+                             f"{c.data.max_completions}: comparisons records with more completions would be dropped; raise "
+                             f"{section}.data.max_completions to at least {config.comparisons.k}")
 
 
 def sft_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
@@ -478,7 +505,7 @@ def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path, rewa
     prompts = read_records(task_files(root)["validation"])
     texts = [p.prompt for p in prompts]
     tokenizer = Tokenizer.from_pretrained(root / "sft" / "export")
-    rm = load_reward_model(reward_dir) if (reward_dir / SUMMARY_FILE).exists() else None
+    rm = _evaluation_reward_model(config, reward_dir) if (reward_dir / SUMMARY_FILE).exists() else None
     c = config.evaluation
 
     def evaluate(cfg, params, step: int) -> dict[str, float]:
@@ -518,14 +545,14 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     c, folder, files = config.evaluation, root / "evaluation", task_files(root)
     prompt_sets = {"test": read_records(files["test"]), "heldout": read_records(files["heldout"])}
     heldout_texts = _read_texts(files["pretraining_heldout"])
-    rm = load_reward_model(root / "reward")
+    rm = _evaluation_reward_model(config, root / "reward")
     compared = compared_policies(config)
     names = [*policy_names(config), *compared]  # the run's models, then other runs' (evaluation.compare)
     responses, passes, results, models = {}, {}, {}, {}
     for name in names:
         cfg, params, tokenizer = (_initial_model(config) if name == "initial" else
                                   _load_export(compared[name]) if name in compared else _policy(root, name))
-        models[name] = (cfg, params)
+        cfg, params = models[name] = _in_evaluation_dtype(config, cfg, params)
         results[name] = {}
         for split, prompts in prompt_sets.items():
             if not prompts:

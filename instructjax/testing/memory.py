@@ -55,10 +55,8 @@ def _measure(stage: str, preset: str, overrides: dict) -> dict[str, int]:
     import jax
 
     from instructjax import parallel
-    from instructjax.models import lora
-    from instructjax.rl.value_head import lm_params
     from instructjax.testing.experiments import load_experiment_config
-    from instructjax.train import memory
+    from instructjax.train import memory, ppo
     from instructjax.train.config import resolve_dtypes
 
     config = resolve_dtypes(load_experiment_config(stage, preset, overrides))
@@ -82,7 +80,7 @@ def _measure(stage: str, preset: str, overrides: dict) -> dict[str, int]:
 
         def run(arrays):
             state, ref, reward, prompts, scores, ptx = arrays
-            ref = lora.without_adapters(lm_params(state.policy.params)) if ref is None else ref
+            ref = ppo.lora_reference(state.policy.params) if ref is None else ref
             out = p.rollout(state.policy.params, *prompts, key)
             rollout = p.scoring(ref, reward, out, scores)
             del out

@@ -22,10 +22,10 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding
 
 from instructjax import models, parallel
-from instructjax.models import ModelConfig, lora
+from instructjax.models import ModelConfig
 from instructjax.models.functional import init_params
 from instructjax.rl.sampler import sample_responses
-from instructjax.rl.value_head import add_value_head, lm_params
+from instructjax.rl.value_head import add_value_head
 from instructjax.train import ppo, sft
 from instructjax.train import setup as setup_lib
 from instructjax.train import step as step_lib
@@ -239,7 +239,7 @@ def ppo_programs(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh
     ref, reward = sharded(ref_cfg, ref, mesh, rules), sharded(cfg, reward, mesh, rules, "scalar")
     key, frozen = abstract_key(mesh), shard_bytes(ref) + shard_bytes(reward)
     if ref is None:  # LoRA: the reference is the policy's base weights, resident already
-        ref = lora.without_adapters(lm_params(layout.abstract.policy.params))
+        ref = ppo.lora_reference(layout.abstract.policy.params)
     with parallel.activation_sharding(mesh, rules):
         sampled = jax.jit(rollout).lower(layout.abstract.policy.params, *prompts, key).compile()
         scored = jax.jit(score).lower(ref, reward, outputs(sampled), scores).compile()

@@ -106,9 +106,6 @@ def check_config(config: ml_collections.ConfigDict) -> RewardSources:
                              f"{data.validation_fraction}: PPO reads training records only (no validation pass of its "
                              "own; the pipeline measures held-out prompts through eval.every_steps): leave them () / 0")
     setup_lib.check_no_dropout(config, "every PPO forward runs without dropout", key="ppo: model")
-    if config.lora.rank and config.lora.dropout:
-        raise ValueError(f"--config.lora.dropout={config.lora.dropout}: every PPO forward runs without dropout "
-                         "(docs/formulas.md#dropout-off); set it to 0")
     if config.advantage == "gae":  # the group baselines read no value.*
         if config.value.init not in VALUE_INITS:
             raise ValueError(f"value.init={config.value.init!r}: expected one of {VALUE_INITS}")
@@ -171,6 +168,12 @@ def reference_model(config: ml_collections.ConfigDict, cfg: models.ModelConfig, 
     if not config.lora.rank:
         return frozen_model(cfg, initial_params, config.reference.dtype)
     return cfg.replace(dtype=config.reference.dtype or cfg.dtype), None
+
+
+def lora_reference(policy_params: Any) -> Any:
+    """The reference params of a LoRA policy (`reference_model`'s None): its base weights, without the
+    adapters and the value head."""
+    return lora.without_adapters(lm_params(policy_params))
 
 
 def with_lora(config: ml_collections.ConfigDict, cfg: models.ModelConfig, policy_params: Any,
@@ -386,7 +389,7 @@ def train_ppo(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike
             out = sample_responses(cfg, state.policy.params, prompt_batch["tokens"], prompt_batch["mask"],
                                    rng=sample_rng, settings=settings, mesh=mesh)
             function_scores = None if score_functions is None else score_functions(out, prompt_batch["index"])
-            reference = lora.without_adapters(lm_params(state.policy.params)) if ref_params is None else ref_params
+            reference = lora_reference(state.policy.params) if ref_params is None else ref_params
             rollout = score(reference, reward_params, out, function_scores)
             iteration = iterations.next(state)
             state, metrics, _ = update(state, rollout, batch["ptx"], update_rng)

@@ -76,10 +76,14 @@ def start(config: ml_collections.ConfigDict, workdir: Union[str, os.PathLike], n
 
 
 def check_no_dropout(config: ml_collections.ConfigDict, reason: str, key: str = "config.model") -> None:
-    """A ValueError when `config.model` has dropout on, for a trainer whose forwards all run without it."""
+    """A ValueError when `config.model` or the LoRA adapters (`config.lora`) have dropout on, for a trainer
+    whose forwards all run without it."""
     if config.model.dropout_rate or config.model.attention_dropout:
         raise ValueError(f"{key}.dropout_rate / attention_dropout: {reason} (docs/formulas.md#dropout-off); "
                          "set them to 0")
+    if config.lora.rank and config.lora.dropout:
+        raise ValueError(f"--config.lora.dropout={config.lora.dropout}: {reason} (docs/formulas.md#dropout-off); "
+                         "set it to 0")
 
 
 def param_shapes(params: Any) -> Any:

@@ -56,6 +56,23 @@ def test_multi_process_stages_are_refused_before_anything_is_written(tmp_path):
         ij.pipeline.run_pipeline(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
+@pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
+def test_more_completions_than_the_trainer_takes_are_refused_naming_the_keys(tmp_path, algorithm):
+    section = "reward" if algorithm == "ppo" else "dpo"
+    fits = {"reward.data.max_completions": 5} if section == "dpo" else {}  # DPO runs train a reward model too
+    config = load_experiment_config("pipeline", "tiny", {"algorithm": algorithm, "comparisons.k": 5, **fits,
+                                                         f"{section}.data.max_completions": 4})
+    with pytest.raises(ValueError, match=rf"--config\.comparisons\.k=5 > --config\.{section}\.data\.max_completions=4"):
+        ij.pipeline.run_pipeline(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert stages.stage_configs(_config({"algorithm": algorithm, "comparisons.k": 4}), tmp_path)  # K 4 fits
+
+
+def test_the_quick_presets_score_no_padding_completions():
+    config = _config(preset="quick")
+    assert config.reward.data.max_completions == config.dpo.data.max_completions == config.comparisons.k
+
+
 def test_the_command_line_refuses_a_pipeline_field(tmp_path):
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(CONFIGS.parents[1])}

@@ -11,7 +11,9 @@ from instructjax.testing.experiments import (assert_same_run, kill_after_checkpo
                                               run_experiment)
 from instructjax.train.export import ADAPTER_DIR
 from instructjax.train.metrics import read_metrics
+from instructjax.train.dpo import train_dpo
 from instructjax.train.ppo import train_ppo
+from instructjax.train.reward import train_reward_model
 
 FLAGS = ("--config.num_steps=2", "--config.eval.every_steps=0", "--config.lora.rank=4")
 
@@ -44,11 +46,15 @@ def test_rl_with_lora_trains_the_adapters_against_the_base_model_as_reference(tm
     assert (tmp_path / name / "export" / ADAPTER_DIR / "adapter_model.safetensors").is_file()
 
 
-def test_ppo_refuses_lora_dropout_naming_the_key(tmp_path):
-    config = load_experiment_config("ppo", "tiny", {"lora.rank": 4, "lora.dropout": 0.1})
-    with pytest.raises(ValueError, match=r"--config.lora.dropout=0.1: every PPO forward runs without dropout"):
-        train_ppo(config, tmp_path / "ppo")
-    assert not (tmp_path / "ppo").exists()  # refused before anything is written
+@pytest.mark.parametrize("stage, train, reason", [
+    ("ppo", train_ppo, "every PPO forward runs without dropout"),
+    ("reward", train_reward_model, "the reward model trains and scores without dropout"),
+    ("dpo", train_dpo, "DPO trains without dropout")])
+def test_trainers_without_dropout_refuse_lora_dropout_naming_the_key(tmp_path, stage, train, reason):
+    config = load_experiment_config(stage, "tiny", {"lora.rank": 4, "lora.dropout": 0.1})
+    with pytest.raises(ValueError, match=rf"--config.lora.dropout=0.1: {reason}"):
+        train(config, tmp_path / stage)
+    assert not (tmp_path / stage).exists()  # refused before anything is written
 
 
 def test_ppo_with_lora_resumes_after_sigkill_bit_exact(tmp_path):
