@@ -14,7 +14,9 @@ Two settings, each measured on SmolLM2-135M forward + backward steps (docs/bench
   page-faults all of it in again (about a million faults a step). One arena that grows with
   `brk`, never uses `mmap` and never trims keeps the memory for the next step: about 15% faster,
   and the process keeps its peak memory until it exits. (TCMalloc, which jax recommends for
-  TPU hosts, does the same; this needs no preloaded library.) Linux with glibc only.
+  TPU hosts, does the same; this needs no preloaded library.) Linux with glibc only. A process that
+  runs phases one after another calls `release_freed_memory()` between them (the pipeline does, after
+  each stage), or it holds every earlier phase's freed heap beside the next one's peak.
 
 `apply()` sets them only when jax will run on the CPU (`will_use_cpu`): `JAX_PLATFORMS` set, its
 first platform (jax's default) is "cpu"; unset, no accelerator plugin for jax is installed (a
@@ -31,6 +33,7 @@ f32 (converting every operand), so the configs' `dtype="auto"` becomes float32 t
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib.metadata
 import importlib.util
 import os
@@ -143,6 +146,17 @@ def keep_freed_memory(environ: MutableMapping[str, str] = os.environ) -> bool:
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(option, value) == 1 for option, value in MALLOC_OPTIONS.items())
+
+
+def release_freed_memory() -> bool:
+    """Hands the heap's free pages back to the OS (glibc's `malloc_trim`, after a garbage collection);
+    returns whether it could. `keep_freed_memory` makes one step reuse the last step's buffers, but a
+    long process that runs one phase after another (the pipeline's stages) then holds every phase's
+    freed heap on top of the next phase's peak: call this between phases. A no-op off glibc."""
+    gc.collect()  # jax arrays of the finished phase that only a reference cycle keeps alive
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    return bool(ctypes.CDLL(None).malloc_trim(0))
 
 
 def _jax_backend_started() -> bool:

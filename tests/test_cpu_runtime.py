@@ -171,3 +171,38 @@ def test_cpu_flags_read_x86_and_arm_cpuinfo(tmp_path):
     assert cpu_runtime.cpu_flags(str(x86)) == {"fpu", "avx2", "avx512_bf16"}  # the first processor's
     assert cpu_runtime.cpu_flags(str(arm)) == {"fp", "asimd", "bf16"}
     assert cpu_runtime.cpu_flags(str(tmp_path / "none")) == set()
+
+
+# A process with the tuned malloc frees 512 MiB (kept: RSS stays up), then releases it.
+RELEASE_PROBE = r"""
+import ctypes, json
+from instructjax import cpu_runtime
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+assert cpu_runtime.keep_freed_memory({})
+base = rss_mib()
+blocks = [libc.malloc(1 << 20) for _ in range(512)]
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+used = rss_mib()
+for b in blocks:
+    libc.free(b)
+kept = rss_mib()
+released = cpu_runtime.release_freed_memory()
+print(json.dumps({"base": base, "used": used, "kept": kept, "after": rss_mib(), "released": released}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="observes glibc malloc")
+def test_release_freed_memory_hands_the_kept_heap_back():
+    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "INSTRUCTJAX_CPU_TUNING": "1"})
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.splitlines()[-1])
+    assert r["used"] - r["base"] >= 500 and r["kept"] - r["base"] >= 500, r  # freed, but kept by the heap
+    assert r["released"] and r["after"] - r["base"] < 64, r  # handed back

@@ -15,6 +15,7 @@ from typing import Any, Union
 
 import ml_collections
 
+from instructjax import cpu_runtime
 from instructjax.pipeline.files import write_json
 from instructjax.pipeline.stages import pipeline_stages, stage_configs
 from instructjax.train.config import resolve_dtypes
@@ -42,6 +43,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: Union[str, os.PathL
         start = time.perf_counter()
         summary = stage(config, root)
         seconds = time.perf_counter() - start
+        cpu_runtime.release_freed_memory()  # the next stage's peak, not this one's freed heap on top of it
         write_json(done, {"summary": summary, "seconds": seconds})
         print(f"== {name} done in {seconds:.0f} s", flush=True)
         summaries[name] = summary
