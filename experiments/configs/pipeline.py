@@ -113,6 +113,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # perplexity), whatever dtype each policy was trained or exported in
     config.evaluation.report_samples = 12  # test prompts shown side by side in report.md
     config.evaluation.perplexity_max_len = 256  # tokens of each held-out docstring scored for perplexity
+    config.evaluation.kl_prompts = 0  # the first N test prompts on which KL to SFT is sampled; 0: all of them
     config.evaluation.compare = ()  # other runs' policies evaluated beside this run's: "NAME=DIR" (DIR: a stage folder)
     config.evaluation.elo_bootstrap = 1000  # resamples of the test prompts for the Elo ratings' 95% intervals
     config.evaluation.elo_prior_ties = 1.0  # virtual ties between every two policies in the Elo fit (keeps it finite)
@@ -181,13 +182,13 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
     ppo.num_steps = 16
     ppo.batch_size = 32
     ppo.ppo.num_minibatches = 2
-    ppo.optim.lr = 1e-5
+    ppo.optim.lr = 5e-5  # 1e-5 barely moved the policy in 16 iterations (KL to SFT 0.04 nats): docs/gold_reward.md
     ppo.model.frozen_layers = 20  # update the top 10 blocks, the (tied) embeddings and the value head
     ppo.value.init = "shared"  # a value head on the policy trunk: one network to update (half the work)
     ppo.ppo.vf_coef = 0.1
     ppo.rollout.max_new_tokens = 64
     ppo.rollout.dtype = "auto"
-    ppo.data.max_prompt_len = 128
+    ppo.data.max_prompt_len = 96  # the default task's prompts: at most 84 tokens in the chat template
     ppo.ptx.batch_size = 8
     ppo.ptx.max_len = 128
     ppo.checkpoint.every_steps = 4
@@ -207,6 +208,7 @@ def _real_model_settings(config: ml_collections.ConfigDict, arg: str) -> None:
         config.ppo_ptx.gamma = 0.0
         config.task.num_heldout = 100
         config.evaluation.perplexity_max_len = 128
+        config.evaluation.kl_prompts = 100
         ppo.eval.every_steps = 8
     if arg == "gold":  # the gold-reward diagnostic: PPO against the task's own checker, no reward model
         ppo.reward.source = "function"

@@ -210,7 +210,8 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
         a, b = key.split("_vs_")
         lines.append(f"- Win rate of {label(a)} against {label(b)} (by the labeler, ties count half): {_pct(rate)}")
     for name, (mean, half) in summary["kl_to_sft"].items():
-        lines.append(f"- KL({label(name)} || SFT) per response, sampled: {mean:.2f} ± {half:.2f} nats")
+        lines.append(f"- KL({label(name)} || SFT) per response, sampled on {summary['num_kl_prompts']} test prompts: "
+                     f"{mean:.2f} ± {half:.2f} nats")
     lines.append("")
     elo = summary["elo"]
     lines += ["## Elo ratings", "", f"Every pair of policies judged by the labeler on each of the {elo['prompts']} "

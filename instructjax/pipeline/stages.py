@@ -578,6 +578,7 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     rl_policies = names[2:]
     kl_sampling = SamplingConfig(k=1, max_new_tokens=c.max_new_tokens, temperature=config.ppo.rollout.temperature,
                                  batch_size=c.batch_size, dtype=c.dtype or None)
+    kl_texts = test_texts[:c.kl_prompts] if c.kl_prompts else test_texts  # KL costs a sampling pass per policy
     each_step = [(n, started_from(config, n)) for n in names[1:]]  # each policy against the one it started from
     pairs = each_step + [(n, "initial") for n in rl_policies]
     summary = {
@@ -587,9 +588,10 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
                                  for a, b in pairs} for split in prompt_sets if prompt_sets[split]},
         "win_rates": {f"{a}_vs_{b}": metrics.win_rate(labeler, test_texts, responses[a, "test"],
                                                       responses[b, "test"]).to_json() for a, b in each_step},
-        "kl_to_sft": {n: metrics.mean_and_interval(kl_to_reference(*models[n], *models["sft"], tokenizer, test_texts,
+        "kl_to_sft": {n: metrics.mean_and_interval(kl_to_reference(*models[n], *models["sft"], tokenizer, kl_texts,
                                                                    kl_sampling, jax.random.key(config.seed + 4)))
                       for n in rl_policies},
+        "num_kl_prompts": len(kl_texts),
         "reward_model": _reward_validation(root / "reward"),
         "later_reward_models": {round_name("reward", r): _reward_validation(root / round_name("reward", r))
                                 for r in range(2, config.rounds + 1) if trains_reward_model(config, r)},

@@ -40,7 +40,8 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
         assert all(key in ("records", "truncated") or key.startswith("dropped_") for key in data), data
     assert summaries["ppo"]["ptx_gamma"] == 0.0 and summaries["ppo_ptx"]["ptx_gamma"] == 1.0
     evaluation = summaries["evaluation"]
-    assert evaluation["num_test_prompts"] == 16 and evaluation["num_heldout_prompts"] == 16
+    assert evaluation["num_test_prompts"] == evaluation["num_kl_prompts"] == 16
+    assert evaluation["num_heldout_prompts"] == 16
     assert list(evaluation["models"]) == ["initial", "sft", "ppo", "ppo_ptx"]
     for result in evaluation["models"].values():
         for split in ("test", "heldout"):
@@ -200,7 +201,7 @@ def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
         shutil.copytree(workdir / stage, tmp_path / stage)
     compare = (f"ppo={workdir / 'ppo'}",) if algorithm == "grpo" else ()  # another run's policy beside these
     config = load_experiment_config("pipeline", "tiny", {"algorithm": algorithm, "rounds": 2, "ppo_ptx.gamma": 0.0,
-                                                         "evaluation.compare": compare})
+                                                         "evaluation.compare": compare, "evaluation.kl_prompts": 4})
     summaries = ij.pipeline.run_pipeline(config, tmp_path)
     later = ["comparisons_r2", *(["reward_r2"] if algorithm != "dpo" else []), f"{algorithm}_r2"]
     assert list(summaries) == ["task", "demonstrations", "sft", "comparisons", "reward", algorithm, "ppo_ptx",
@@ -218,6 +219,7 @@ def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
     assert set(evaluation["win_rates"]) == {"sft_vs_initial", f"{algorithm}_vs_sft", f"{algorithm}_r2_vs_{algorithm}",
                                             *(f"{n}_vs_sft" for n in compared)}
     assert set(evaluation["kl_to_sft"]) == {algorithm, f"{algorithm}_r2", *compared}
+    assert evaluation["num_kl_prompts"] == 4  # the first 4 of the 16 test prompts
     if compare:  # the same export, sampled the same way: the same responses as in its own run
         ours = [json.loads(line) for line in open(tmp_path / "evaluation" / "responses_ppo.jsonl")]
         theirs = [json.loads(line) for line in open(workdir / "evaluation" / "responses_ppo.jsonl")]
