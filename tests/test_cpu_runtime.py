@@ -193,16 +193,36 @@ used = rss_mib()
 for b in blocks:
     libc.free(b)
 kept = rss_mib()
-released = cpu_runtime.release_freed_memory()
+released = eval(RELEASE)
 print(json.dumps({"base": base, "used": used, "kept": kept, "after": rss_mib(), "released": released}))
 """
 
 
+def _meminfo(tmp_path, available_kb: int) -> str:
+    path = tmp_path / "meminfo"
+    path.write_text(f"MemTotal:       1000000 kB\nMemFree:          5000 kB\nMemAvailable:   {available_kb} kB\n")
+    return str(path)
+
+
+def _release_probe(release: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", f"RELEASE = {release!r}\n" + RELEASE_PROBE], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "INSTRUCTJAX_CPU_TUNING": "1"})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="observes glibc malloc")
 def test_release_freed_memory_hands_the_kept_heap_back():
-    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "INSTRUCTJAX_CPU_TUNING": "1"})
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout.splitlines()[-1])
+    r = _release_probe("cpu_runtime.release_freed_memory()")
     assert r["used"] - r["base"] >= 500 and r["kept"] - r["base"] >= 500, r  # freed, but kept by the heap
     assert r["released"] and r["after"] - r["base"] < 64, r  # handed back
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="observes glibc malloc")
+def test_release_if_memory_low_trims_only_when_memory_is_low(tmp_path):
+    assert cpu_runtime.available_memory_fraction(_meminfo(tmp_path, 250000)) == 0.25
+    assert cpu_runtime.available_memory_fraction(str(tmp_path / "none")) is None
+    low = _release_probe(f"cpu_runtime.release_if_memory_low(0.5, {_meminfo(tmp_path, 250000)!r})")
+    assert low["released"] and low["kept"] - low["base"] >= 500 and low["after"] - low["base"] < 64, low
+    plenty = _release_probe(f"cpu_runtime.release_if_memory_low(0.5, {_meminfo(tmp_path, 750000)!r})")
+    assert not plenty["released"] and plenty["after"] - plenty["base"] >= 500, plenty  # kept for the next step

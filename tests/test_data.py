@@ -22,6 +22,7 @@ from instructjax.testing import tiny_tokenizer
 from instructjax.data.comparisons import comparison_example
 from instructjax.data.loader import format_tally
 from instructjax.data.packing import continuation_mask, segment_positions
+from instructjax.data.render import left_padded
 from instructjax.data.sft import sft_example
 from instructjax.datasets.jsonl import KINDS
 
@@ -215,6 +216,14 @@ def test_comparison_elements_carry_their_record_index_and_record_arrays(built):
 
 
 # -- prompts and pretraining text -----------------------------------------------------------------
+
+def test_left_padded_fills_the_batch_with_the_last_row():
+    tokens, mask = left_padded([[5, 6, 7], [8]], pad_id=0, size=3)
+    np.testing.assert_array_equal(tokens, [[5, 6, 7], [0, 0, 8], [0, 0, 8]])
+    np.testing.assert_array_equal(mask, [[True] * 3, [False, False, True], [False, False, True]])
+    tokens, mask = left_padded([[5]], pad_id=1, length=4)
+    assert tokens.tolist() == [[1, 1, 1, 5]] and mask.tolist() == [[False, False, False, True]]
+
 
 def test_prompts_are_left_padded_with_their_text():
     records = [{"prompt": "Hi?", "source": "mem:0"}, {"prompt": "x" * 50, "source": "mem:1"}]

@@ -1,7 +1,10 @@
 """Prompts and texts to token ids with the checkpoint's tokenizer (chat template or raw text), and
-sampled ids back to response texts."""
+sampled ids back to response texts; token rows left-padded into fixed-shape sampler batches."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -79,3 +82,16 @@ def check_truncation(truncation: str) -> str:
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
     return truncation
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int, size: Optional[int] = None,
+                length: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows left-padded to `length` (None: the longest): (tokens int32 [size, length], mask
+    bool [size, length]). Up to `size` rows (None: as many as given), copies of the last row fill
+    the batch (sampled, then dropped): fixed shapes for the compiled sampler."""
+    rows = list(rows) + [rows[-1]] * ((size or len(rows)) - len(rows))
+    length = length or max(map(len, rows))
+    tokens, mask = np.full((len(rows), length), pad_id, np.int32), np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        tokens[i, length - len(row):], mask[i, length - len(row):] = row, True
+    return tokens, mask

@@ -12,9 +12,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from instructjax import sampling
-from instructjax.data.render import prompt_ids, response_texts
+from instructjax.data.render import left_padded, prompt_ids, response_texts
 from instructjax.models import ModelConfig
-from instructjax.rewards.references import left_padded
 from instructjax.tokenizers import Prompt, Tokenizer
 
 
@@ -52,7 +51,7 @@ def prompt_batches(tokenizer: Tokenizer, prompts: Sequence[Prompt], config: Samp
     width = sampling.bucket_length(max(map(len, ids), default=1), 16)  # one width for all batches: one compilation
     for begin in range(start, len(prompts), config.batch_size):
         rows = ids[begin:begin + config.batch_size]
-        yield (begin, len(rows), *left_padded(rows, config.batch_size, tokenizer.pad_id or 0, width))
+        yield (begin, len(rows), *left_padded(rows, tokenizer.pad_id or 0, config.batch_size, width))
 
 
 def sample_batch(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, tokens: np.ndarray, mask: np.ndarray,

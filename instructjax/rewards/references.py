@@ -38,18 +38,6 @@ def demonstration_scores(score_rows: ScoreRows, batches: Iterable[dict], max_row
     return np.concatenate(out)
 
 
-def left_padded(rows: Sequence[Sequence[int]], size: int, pad_id: int,
-                length: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """`size` rows left-padded to `length` (None: the longest); missing rows repeat the last one
-    (sampled, then dropped): fixed shapes for the compiled sampler."""
-    rows = list(rows) + [rows[-1]] * (size - len(rows))
-    length = length or max(map(len, rows))
-    tokens, mask = np.full((size, length), pad_id, np.int32), np.zeros((size, length), bool)
-    for i, row in enumerate(rows):
-        tokens[i, length - len(row):], mask[i, length - len(row):] = row, True
-    return tokens, mask
-
-
 def sample_scores(score: Callable[[Any, Any], Any], policy_cfg: ModelConfig, policy_params: Any,
                   tokenizer: Tokenizer, prompts: Sequence[Prompt], *, chat_template: bool, rng: jax.Array,
                   max_new_tokens: int, temperature: float = 1.0, batch_size: int = 8,
@@ -66,7 +54,7 @@ def sample_scores(score: Callable[[Any, Any], Any], policy_cfg: ModelConfig, pol
     for i, start in enumerate(range(0, len(prompts), batch_size)):
         chunk = prompts[start:start + batch_size]
         ids = [render.prompt_ids(tokenizer, p, chat_template) for p in chunk]
-        prompt_tokens, prompt_mask = left_padded(ids, batch_size, tokenizer.pad_id)
+        prompt_tokens, prompt_mask = render.left_padded(ids, tokenizer.pad_id, batch_size)
         sample = sampling.generate(policy_cfg, policy_params, prompt_tokens, prompt_mask,
                                    rng=jax.random.fold_in(rng, i), max_new_tokens=max_new_tokens,
                                    temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,

@@ -28,6 +28,7 @@ import ml_collections
 import tqdm
 from absl import logging
 
+from instructjax import cpu_runtime
 from instructjax.data.loader import format_tally
 from instructjax.train.checkpointing import Checkpointer
 from instructjax.train.metrics import MetricsWriter
@@ -203,6 +204,7 @@ def _steps(config: LoopConfig, state: TrainState, start: int, step_fn: StepFn, t
     for step in range(start + 1, config.num_steps + 1):
         batch = next(train_iterator)
         state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+        cpu_runtime.release_if_memory_low()  # the kept heap can outgrow the machine (cpu_runtime)
         if (skipped := skipped_updates(state)) is not None:  # optim.skip_nonfinite: the guard reads the count
             metrics = {**metrics, "skipped_updates": skipped}
         if pending is not None:

@@ -6,7 +6,6 @@ import pathlib
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 from jax.sharding import Mesh
 
 from instructjax import parallel, sampling
@@ -15,24 +14,13 @@ from instructjax.models import ModelConfig
 from instructjax.tokenizers import Prompt, Tokenizer
 
 
-def left_padded(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Token rows left-padded to the longest: (tokens int32 [B', P], mask bool [B', P]). The last row
-    is repeated so that B' is a multiple of `multiple` (rows must split over the mesh)."""
-    rows = list(rows) + [rows[-1]] * (-len(rows) % multiple)
-    length = max(map(len, rows))
-    tokens = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for i, row in enumerate(rows):
-        tokens[i, length - len(row):], mask[i, length - len(row):] = row, True
-    return tokens, mask
-
-
 def generate_responses(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompts: Sequence[Prompt], *,
                        chat_template: bool, rng: jax.Array, max_new_tokens: int, temperature: float,
                        mesh: Mesh) -> list[str]:
     """One sampled response per prompt (rendered with the chat template or as raw text)."""
     ids = [render.prompt_ids(tokenizer, p, chat_template) for p in prompts]
-    tokens, mask = left_padded(ids, tokenizer.pad_id, parallel.batch_shards(mesh))
+    rows = len(ids) + -len(ids) % parallel.batch_shards(mesh)  # rows must split over the mesh
+    tokens, mask = render.left_padded(ids, tokenizer.pad_id, rows)
     out = sampling.generate(cfg, params, tokens, mask, rng=rng, max_new_tokens=max_new_tokens,
                             temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                             mesh=mesh, batch_axes=parallel.BATCH_AXES)

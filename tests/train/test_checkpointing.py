@@ -6,6 +6,7 @@ the NaN guard's last sane checkpoint."""
 import json
 import logging
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +127,17 @@ def test_the_last_sane_checkpoint_is_one_the_next_step_was_finite_from():
     assert last_sane_checkpoint([4, 8], failed_step=11) == 8
     assert last_sane_checkpoint([4, 8], failed_step=9) == 4  # step 9 was trained from checkpoint 8
     assert last_sane_checkpoint([2], failed_step=3) is None
+
+
+def test_the_loop_offers_to_release_memory_after_every_step(tmp_path, monkeypatch):
+    """`cpu_runtime.release_if_memory_low` runs once a step: a heap grown by fragmentation within a stage
+    is trimmed before the machine runs out (the demo's SFT stage was OOM-killed without it)."""
+    from instructjax import cpu_runtime
+    from instructjax.train import Workdir, loop
+    calls = []
+    monkeypatch.setattr(cpu_runtime, "release_if_memory_low", lambda: calls.append(True) or False)
+    loop.run(loop.LoopConfig(num_steps=3), Workdir.at(tmp_path / "run"),
+             step_fn=lambda state, batch, rng: ({"step": state["step"] + 1}, {"loss": jnp.float32(0.5)}),
+             init_state=lambda: {"step": jnp.zeros((), jnp.int32)}, abstract_state=None,
+             train_iterator=iter(grain.MapDataset.source([1, 2, 3]).to_iter_dataset()), rng=jax.random.key(0))
+    assert len(calls) == 3
