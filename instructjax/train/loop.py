@@ -215,6 +215,7 @@ def _steps(config: LoopConfig, state: TrainState, start: int, step_fn: StepFn, t
         if evaluate or save:  # the NaN guard has seen this step before it is evaluated or saved
             tracker.record(*pending)
             pending = None
+            cpu_runtime.release_if_memory_low()  # the finished step's freed heap, before eval/save allocate theirs
         if evaluate:  # before the checkpoint: a run killed in between evaluates this step again
             results = {f"eval/{k}": v for k, v in eval_fn(state, step).items()}
             writer.write(step, results)

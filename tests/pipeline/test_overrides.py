@@ -202,8 +202,13 @@ def test_the_stages_train_with_the_built_configs(tmp_path, monkeypatch, algorith
     ({"comparisons.dtype": "fp8"}, r"--config.comparisons.dtype='fp8': expected one of \('', 'float32'"),
     ({"comparisons.labeler": "humans"}, r"--config.comparisons.labeler='humans': expected one of \('task', 'human'\)"),
     ({"demonstrations.source": "oracle"}, r"--config.demonstrations.source='oracle': expected one of \('edit', 'best_"),
+    ({"evaluation.kl_prompts": -1}, r"--config.evaluation.kl_prompts=-1: expected at least 0"),
+    ({"evaluation.report_samples": -3}, r"--config.evaluation.report_samples=-3: expected at least 0"),
+    ({"evaluation.perplexity_max_len": 1}, r"--config.evaluation.perplexity_max_len=1: expected at least 2"),
+    ({"evaluation.elo_bootstrap": 0}, r"--config.evaluation.elo_bootstrap=0: expected at least 1"),
+    ({"evaluation.batch_size": 0}, r"--config.evaluation.batch_size=0: expected at least 1"),
 ])
-def test_a_bad_algorithm_or_rounds_is_refused_before_anything_is_written(tmp_path, overrides, message):
+def test_a_bad_value_is_refused_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         ij.pipeline.run_pipeline(load_experiment_config("pipeline", "tiny", overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()

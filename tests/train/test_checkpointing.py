@@ -129,15 +129,22 @@ def test_the_last_sane_checkpoint_is_one_the_next_step_was_finite_from():
     assert last_sane_checkpoint([2], failed_step=3) is None
 
 
-def test_the_loop_offers_to_release_memory_after_every_step(tmp_path, monkeypatch):
-    """`cpu_runtime.release_if_memory_low` runs once a step: a heap grown by fragmentation within a stage
-    is trimmed before the machine runs out (the demo's SFT stage was OOM-killed without it)."""
+def test_the_loop_offers_to_release_memory_after_every_step_and_before_eval_or_save(tmp_path, monkeypatch):
+    """`cpu_runtime.release_if_memory_low` runs once a step, and again once the step has finished before an
+    evaluation or a checkpoint: a heap grown by fragmentation within a stage is trimmed before the machine
+    runs out (the demo's SFT stage was OOM-killed without the first, and in float32 after its last step
+    without the second)."""
     from instructjax import cpu_runtime
     from instructjax.train import Workdir, loop
     calls = []
-    monkeypatch.setattr(cpu_runtime, "release_if_memory_low", lambda: calls.append(True) or False)
-    loop.run(loop.LoopConfig(num_steps=3), Workdir.at(tmp_path / "run"),
-             step_fn=lambda state, batch, rng: ({"step": state["step"] + 1}, {"loss": jnp.float32(0.5)}),
-             init_state=lambda: {"step": jnp.zeros((), jnp.int32)}, abstract_state=None,
-             train_iterator=iter(grain.MapDataset.source([1, 2, 3]).to_iter_dataset()), rng=jax.random.key(0))
-    assert len(calls) == 3
+    monkeypatch.setattr(cpu_runtime, "release_if_memory_low", lambda: calls.append("release") or False)
+
+    def step_fn(state, batch, rng):
+        calls.append("step")
+        return {"step": state["step"] + 1}, {"loss": jnp.float32(0.5)}
+
+    loop.run(loop.LoopConfig(num_steps=3, eval_every_steps=2, checkpoint_every_steps=0), Workdir.at(tmp_path / "run"),
+             step_fn=step_fn, init_state=lambda: {"step": jnp.zeros((), jnp.int32)}, abstract_state=None,
+             train_iterator=iter(grain.MapDataset.source([1, 2, 3]).to_iter_dataset()), rng=jax.random.key(0),
+             eval_fn=lambda state, step: calls.append("eval") or {"loss": 0.5})
+    assert calls == ["step", "release", "step", "release", "release", "eval", "step", "release", "release", "eval"]
