@@ -6,6 +6,8 @@ Stages, one subfolder of the workdir each: task, demonstrations, sft, comparison
 step (`--config.algorithm=ppo|grpo|rloo|dpo`, a folder of that name), ppo_ptx, the later rounds'
 comparisons_rR, reward_rR and <algorithm>_rR (`--config.rounds=N`), evaluation; the report is
 WORKDIR/report.md. Rerunning the same command skips finished stages and resumes the interrupted one.
+As one job of several processes, each runs the same command with `--config.parallel.multi_host=True`
+(and the coordinator's address, the process count and its id: docs/pipeline.md#several-processes).
 """
 
 from absl import app, flags

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from collections.abc import Callable, Iterator
+from typing import Sequence, TypeVar
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = ["DEFAULT_RULES", "batch_sharding"]  # the rest: `from instructjax.parallel import name`
 
+T = TypeVar("T")
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -74,11 +76,44 @@ def initialize_distributed(multi_host: bool, coordinator_address: str = "", num_
                                None if process_id == -1 else process_id)
 
 
-def host_values(tree):
-    """Numpy copies of (global) arrays, gathered from every process when there are several."""
+def sync_processes(name: str) -> None:
+    """Every process waits here until all have arrived (a barrier named `name`); one process: nothing."""
     if jax.process_count() > 1:
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.device_get(tree)
+        multihost_utils.sync_global_devices(name)
+
+
+def first_process_flag(flag: bool) -> bool:
+    """Process 0's `flag`, the same answer in every process (for a decision that must not differ between
+    them, such as whether a file exists while process 0 may be writing it); one process: `flag`."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def batches_over_processes(compute: Callable[[int], T], num_batches: int) -> Iterator[tuple[int, T]]:
+    """(b, compute(b)) for b = 0 .. num_batches - 1 in order, the batches dealt round-robin over the processes:
+    process p computes batches p, p + N, ... on its own devices and every process receives every batch's
+    result (one allgather per round of N batches; `compute` returns numpy arrays of one shape for every b).
+    A process with no batch left in the last round computes the last batch again (every process joins each
+    gather). One process: compute(b) in turn, nothing gathered."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        yield from ((b, compute(b)) for b in range(num_batches))
+        return
+    for first in range(0, num_batches, count):
+        gathered = multihost_utils.process_allgather(compute(min(first + index, num_batches - 1)))
+        for i in range(min(count, num_batches - first)):
+            yield first + i, jax.tree.map(lambda x: np.asarray(x[i]), gathered)
+
+
+def host_values(tree):
+    """Numpy copies of arrays: a global array spanning several processes gathered from all of them, any
+    other (numpy, or on this process's devices only) copied as it is."""
+    def value(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return jax.device_get(x)
+    return jax.tree.map(value, tree)
 
 
 def _fit(spec: P, shape: tuple, mesh: Mesh) -> P:

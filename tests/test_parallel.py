@@ -54,3 +54,22 @@ def test_initialize_distributed_refuses_placement_without_multi_host():
         parallel.initialize_distributed(False, "127.0.0.1:1234", 2)
     with pytest.raises(ValueError, match=r"config.parallel.process_id=2 must be in 0..num_processes-1"):
         parallel.initialize_distributed(True, "127.0.0.1:1234", 2, 2)
+
+
+def test_batches_over_one_process_are_computed_once_each_in_order():
+    calls = []
+
+    def compute(b):
+        calls.append(b)
+        return np.full(3, b)
+    out = list(parallel.batches_over_processes(compute, 4))
+    assert [b for b, _ in out] == calls == [0, 1, 2, 3]
+    assert all((x == b).all() for b, x in out)
+    assert list(parallel.batches_over_processes(compute, 0)) == []
+
+
+def test_host_values_copy_local_arrays_as_they_are():
+    tree = {"a": np.arange(4), "b": jnp.ones((2, 3))}
+    got = parallel.host_values(tree)
+    assert isinstance(got["b"], np.ndarray) and got["b"].shape == (2, 3)
+    np.testing.assert_array_equal(got["a"], np.arange(4))

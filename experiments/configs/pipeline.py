@@ -35,8 +35,11 @@ TRAINED_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
 SHORT_FAMILIES = ("max_words", "min_words", "max_sentences", "lowercase", "uppercase", "no_commas", "end_phrase",
                   "quoted", "include_keywords", "avoid_words", "title")
 # Fields of the stage sections that the pipeline fills in (instructjax/pipeline/stages.py: `seed`, the
-# exports later stages read, `init` or the SFT model, the earlier stages' files); unset (None) here.
-_INIT_AND_DATA = ("seed", "export", "init.source", "init.path", "init.preset", "init.tokenizer", "data.train_files")
+# exports later stages read, `init` or the SFT model, the earlier stages' files, the job's processes from
+# `parallel`); unset (None) here.
+_PROCESSES = ("parallel.multi_host", "parallel.coordinator_address", "parallel.num_processes", "parallel.process_id")
+_INIT_AND_DATA = ("seed", "export", "init.source", "init.path", "init.preset", "init.tokenizer", "data.train_files",
+                  *_PROCESSES)
 PIPELINE_FIELDS = {"sft": _INIT_AND_DATA, "reward": _INIT_AND_DATA + ("normalize.data.train_files",),
                    "ppo": _INIT_AND_DATA + ("reward.path", "ptx.data.train_files", "advantage", "rollout.group_size"),
                    "dpo": _INIT_AND_DATA}
@@ -70,6 +73,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     config.algorithm = "ppo"  # the policy step: ppo | grpo | rloo (the `ppo` section's trainer) | dpo (`dpo`)
     config.group_size = 4  # grpo / rloo: responses per prompt (episodes per iteration: ppo.batch_size x this)
     config.rounds = 1  # rounds of comparisons -> reward model -> policy; each later round samples from the last policy
+
+    # the pipeline as one job of several processes (each runs the same command; docs/pipeline.md): every stage
+    # runs in them, the training stages with these `parallel` fields
+    config.parallel = ml_collections.ConfigDict()
+    config.parallel.multi_host = False  # join a multi-process job first (jax.distributed.initialize)
+    config.parallel.coordinator_address = ""  # multi_host: process 0's HOST:PORT; "": from the cluster environment
+    config.parallel.num_processes = -1  # multi_host: processes of the job; -1: from the cluster environment
+    config.parallel.process_id = -1  # multi_host: this process's id in 0..num_processes-1; -1: from the cluster
 
     config.init = ml_collections.ConfigDict()  # the initial model (the same fields as a stage's init)
     config.init.source = "default" if real else "random"  # random | hf | gguf | default | workdir

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from instructjax import sampling
 from instructjax.data.render import left_padded, prompt_ids, response_texts
 from instructjax.models import ModelConfig
+from instructjax.parallel import batches_over_processes
 from instructjax.tokenizers import Prompt, Tokenizer
 
 
@@ -67,15 +68,22 @@ def iter_completions(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompt
                      config: SamplingConfig, rng: jax.Array, *, start: int = 0,
                      desc: str = "sampling") -> Iterator[Completions]:
     """Completions of `prompts[start:]`, one batch at a time. Batch b's draws depend only on `rng`
-    and b, so a run resumed at a batch boundary gives the same completions as an uninterrupted one."""
+    and b, so a run resumed at a batch boundary gives the same completions as an uninterrupted one.
+    Several processes share the batches (`parallel.batches_over_processes`: each samples its own on its
+    devices, with `params` of its own) and each receives all of them, the same as one process."""
+    batches = list(prompt_batches(tokenizer, prompts, config, start))
+
+    def sample(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        begin, _, tokens, mask = batches[b]
+        out = sample_batch(cfg, params, tokenizer, tokens, mask, config,
+                           jax.random.fold_in(rng, begin // config.batch_size))
+        return tuple(np.asarray(x) for x in jax.device_get((out.tokens, out.mask, out.ended)))
+
     with tqdm(total=len(prompts), initial=start, desc=desc, unit="prompt", leave=False) as bar:
-        for begin, real, tokens, mask in prompt_batches(tokenizer, prompts, config, start):
-            out = sample_batch(cfg, params, tokenizer, tokens, mask, config,
-                               jax.random.fold_in(rng, begin // config.batch_size))
+        for b, (out_tokens, out_mask, ended) in batches_over_processes(sample, len(batches)):
+            begin, real = batches[b][:2]
             rows = real * config.k
-            out_tokens, out_mask, ended = (np.asarray(x)[:rows] for x in jax.device_get((out.tokens, out.mask,
-                                                                                          out.ended)))
-            texts = response_texts(tokenizer, out_tokens, out_mask)
+            texts = response_texts(tokenizer, out_tokens[:rows], out_mask[:rows])
             yield Completions(begin, [texts[i * config.k:(i + 1) * config.k] for i in range(real)],
-                              ended.reshape(real, config.k), out_mask.sum(1).reshape(real, config.k))
+                              ended[:rows].reshape(real, config.k), out_mask[:rows].sum(1).reshape(real, config.k))
             bar.update(real)

@@ -30,7 +30,8 @@ from instructjax.evaluation.generation import SamplingConfig, iter_completions
 from instructjax.evaluation.policies import kl_to_reference, perplexity, reward_scores
 from instructjax.evaluation.report import write_report
 from instructjax.losses import ordered_pair_mask
-from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl
+from instructjax.parallel import first_process_flag, host_values, sync_processes
+from instructjax.pipeline.files import sample_to_file, write_json, write_jsonl, writes_files
 from instructjax.rewards.io import RewardModel, load_reward_model
 from instructjax.rl.frozen import frozen_model
 from instructjax.train.reward import SUMMARY_FILE, train_reward_model
@@ -257,7 +258,9 @@ def _filled(config: ml_collections.ConfigDict, section: str,
     and `export`. The presets leave these fields unset (None: experiments/configs/pipeline.py); a
     value set on the command line is refused, naming the key, unless it is the pipeline's own."""
     values = {"seed": (config.seed, "--config.seed, which seeds every stage"),
-              "export": (True, "later stages read each stage's export"), **values}
+              "export": (True, "later stages read each stage's export"),
+              **{f"parallel.{k}": (v, f"--config.parallel.{k}: every stage runs in the pipeline's processes")
+                 for k, v in config.parallel.items()}, **values}
     c = config[section].copy_and_resolve_references()
     for key, (value, origin) in values.items():
         if c[key] is not None and c[key] != value:
@@ -388,12 +391,6 @@ def stage_configs(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict
     check_values(config, choices=PIPELINE_CHOICES)
     _check_policy_steps(config)
     _check_evaluation(config)
-    multi_host = [f"--config.{s}.parallel.multi_host" for s in ("sft", "reward", "ppo", "dpo")
-                  if config[s].parallel.multi_host]
-    if multi_host:
-        raise ValueError(f"{', '.join(multi_host)}: the pipeline runs as one process (its sampling, labelling and "
-                         "evaluation stages are not split over processes); run the stage scripts "
-                         "(experiments/sft.py, reward.py, ppo.py, dpo.py) as several processes instead")
     configs = {"sft": sft_config(config, root)}
     for round_ in range(1, config.rounds + 1):
         if trains_reward_model(config, round_):
@@ -421,9 +418,17 @@ def _check_completions_fit(config: ml_collections.ConfigDict, configs: dict[str,
                              f"{section}.data.max_completions to at least {config.comparisons.k}")
 
 
+def _train(trainer: Callable[..., Any], stage_config: ml_collections.ConfigDict, folder: pathlib.Path,
+           **kwargs: Any) -> None:
+    """`trainer(stage_config, folder, **kwargs)`, then (several processes) wait until process 0 has written
+    the folder's summary, metrics and export, which the stage reads next."""
+    trainer(stage_config, folder, **kwargs)
+    sync_processes(f"trained {folder}")
+
+
 def sft_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> dict[str, Any]:
     """3. Supervised fine-tuning of the initial model on the demonstrations."""
-    train_sft(sft_config(config, root), root / "sft")
+    _train(train_sft, sft_config(config, root), root / "sft")
     return {"export": str(root / "sft" / "export"), "data": data_tally(root / "sft" / "metrics.jsonl")}
 
 
@@ -476,7 +481,7 @@ def reward_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: 
     """5. Reward model from the SFT model on the comparisons (of every round so far), normalised on the
     demonstrations."""
     folder = root / round_name("reward", round_)
-    train_reward_model(reward_config(config, root, round_), folder)
+    _train(train_reward_model, reward_config(config, root, round_), folder)
     return {**json.loads((folder / SUMMARY_FILE).read_text()), "data": data_tally(folder / "metrics.jsonl")}
 
 
@@ -487,10 +492,10 @@ def _rl_stage(config: ml_collections.ConfigDict, root: pathlib.Path, name: str, 
     c = ppo_config(config, root, name, round_)
     evaluate = _validation_eval(config, root, root / round_name("reward", round_))
     start = root / name / VALIDATION_START_FILE
-    if not start.exists():  # the curve's first point (KL 0): the policy it starts from
+    if not first_process_flag(start.exists()):  # the curve's first point (KL 0): the policy it starts from
         cfg, params, _ = _policy(root, started_from(config, name))
         write_json(start, evaluate(cfg, params, 0))
-    train_ppo(c, root / name, evaluate=evaluate)
+    _train(train_ppo, c, root / name, evaluate=evaluate)
     return {"export": str(root / name / "export"), "algorithm": config.algorithm if name != "ppo_ptx" else "ppo",
             "advantage": c.advantage, "ptx_gamma": c.ptx.gamma, "started_from": started_from(config, name),
             "data": data_tally(root / name / "metrics.jsonl")}
@@ -503,7 +508,7 @@ def policy_stage(config: ml_collections.ConfigDict, root: pathlib.Path, round_: 
     name = round_name(config.algorithm, round_)
     if config.algorithm != "dpo":
         return _rl_stage(config, root, name, round_)
-    train_dpo(dpo_config(config, root, round_), root / name)
+    _train(train_dpo, dpo_config(config, root, round_), root / name)
     return {"export": str(root / name / "export"), "algorithm": "dpo", "started_from": started_from(config, name),
             "data": data_tally(root / name / "metrics.jsonl")}
 
@@ -519,6 +524,7 @@ def _validation_eval(config: ml_collections.ConfigDict, root: pathlib.Path, rewa
     c = config.evaluation
 
     def evaluate(cfg, params, step: int) -> dict[str, float]:
+        params = jax.device_put(host_values(params), jax.local_devices()[0])  # the trainer's (global) arrays, here
         responses = [t[0] for batch in iter_completions(cfg, params, tokenizer, texts, sampling_config(c, k=1),
                                                         jax.random.key(config.seed + 5), desc=f"validation {step}")
                      for t in batch.texts]
@@ -611,8 +617,9 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     write_json(folder / "summary.json", summary)
     write_jsonl(folder / "samples.jsonl", ({"prompt": t, **{n: responses[n, "test"][i] for n in names}}
                                            for i, t in enumerate(test_texts)))
-    write_report(root, summary, prompt_sets["test"], {n: responses[n, "test"] for n in names},
-                 num_samples=c.report_samples)
+    if writes_files():
+        write_report(root, summary, prompt_sets["test"], {n: responses[n, "test"] for n in names},
+                     num_samples=c.report_samples)
     return summary
 
 

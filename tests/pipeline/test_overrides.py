@@ -4,6 +4,7 @@ anything is written; every other stage field and every top-level field reaches i
 the stage configs are built by `stages.sft_config` / `reward_config` / `ppo_config`."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -40,6 +41,9 @@ def _config(overrides=None, preset="tiny"):
     ("ppo.rollout.group_size", 8),  # --config.group_size
     ("dpo.init.path", "runs/sft"),
     ("dpo.data.train_files", ("comparisons.jsonl",)),
+    ("ppo.parallel.multi_host", True),  # --config.parallel.*: every stage runs in the pipeline's processes
+    ("sft.parallel.process_id", 1),
+    ("dpo.parallel.coordinator_address", "127.0.0.1:1234"),
 ])
 def test_a_pipeline_field_is_refused_before_anything_is_written(tmp_path, key, value):
     algorithm = "dpo" if key.startswith("dpo.") else "ppo"  # the section the policy step reads
@@ -50,11 +54,14 @@ def test_a_pipeline_field_is_refused_before_anything_is_written(tmp_path, key, v
 
 
 
-def test_multi_process_stages_are_refused_before_anything_is_written(tmp_path):
-    config = load_experiment_config("pipeline", "tiny", {"ppo.parallel.multi_host": True})
-    with pytest.raises(ValueError, match=r"--config\.ppo\.parallel\.multi_host: the pipeline runs as one process"):
-        ij.pipeline.run_pipeline(config, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+def test_the_pipeline_processes_reach_every_training_stage():
+    placed = {"parallel.multi_host": True, "parallel.coordinator_address": "127.0.0.1:1234",
+              "parallel.num_processes": 2, "parallel.process_id": 1}
+    configs = stages.stage_configs(_config(placed), pathlib.Path("/nonexistent"))
+    assert set(configs) == {"sft", "reward", "ppo", "ppo_ptx"}
+    for c in configs.values():
+        assert {key: c[key] for key in placed} == placed
+
 
 @pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
 def test_more_completions_than_the_trainer_takes_are_refused_naming_the_keys(tmp_path, algorithm):

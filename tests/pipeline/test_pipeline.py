@@ -1,18 +1,19 @@
 """The whole InstructGPT pipeline on the tiny preset: every stage runs, the report is written, a
 rerun skips finished stages, an interrupted sampling stage resumes with the same samples, the
-demonstrations stage's "edit" source turns the same samples into demonstrations that pass, and the
-PPO stage honours a reward-function source."""
+demonstrations stage's "edit" source turns the same samples into demonstrations that pass, the PPO
+stage honours a reward-function source, and 2 processes run it as one."""
 
 import json
 import shutil
 
 import jax
+import numpy as np
 import pytest
 
 import instructjax as ij
 from instructjax.pipeline import stages
 from instructjax.pipeline.files import sample_to_file
-from instructjax.testing.experiments import load_experiment_config
+from instructjax.testing.experiments import load_experiment_config, run_processes
 from instructjax.train import read_metrics
 from instructjax.evaluation.generation import SamplingConfig
 from instructjax.labelers.demonstrator import MIN_CLOSENESS
@@ -227,3 +228,35 @@ def test_each_algorithm_runs_two_rounds(finished_run, tmp_path, algorithm):
     assert list(evaluation["elo"]["ratings"]) == list(evaluation["models"])  # every policy ranked
     report = (tmp_path / "report.md").read_text()
     assert f"{algorithm.upper()} round 2" in report
+
+
+def test_two_processes_run_the_pipeline_as_one(finished_run, tmp_path):
+    """One job of 2 processes x 4 fake CPU devices on 127.0.0.1 runs every stage: the sampling and scoring
+    batches dealt over the processes, the training stages on a mesh spanning both, process 0 writing the
+    files. What does not depend on training is what this process's run on 8 devices wrote, byte for byte:
+    the task, the initial model's samples and the demonstrations made of them (each batch's draws, gathered
+    in order), the initial model's evaluation responses, pass rates and perplexity. (The trained models
+    differ: 26 demonstrations are not a multiple of SFT's batch, so each process's blocks of the data wrap
+    around the epoch differently from one process's, docs/data.md; the trainers on 2 processes equal 1 on
+    the same batches: tests/train/test_multiprocess.py.)"""
+    workdir, config, summaries = finished_run
+    two = tmp_path / "two"
+    (tmp_path / "logs").mkdir()
+    run_processes("pipeline", two, tmp_path / "logs", timeout_s=600)
+    assert "Rank 1 is connected" in (tmp_path / "logs" / "process_1.log").read_text()  # gloo collectives
+    for stage in summaries:
+        assert (two / stage / "stage.json").is_file()
+    for file in ("task/test.jsonl", "task/ppo_prompts.jsonl", "demonstrations/samples.jsonl",
+                 "demonstrations/demonstrations.jsonl", "evaluation/responses_initial.jsonl",
+                 "evaluation/responses_initial_heldout.jsonl"):
+        assert (two / file).read_text() == (workdir / file).read_text(), file
+    got = json.loads((two / "evaluation" / "stage.json").read_text())["summary"]
+    want = json.loads(json.dumps(summaries["evaluation"]))
+    assert sorted(got["models"]) == sorted(want["models"]) and got["elo"]["prompts"] == want["elo"]["prompts"]
+    initial, expected = got["models"]["initial"], want["models"]["initial"]
+    assert initial["perplexity"] == expected["perplexity"]
+    for split in ("test", "heldout"):  # (the reward-model score is not compared: each run trained its own)
+        assert initial[split]["pass_rates"] == expected[split]["pass_rates"], split
+    assert initial["test"]["length"] == expected["test"]["length"]
+    report = (two / "report.md").read_text()
+    assert "## Elo ratings" in report and (two / "report_elo.png").is_file()
