@@ -144,7 +144,7 @@ def main():
     size = SIZES["smoke" if args.smoke else "full"]
     bandwidth, flop_peak = device_peaks(device.device_kind)
     if device.platform == "cpu":
-        flop_peak = flops.jax_bf16_peak(n=512) * 1e9
+        flop_peak = flops.jax_matmul_peak("bfloat16", n=512) * 1e9
     cfg = ij.models.get_preset(size["preset"], dtype="bfloat16")
     sft_cfg = cfg.replace(attention_impl=args.sft_attention or ("cudnn" if device.platform == "gpu" else "xla"))
     rl_cfg = cfg.replace(attention_impl=args.rl_attention)

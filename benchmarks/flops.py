@@ -51,9 +51,9 @@ def best_of(fn, repeats):
     return min(timings(fn, repeats))
 
 
-def jax_bf16_peak(n=2048, repeats=10):
-    """GFLOP/s of an n^3 jax matmul, bf16 operands accumulated in float32 (as the models run)."""
-    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.bfloat16)
+def jax_matmul_peak(dtype="bfloat16", n=2048, repeats=10):
+    """GFLOP/s of an n^3 jax matmul of `dtype` operands accumulated in float32 (as the models run)."""
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
     matmul = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     matmul(a).block_until_ready()
     return 2 * n ** 3 / 1e9 / best_of(lambda: matmul(a).block_until_ready(), repeats)

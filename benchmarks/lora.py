@@ -12,7 +12,6 @@ Timing: `--steps` steps after a compile step, the median reported.
 
 import argparse
 import json
-import platform
 import resource
 import time
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flops
 from instructjax import checkpoints, cpu_runtime
 from instructjax.models import lora
 from instructjax.train.initial_model import with_adapters
@@ -65,7 +65,7 @@ def main():
         else sum(x.size for x in jax.tree.leaves(state.params)),
         "params_mb": round(nbytes(state.params) / 2**20, 1), "opt_state_mb": round(nbytes(state.opt_state) / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "loss": [float(metrics["loss"])], "cpu": platform.processor() or platform.machine(),
+        "loss": [float(metrics["loss"])], "machine": flops.machine(),
     }))
 
 

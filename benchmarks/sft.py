@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import flops
@@ -36,15 +35,11 @@ from instructjax.testing.experiments import load_experiment_config
 def matmul_peaks(n=2048, repeats=10):
     """GFLOP/s of an n^3 matmul: jax bf16 with f32 accumulation, jax f32, torch bf16."""
     import torch
-    a32 = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
-    f32 = jax.jit(lambda x: jnp.dot(x, x))
-    f32(a32).block_until_ready()
-    t = torch.from_numpy(np.asarray(a32)).to(torch.bfloat16)
+    t = torch.from_numpy(np.random.default_rng(0).normal(size=(n, n))).to(torch.bfloat16)
     torch.mm(t, t)
-    gflops = 2 * n ** 3 / 1e9
-    return {"jax bf16 (f32 accumulation)": flops.jax_bf16_peak(n, repeats),
-            "jax f32": gflops / flops.best_of(lambda: f32(a32).block_until_ready(), repeats),
-            "torch bf16": gflops / flops.best_of(lambda: torch.mm(t, t), repeats)}
+    return {"jax bf16 (f32 accumulation)": flops.jax_matmul_peak("bfloat16", n, repeats),
+            "jax f32": flops.jax_matmul_peak("float32", n, repeats),
+            "torch bf16": 2 * n ** 3 / 1e9 / flops.best_of(lambda: torch.mm(t, t), repeats)}
 
 
 def long_demonstrations(tok, rows, length):

@@ -1,6 +1,6 @@
 """Shared pytest set-up: no test may reach the network; 8 fake CPU devices for sharding tests; the
 XLA:CPU process settings the entry points run with; tests marked `needs_devices(n)` skip on fewer
-devices, except under CI, where they fail; the longest test files run first."""
+devices, except under CI, where they fail."""
 
 import os
 
@@ -18,15 +18,3 @@ from instructjax import cpu_runtime  # noqa: E402  (after XLA_FLAGS: jax reads i
 cpu_runtime.apply()
 
 pytest_plugins = ["pytester", "instructjax.testing.devices"]
-
-# The longest test files (several minutes each on a 2-core CPU), started first: `make test` runs two
-# pytest-xdist workers with `--dist loadfile`, which hands out whole files in collection order, so a long
-# file collected last would run alone at the end while the other worker idles.
-LONGEST_FILES = ("tests/pipeline/test_pipeline.py", "tests/train/test_ppo.py", "tests/train/test_multiprocess.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        path = item.path.as_posix()
-        return next((i for i, name in enumerate(LONGEST_FILES) if path.endswith(name)), len(LONGEST_FILES))
-    items.sort(key=rank)  # stable: the order within each file and among the other files is kept
