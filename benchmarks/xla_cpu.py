@@ -15,7 +15,10 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+import numpy as np
+
+import flops
 
 # XLA_FLAGS of each library (added to `ij.cpu_runtime`'s `-REDUCE`, which every setting keeps).
 NO_YNN_DOT = "--xla_cpu_experimental_ynn_fusion_type=-REDUCE,-DOT"
@@ -28,13 +31,9 @@ LIBRARIES = {
 
 
 def median_seconds(fn, repeats):
+    """The median of `repeats` timings of `fn()` after one untimed call (compilation)."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return float(np.median(flops.timings(fn, repeats)))
 
 
 def measure(dtype, batch, length):
@@ -43,7 +42,6 @@ def measure(dtype, batch, length):
     ij.cpu_runtime.apply()
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     def matmul_seconds(m, k, n, form):
         x, w, dy = (jnp.ones(s, dtype) for s in ((m, k), (k, n), (m, n)))
@@ -87,7 +85,6 @@ def main():
     if args.child:
         print(json.dumps(measure(args.dtype, args.batch, args.length)))
         return
-    import flops
     print(f"machine: {flops.machine()}")
     print(f"{args.dtype}; forward + backward of SmolLM2-135M at [{args.batch}, {args.length}]")
     for library in args.libraries:

@@ -80,10 +80,10 @@ def iter_completions(cfg: ModelConfig, params: Any, tokenizer: Tokenizer, prompt
         return tuple(np.asarray(x) for x in jax.device_get((out.tokens, out.mask, out.ended)))
 
     with tqdm(total=len(prompts), initial=start, desc=desc, unit="prompt", leave=False) as bar:
-        for b, (out_tokens, out_mask, ended) in batches_over_processes(sample, len(batches)):
+        for b, outputs in batches_over_processes(sample, len(batches)):
             begin, real = batches[b][:2]
-            rows = real * config.k
-            texts = response_texts(tokenizer, out_tokens[:rows], out_mask[:rows])
+            out_tokens, out_mask, ended = (x[:real * config.k] for x in outputs)  # the filler rows dropped
+            texts = response_texts(tokenizer, out_tokens, out_mask)
             yield Completions(begin, [texts[i * config.k:(i + 1) * config.k] for i in range(real)],
-                              ended[:rows].reshape(real, config.k), out_mask[:rows].sum(1).reshape(real, config.k))
+                              ended.reshape(real, config.k), out_mask.sum(1).reshape(real, config.k))
             bar.update(real)
