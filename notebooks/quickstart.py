@@ -19,7 +19,7 @@
 # This notebook runs the whole InstructGPT recipe (Ouyang et al. 2022) on the `tiny` preset:
 # task prompts with verifiable constraints, demonstrations by rejection sampling, SFT, comparisons
 # ranked by the labeler, a reward model, PPO-ptx, and the evaluation report. The `tiny` preset uses a
-# random tiny model so that it runs in about a minute on a CPU; `quick` runs the same on the real
+# random tiny model so that it runs in about two minutes on 2 CPU cores; `quick` runs the same on the real
 # SmolLM2-135M-Instruct (`make demo`).
 #
 # **Colab / TPU / GPU.** Install from a clone of the repository (first cell). JAX uses the
