@@ -24,6 +24,7 @@ from instructjax.train import config as train_config
 from instructjax.train.metrics import read_metrics
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
+DEVICE_COUNT_FLAG = "xla_force_host_platform_device_count"
 
 
 def load_experiment_config(stage: str, preset: str = "tiny", overrides: dict | None = None
@@ -100,12 +101,19 @@ def run_experiment(stage: str, workdir: pathlib.Path, log: pathlib.Path, *flags:
     env = os.environ | {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(log.parent / "jax_cache"),
                         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = xla_flags_with_devices(env.get("XLA_FLAGS", ""), devices)
     with open(log, "w") as output:
         process = subprocess.Popen(cmd, cwd=CONFIGS.parents[1], stdout=output, stderr=output, env=env)
     if wait:
         assert process.wait(timeout=timeout_s) == 0, log.read_text()[-3000:]
     return process
+
+
+def xla_flags_with_devices(xla_flags: str, devices: int) -> str:
+    """An `XLA_FLAGS` value with `devices` fake CPU devices and the other flags of `xla_flags` (the suite's
+    compilation settings reach the experiments it runs)."""
+    kept = [flag for flag in xla_flags.split() if not flag.startswith(f"--{DEVICE_COUNT_FLAG}=")]
+    return " ".join([*kept, f"--{DEVICE_COUNT_FLAG}={devices}"])
 
 
 def free_port() -> int:
