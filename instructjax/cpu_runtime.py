@@ -42,7 +42,7 @@ import os
 import pkgutil
 import platform
 import sys
-from typing import MutableMapping, Optional, Sequence
+from typing import Mapping, MutableMapping, Optional, Sequence
 
 __all__ = ["apply", "MALLOC_ENVIRONMENT"]  # the rest: `from instructjax.cpu_runtime import name`
 
@@ -129,14 +129,21 @@ def missing_xla_flags(environ: MutableMapping[str, str] = os.environ,
     low, high = JAXLIB_RANGE
     if not enabled(environ) or not low <= version < high:
         return []
+    return unnamed_xla_flags(XLA_CPU_FLAGS, environ)
+
+
+def unnamed_xla_flags(flags: Mapping[str, str], environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """Those of `flags` (name: value) that `environ["XLA_FLAGS"]` does not name, as `--name=value`."""
     current = environ.get("XLA_FLAGS", "")
-    return [f"--{name}={value}" for name, value in XLA_CPU_FLAGS.items() if f"--{name}=" not in current]
+    return [f"--{name}={value}" for name, value in flags.items() if f"--{name}=" not in current]
 
 
 def add_xla_flags(environ: MutableMapping[str, str] = os.environ,
-                  jaxlib_version: tuple[int, ...] | None = None) -> list[str]:
-    """Appends `missing_xla_flags` to `environ["XLA_FLAGS"]`; returns those added."""
-    added = missing_xla_flags(environ, jaxlib_version)
+                  jaxlib_version: tuple[int, ...] | None = None,
+                  flags: Optional[Mapping[str, str]] = None) -> list[str]:
+    """Appends to `environ["XLA_FLAGS"]` those of `flags` it does not name (by default
+    `missing_xla_flags`: this module's, when they apply); returns those added."""
+    added = missing_xla_flags(environ, jaxlib_version) if flags is None else unnamed_xla_flags(flags, environ)
     if added:
         environ["XLA_FLAGS"] = " ".join([environ.get("XLA_FLAGS", ""), *added]).strip()
     return added

@@ -26,6 +26,15 @@ def test_adds_the_flag_after_existing_ones():
     assert env["XLA_FLAGS"].count("ynn_fusion_type") == 1
 
 
+def test_adds_given_flags_whatever_the_jaxlib_and_keeps_those_named():
+    env = {"XLA_FLAGS": "--xla_backend_optimization_level=3", "INSTRUCTJAX_CPU_TUNING": "0"}
+    flags = {"xla_force_host_platform_device_count": "8", "xla_backend_optimization_level": "0"}
+    assert cpu_runtime.add_xla_flags(env, jaxlib_version=(0, 9), flags=flags) == [
+        "--xla_force_host_platform_device_count=8"]
+    assert env["XLA_FLAGS"] == "--xla_backend_optimization_level=3 --xla_force_host_platform_device_count=8"
+    assert cpu_runtime.add_xla_flags(env, flags=flags) == []
+
+
 def test_keeps_a_flag_the_user_set():
     env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}
     assert cpu_runtime.add_xla_flags(env, jaxlib_version=(0, 11)) == []
