@@ -5,6 +5,7 @@ script (same python and process settings), then ours in this process.
     pip install -e .[test,bench]      # bench: trl==1.16.0, datasets, pandas
     python benchmarks/dpo.py          # full size (= make bench-dpo): --steps 5 --batch 8 --length 256, bf16
     python benchmarks/dpo.py --steps 2 --batch 2 --length 64        # smoke size
+    python benchmarks/dpo.py --dtype float32 --microbatches 2       # float32 (CPUs without native bf16)
 
 Data: the shipped prompts of the demonstrations (ChatML), each with a chosen and a rejected
 completion made of shipped responses strung together until prompt + completion + EOS nearly fills
@@ -90,7 +91,7 @@ def ours(args, jsonl, tmp):
     config.model.dtype = args.dtype
     config.model.dropout_rate = 0.0
     config.num_steps, config.num_epochs = args.steps + 1, 0.0
-    config.batch_size, config.microbatches = args.batch, 1
+    config.batch_size, config.microbatches = args.batch, args.microbatches
     config.loss, config.beta = "dpo", BETA
     config.optim.lr, config.optim.schedule, config.optim.warmup_steps = LR, "constant", 0
     config.optim.b1, config.optim.b2, config.optim.weight_decay, config.optim.clip_norm = *BETAS, 0.0, CLIP
@@ -131,7 +132,8 @@ def theirs(args, export_dir, rows, tmp):
             return dataset
 
     config = trl.DPOConfig(
-        output_dir=os.path.join(tmp, "trl"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
+        output_dir=os.path.join(tmp, "trl"), per_device_train_batch_size=args.batch // args.microbatches,
+        gradient_accumulation_steps=args.microbatches,
         max_length=args.length, loss_type=["sigmoid"], beta=BETA, precompute_ref_log_probs=True,
         precompute_ref_batch_size=args.batch, bf16=args.dtype == "bfloat16", use_cpu=True, max_steps=args.steps + 1,
         learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
@@ -151,8 +153,13 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
     parser.add_argument("--length", type=int, default=256, help="tokens per row (prompt + completion + EOS)")
+    parser.add_argument("--microbatches", type=int, default=1,
+                        help="gradient accumulation inside the step (TRL gradient_accumulation_steps); with 1, "
+                             "float32 at full size went past 24 GiB")
     flops.add_competitor_arguments(parser)
     args = parser.parse_args()
+    if args.batch % args.microbatches:
+        parser.error(f"--batch {args.batch} does not split into --microbatches {args.microbatches}")
 
     import torch
     import transformers
@@ -165,7 +172,8 @@ def main():
     results = {}
     if not args.skip_trl and not args.competitor_only:  # TRL first, in a process of its own (memory)
         results["TRL DPOTrainer"] = flops.competitor_in_subprocess(os.path.abspath(__file__), sys.argv[1:])
-        print(f"machine between the sides: {flops.machine()}", flush=True)
+        print(f"TRL step times {', '.join(f'{x:.2f}' for x in results['TRL DPOTrainer']['step_times'])} s; "
+              f"machine between the sides: {flops.machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         jsonl, built = flops.built_dataset("comparisons", comparisons(tok, args.batch * (args.steps + 1), args.length),
                                            tmp)
@@ -186,7 +194,8 @@ def main():
         results = {"instructjax": ours(args, jsonl, tmp)} | results
 
     step_flops = flops.train_flops_per_token(cfg, args.length) * 2 * args.batch * args.length
-    print(f"\nDPO step, {args.batch} pairs x {args.length} tokens, {args.dtype} compute / f32 params, reference "
+    print(f"\nDPO step, {args.batch} pairs x {args.length} tokens in {args.microbatches} microbatch(es), "
+          f"{args.dtype} compute / f32 params, reference "
           f"log-probs precomputed; median of {args.steps} steps after a warm-up step (model FLOPs of "
           f"{2 * args.batch} full rows {step_flops / 1e12:.2f} TFLOP per step)")
     medians = {}
