@@ -31,9 +31,9 @@ def machine() -> str:
     has = [flag for flag in CPU_FLAGS if flag in flags]
     missing = [flag for flag in CPU_FLAGS if flag not in flags]
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    bf16 = "yes (dtype auto = bfloat16)" if cpu_runtime.native_bf16() else "no (dtype auto = float32)"
     return (f"{name}, {os.cpu_count()} cores; flags: {' '.join(has) or '-'} (not: {' '.join(missing) or '-'}); "
-            f"native bf16 (dtype auto = bfloat16): {'yes' if cpu_runtime.native_bf16() else 'no'}; "
-            f"load average {load}")
+            f"native bf16: {bf16}; load average {load}")
 
 
 def timings(fn, repeats):

@@ -30,10 +30,10 @@ its forwards; its reference has f32 weights under the same autocast) and its `ge
 autocast (TRL itself would generate in f32 on CPU: `--trl-f32-generation`). `--threads` torch threads.
 No EOS-penalty on our side (TRL has none).
 
-Not equal: our update recomputes the old log-probs with a no-gradient training forward (the PPO
-trainer always does, docs/formulas.md#old-logprobs); TRL skips that forward when generation and
-optimizer steps are aligned (as here) and uses the detached log-probs of the gradient forward. That
-costs us about one extra forward of the batch.
+Equal: neither side recomputes the old log-probs with a no-gradient forward. With one optimizer
+step per generation (as here) both take them detached from the gradient forward (ours:
+`PPOConfig.recomputes_old` is False for one epoch of one minibatch with the KL in the loss,
+docs/formulas.md#old-logprobs).
 
 Timing: wall time of each whole iteration (generation, reward, reference, update); the first
 iteration (our compilation, TRL's warm-up) is reported apart, the median of the following ones is

@@ -1,5 +1,6 @@
 """The PPO update of one rollout batch, compiled as ONE jit (docs/formulas.md, PPO update): old logprobs and
-values recomputed with the training forward, per-token rewards, GAE, whitening, then
+values recomputed with the training forward (unless nothing reads them, `PPOConfig.recomputes_old`),
+per-token rewards, GAE, whitening, then
 `ppo_epochs` x `num_minibatches` x microbatch accumulation as nested `lax.scan`s (purejaxrl-style),
 with PPO-ptx gradients accumulated into the same policy update; the adaptive KL coefficient is
 updated in the same function. The value model is a separate network with its own optimizer, or a
@@ -11,7 +12,7 @@ value head on the policy trunk (`value_cfg = value_tx = None`) trained with the 
 It reads top to bottom: the settings and the state, the loss pieces (`response_forward`, `ppo_batch`,
 `loss_totals`, `minibatch_loss`), then the update as top-level functions in the order they run
 (`recompute_old`, `epoch_step` -> `minibatch_step` -> `minibatch_gradients` / `apply_ppo_gradients`,
-`mean_episode_kl`, `update_metrics`), all put together by `ppo_update`; `make_ppo_update` binds it to a `Learner`.
+`old_kl_and_entropy`, `update_metrics`), all put together by `ppo_update`; `make_ppo_update` binds it to a `Learner`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ class PPOConfig:
     def uses_values(self) -> bool:
         """GAE needs a value function; the group baselines do not."""
         return self.advantage == "gae"
+
+    @property
+    def recomputes_old(self) -> bool:
+        """Whether the update recomputes old logprobs (and values) before its first optimizer step. Not
+        when nothing before that step reads them and it is the only one: one epoch of one minibatch (its
+        own forward gives them, `fresh`), no value function (GAE reads old values), the KL in the loss (a
+        KL reward reads old logprobs). The KL and entropy metrics then come from that forward."""
+        return self.ppo_epochs > 1 or self.num_minibatches > 1 or self.uses_values or not self.kl_in_loss
 
     def kl_controller(self, kl_coef: float | jax.Array) -> KLController:
         """The controller that moves `PPOState.kl_coef` after each rollout batch, at `kl_coef`."""
@@ -171,6 +180,9 @@ def loss_totals(minibatch: dict, fresh: jax.Array | bool, kl_coef: jax.Array, co
     # Dr.GRPO: the token sum over a constant (every row's full response budget), not over the valid tokens
     tokens = mask.size if config.advantage == "drgrpo" else jnp.sum(mask)
     totals = {"tokens": jnp.asarray(tokens, jnp.float32), "fresh": fresh, "kl_coef": kl_coef}
+    if not config.recomputes_old:  # the batch's KL and entropy metrics from the loss's forward
+        totals |= {"episodes": jnp.asarray(mask.shape[0], jnp.float32),
+                   "response_tokens": jnp.sum(mask).astype(jnp.float32)}
     if config.gamma_ptx > 0:
         totals["ptx_tokens"] = jnp.sum(ptx_targets(minibatch["ptx"])[1]).astype(jnp.float32)
     return totals
@@ -185,11 +197,12 @@ def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], co
 
     With `totals["fresh"]` the old logprobs / values are this forward's own (stop-gradient): the
     params are those of the recompute (first minibatch of the first epoch), so the ratio is exactly 1,
-    where a separately compiled forward differs by float reassociation (~1e-7).
+    where a separately compiled forward differs by float reassociation (~1e-7). Without a recompute
+    (`config.recomputes_old` False) the stats also hold the metrics `kl` and `entropy` of `ppo_update`.
     """
     c = config
     mask = micro["response_mask"]
-    _, logp, values = response_forward(policy_cfg, value_cfg, c.temperature, params, micro["rollout"],
+    logits, logp, values = response_forward(policy_cfg, value_cfg, c.temperature, params, micro["rollout"],
                                        c.uses_values)
     fresh = totals["fresh"]
     old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
@@ -204,6 +217,10 @@ def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], co
         vf, vf_stats = value_loss(values, old_values, micro["returns"], mask, c.value_clip)
         loss, stats = loss + share * c.vf_coef * vf, {**stats, "value_loss": vf, **vf_stats}
     stats = {k: share * v for k, v in stats.items()}
+    if not c.recomputes_old:  # the update's only forward: its params are the old ones
+        entropy = jnp.where(mask, entropy_from_logits(logits, c.temperature), 0.0)
+        stats |= {"kl": jnp.sum(episode_kl(logp, micro["rollout"])) / totals["episodes"],
+                  "entropy": jnp.sum(entropy) / totals["response_tokens"]}
     if c.gamma_ptx > 0:
         ptx = -ptx_logprob_sum(policy_cfg, params[0], micro["ptx"]) / jnp.maximum(totals["ptx_tokens"], 1.0)
         loss = loss + c.gamma_ptx * ptx
@@ -343,14 +360,20 @@ def epoch_step(learner: Learner, data: dict, ptx: Optional[dict], state: PPOStat
     return jax.lax.scan(functools.partial(minibatch_step, learner, data), state, (order, ptx, fresh))
 
 
-def mean_episode_kl(old_logprobs: jax.Array, rollout: Rollout) -> jax.Array:
-    """The controller's and the log's KL: k1 summed over each episode, averaged over the batch, whatever
-    estimator the rewards use."""
+def episode_kl(logprobs: jax.Array, rollout: Rollout) -> jax.Array:
+    """[B]: k1 KL to the reference summed over each episode's response tokens."""
     mask = rollout.response_mask
-    return jnp.mean(jnp.sum(jnp.where(mask, kl_penalty(old_logprobs, rollout.ref_logprobs, "k1"), 0.0), axis=-1))
+    return jnp.sum(jnp.where(mask, kl_penalty(logprobs, rollout.ref_logprobs, "k1"), 0.0), axis=-1)
 
 
-def update_metrics(config: PPOConfig, data: dict, rewards: jax.Array, entropies: jax.Array, mean_kl: jax.Array,
+def old_kl_and_entropy(old_logprobs: jax.Array, entropies: jax.Array, rollout: Rollout
+                       ) -> tuple[jax.Array, jax.Array]:
+    """The controller's and the log's KL (k1 summed over each episode, averaged over the batch, whatever
+    estimator the rewards use) and the mean entropy of the response tokens, under the old params."""
+    return jnp.mean(episode_kl(old_logprobs, rollout)), masked_mean(entropies, rollout.response_mask)
+
+
+def update_metrics(config: PPOConfig, data: dict, rewards: jax.Array, entropy: jax.Array, mean_kl: jax.Array,
                    kl_coef: jax.Array, per_minibatch: dict) -> dict:
     """The scalars of docs/formulas.md#ppo-diagnostics: minibatch means, then the batch's."""
     rollout, mask, advantages, returns = data["rollout"], data["response_mask"], data["advantages"], data["returns"]
@@ -359,7 +382,7 @@ def update_metrics(config: PPOConfig, data: dict, rewards: jax.Array, entropies:
     metrics = {k: jnp.mean(v) for k, v in per_minibatch.items()}
     metrics |= {
         "score": jnp.mean(rollout.scores), "raw_score": jnp.mean(rollout.raw_scores), "kl": mean_kl,
-        "kl_coef": kl_coef, "entropy": masked_mean(entropies, mask),
+        "kl_coef": kl_coef, "entropy": entropy,
         "response_length": jnp.mean(lengths.astype(jnp.float32)),
         "eos_fraction": jnp.mean(rollout.ended.astype(jnp.float32)),
         "reward_total": jnp.mean(jnp.sum(rewards, axis=-1)),
@@ -376,14 +399,20 @@ def ppo_update(learner: Learner, state: PPOState, rollout: Rollout, ptx_batch: O
     """One PPO iteration on a rollout batch (see `make_ppo_update`)."""
     c = learner.config
     rows = rollout.response_mask.shape[0]
-    old_logprobs, old_values, entropies = recompute_old(learner, state, rollout,
-                                                        minibatch_rows(rows, c) // c.microbatches)
+    chunk = minibatch_rows(rows, c) // c.microbatches
+    if c.recomputes_old:
+        old_logprobs, old_values, entropies = recompute_old(learner, state, rollout, chunk)
+    else:  # unread: the only optimizer step takes them from its own forward (`fresh`)
+        old_logprobs, old_values = rollout.sample_logprobs, jnp.zeros_like(rollout.sample_logprobs)
     data, rewards = ppo_batch(rollout, old_logprobs, old_values, state.kl_coef, c)
     epochs = (jax.random.split(rng, c.ppo_epochs), jnp.arange(c.ppo_epochs))
     state, per_minibatch = jax.lax.scan(functools.partial(epoch_step, learner, data, ptx_minibatches(ptx_batch, c)),
                                         state, epochs)
-    mean_kl = mean_episode_kl(old_logprobs, rollout)
-    metrics = update_metrics(c, data, rewards, entropies, mean_kl, state.kl_coef, per_minibatch)
+    if c.recomputes_old:
+        mean_kl, entropy = old_kl_and_entropy(old_logprobs, entropies, rollout)
+    else:
+        mean_kl, entropy = per_minibatch["kl"][0, 0], per_minibatch["entropy"][0, 0]
+    metrics = update_metrics(c, data, rewards, entropy, mean_kl, state.kl_coef, per_minibatch)
     state = state.replace(step=state.step + 1, kl_coef=c.kl_controller(state.kl_coef).next_coef(mean_kl, rows))
     return state, metrics, per_minibatch
 

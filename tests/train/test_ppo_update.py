@@ -193,6 +193,41 @@ def test_learning_on_a_synthetic_reward():
 GRPO = {"advantage": "grpo", "group_size": 4, "kl_in_loss": True, "kl_kind": "k3"}  # no value function
 
 
+def test_one_step_with_the_kl_in_the_loss_runs_no_recompute_and_takes_the_same_step(monkeypatch):
+    """GRPO with one epoch of one minibatch (2 microbatches) and the KL in the loss: nothing before the
+    only optimizer step reads old logprobs, so the update runs no recompute forward. Its params, losses,
+    KL and entropy (from the step's own forward) and the adaptive controller's next beta equal those of
+    the same update with the recompute; the reference is another model, so the KL is not 0."""
+    policy, reference = models_params(0)[0], models_params(1)[0]
+    tokens, mask = prompts(16)
+    settings = rl.SamplingSettings(max_new_tokens=8, temperature=1.0, eos_id=3, pad_id=0)
+    out = rl.sample_responses(CFG, policy, tokens, mask, rng=jax.random.key(100), settings=settings)
+    batch = jax.jit(rl.make_scorer(CFG, token_count_reward(TARGET), temperature=1.0))(reference, None, out)
+    batch = dataclasses.replace(batch, scores=jnp.asarray(np.random.default_rng(0).normal(size=16), jnp.float32))
+    config = train.PPOConfig(num_minibatches=1, microbatches=2, adaptive_kl=True, kl_target=1.0, kl_horizon=100.0,
+                             **GRPO)
+    assert not config.recomputes_old
+    assert train.PPOConfig(num_minibatches=1, microbatches=2, **GRPO | {"kl_in_loss": False}).recomputes_old
+
+    def run():
+        state = train.init_ppo_state(policy, None, SGD, None, 0.05)
+        return jax.jit(train.make_ppo_update(CFG, None, SGD, None, config))(state, batch, None, jax.random.key(1))
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("old logprobs recomputed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ppo_update, "recompute_old", recompute)
+        got, got_metrics, _ = run()
+    monkeypatch.setattr(train.PPOConfig, "recomputes_old", property(lambda self: True))
+    want, want_metrics, _ = run()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), got.policy.params, want.policy.params)
+    assert float(want_metrics["kl"]) > 0.1
+    for key in ("kl", "entropy", "pg_loss", "kl_loss", "loss", "kl_coef"):
+        np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(got.kl_coef, want.kl_coef, rtol=1e-6)
+    assert float(got.kl_coef) != 0.05
+
 @pytest.mark.needs_devices(8)
 @pytest.mark.parametrize("settings", [{}, GRPO], ids=["gae", "grpo"])
 def test_sharded_update_equals_single_device(settings):
