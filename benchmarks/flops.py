@@ -83,20 +83,38 @@ def decode_bytes_per_step(cfg, batch, cached_tokens, weight_itemsize, cache_item
     return cfg.num_params() * weight_itemsize + batch * cached_tokens * kv
 
 
-def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1):
+def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1, *, reward_model=True, values=True,
+                        recompute=True):
     """Matmul FLOPs of one PPO iteration as docs/formulas.md runs it, with the LM head only where a
     log-prob is needed (response positions): generation (prefill + one token per step), scoring
     (reference log-probs, reward model), old log-probs and values recomputed with the training
     forward, and `epochs` passes of policy and value forward + backward. Policy, reference, reward
-    and value models share `cfg`'s trunk. Attention is left out (a few % at these lengths)."""
+    and value models share `cfg`'s trunk. Attention is left out (a few % at these lengths).
+    `reward_model` / `values` False: a reward function / no value model (group baselines); `recompute`
+    False: no old log-probs forward (`PPOConfig.recomputes_old`, one optimizer step)."""
     trunk, head = trunk_and_head_params(cfg)
     tokens, responses = prompts * (prompt_len + new_tokens), prompts * new_tokens
     forward_lm = 2 * (trunk * tokens + head * responses)  # policy or reference, log-probs of the response
     forward_scalar = 2 * trunk * tokens                    # reward or value model
-    return {"generation": forward_lm,
-            "reference and reward": forward_lm + forward_scalar,
-            "old log-probs and values": forward_lm + forward_scalar,
-            "update": epochs * 3 * (forward_lm + forward_scalar)}
+    parts = {"generation": forward_lm, "reference and reward": forward_lm + reward_model * forward_scalar,
+             "old log-probs and values": recompute * (forward_lm + values * forward_scalar),
+             "update": epochs * 3 * (forward_lm + values * forward_scalar)}
+    return {name: flop for name, flop in parts.items() if flop}
+
+
+def print_flop_bound(parts, dtype, ours_s, theirs_s=None):
+    """The iteration's matmul FLOPs (`parts`) at the matmul peak of `dtype` measured now: the fastest any
+    implementation on jax's CPU kernels could go (`ours_s`: our seconds per iteration), and so the largest
+    speed-up over the competitor's `theirs_s` it could show."""
+    total = sum(parts.values())
+    peak = jax_matmul_peak(dtype)
+    floor = total / 1e9 / peak
+    print(f"matmul FLOPs per iteration: {total / 1e12:.1f} TFLOP (" +
+          ", ".join(f"{k} {v / 1e12:.1f}" for k, v in parts.items()) + ")")
+    print(f"jax {dtype} matmul peak now: {peak:.0f} GFLOP/s -> at least {floor:.1f} s per iteration; "
+          f"instructjax takes {ours_s / floor:.2f}x that ({floor / ours_s:.0%} of the peak)")
+    if theirs_s is not None:
+        print(f"largest speed-up over the competitor at that peak: {theirs_s / floor:.2f}x")
 
 
 def built_dataset(kind: str, records, tmp: str):

@@ -38,7 +38,10 @@ docs/formulas.md#old-logprobs).
 Timing: wall time of each whole iteration (generation, reward, reference, update); the first
 iteration (our compilation, TRL's warm-up) is reported apart, the median of the following ones is
 the measurement. TRL's iteration time is between consecutive `on_step_end` callbacks (the first from
-`on_train_begin`).
+`on_train_begin`). Then the iteration's matmul FLOPs (generation, reference, one forward + backward; no
+reward model, value model or old log-probs forward) at jax's matmul peak of `--dtype` measured at the
+end: the least time any implementation on jax's CPU kernels could take, and so the largest speed-up over
+TRL it could show.
 """
 
 import argparse
@@ -253,6 +256,10 @@ def main():
         print(f"speed-up instructjax / TRL (iteration time): "
               f"{medians['TRL GRPO']['total_s'] / medians['instructjax']['total_s']:.2f}x "
               f"(generation {medians['TRL GRPO']['generate_s'] / medians['instructjax']['generate_s']:.2f}x)")
+    parts = flops.ppo_iteration_flops(cfg, episodes, args.prompt_len, args.new_tokens, reward_model=False,
+                                      values=False, recompute=False)  # a reward function, one optimizer step
+    flops.print_flop_bound(parts, args.dtype, medians["instructjax"]["total_s"],
+                           medians.get("TRL GRPO", {}).get("total_s"))
     print(f"machine after: {flops.machine()}")
 
 

@@ -166,22 +166,8 @@ def main():
     if trl is not None:
         ratio = medians["instructjax"]["episodes_per_s"] / medians["TRL PPO"]["episodes_per_s"]
         print(f"speed-up instructjax / TRL (episodes/s): {ratio:.2f}x")
-    print_flop_bound(cfg, args, medians)
-
-
-def print_flop_bound(cfg, args, medians):
-    """The iteration's matmul FLOPs at the matmul peak of its compute dtype (`--dtype`) measured now: the
-    fastest any implementation on jax's CPU kernels could go, and so the largest speed-up over TRL it could show."""
-    parts = flops.ppo_iteration_flops(cfg, args.prompts, args.prompt_len, args.new_tokens)
-    total = sum(parts.values())
-    peak = flops.jax_matmul_peak(args.dtype)
-    floor = total / 1e9 / peak
-    print(f"matmul FLOPs per iteration: {total / 1e12:.1f} TFLOP (" +
-          ", ".join(f"{k} {v / 1e12:.1f}" for k, v in parts.items()) + ")")
-    print(f"jax {args.dtype} matmul peak now: {peak:.0f} GFLOP/s -> at least {floor:.1f} s per iteration; "
-          f"instructjax runs at {total / 1e9 / medians['instructjax']['total_s'] / peak:.0%} of it")
-    if "TRL PPO" in medians:
-        print(f"largest speed-up over TRL at that peak: {medians['TRL PPO']['total_s'] / floor:.2f}x")
+    flops.print_flop_bound(flops.ppo_iteration_flops(cfg, args.prompts, args.prompt_len, args.new_tokens),
+                           args.dtype, medians["instructjax"]["total_s"], medians.get("TRL PPO", {}).get("total_s"))
 
 
 if __name__ == "__main__":
