@@ -203,7 +203,7 @@ def minibatch_loss(policy_cfg: ModelConfig, value_cfg: Optional[ModelConfig], co
     c = config
     mask = micro["response_mask"]
     logits, logp, values = response_forward(policy_cfg, value_cfg, c.temperature, params, micro["rollout"],
-                                       c.uses_values)
+                                            c.uses_values)
     fresh = totals["fresh"]
     old_logp = jnp.where(fresh, jax.lax.stop_gradient(logp), micro["old_logprobs"])
     old_values = jnp.where(fresh, jax.lax.stop_gradient(values), micro["old_values"])

@@ -228,6 +228,7 @@ def test_one_step_with_the_kl_in_the_loss_runs_no_recompute_and_takes_the_same_s
     np.testing.assert_allclose(got.kl_coef, want.kl_coef, rtol=1e-6)
     assert float(got.kl_coef) != 0.05
 
+
 @pytest.mark.needs_devices(8)
 @pytest.mark.parametrize("settings", [{}, GRPO], ids=["gae", "grpo"])
 def test_sharded_update_equals_single_device(settings):
