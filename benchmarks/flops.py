@@ -96,8 +96,10 @@ def ppo_iteration_flops(cfg, prompts, prompt_len, new_tokens, epochs=1, *, rewar
     tokens, responses = prompts * (prompt_len + new_tokens), prompts * new_tokens
     forward_lm = 2 * (trunk * tokens + head * responses)  # policy or reference, log-probs of the response
     forward_scalar = 2 * trunk * tokens                    # reward or value model
-    parts = {"generation": forward_lm, "reference and reward": forward_lm + reward_model * forward_scalar,
-             "old log-probs and values": recompute * (forward_lm + values * forward_scalar),
+    scoring, recomputed = ("reference and reward" if reward_model else "reference",
+                           "old log-probs and values" if values else "old log-probs")
+    parts = {"generation": forward_lm, scoring: forward_lm + reward_model * forward_scalar,
+             recomputed: recompute * (forward_lm + values * forward_scalar),
              "update": epochs * 3 * (forward_lm + values * forward_scalar)}
     return {name: flop for name, flop in parts.items() if flop}
 

@@ -5,6 +5,7 @@ script (same python and process settings), then ours in this process.
     pip install -e .[test,bench]      # bench: trl==1.16.0, datasets, pandas
     python benchmarks/grpo.py         # full size (= make bench-grpo): 16 prompts x 4 samples, 64 + 64 tokens, bf16
     python benchmarks/grpo.py --prompts 4 --group-size 2 --prompt-len 16 --new-tokens 8 --iterations 2  # smoke
+    python benchmarks/grpo.py --skip-trl --profile   # ours, then where each phase's time goes (top XLA ops)
 
 Ours: the pieces `train_ppo` runs per iteration (experiments/configs/grpo.py): the compiled sampler on
 the prompts repeated `--group-size` times, the reward function on the host (decoded responses), the
@@ -45,6 +46,7 @@ TRL it could show.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -59,6 +61,7 @@ import optax
 
 import flops
 import instructjax as ij
+import op_profile
 from instructjax.data.render import response_texts
 from ppo import prompt_rows
 
@@ -106,8 +109,9 @@ def overlap_reward(args, tokenizer, texts):
     return reward
 
 
-def ours(args, cfg, params, rows, reward, eos_id, pad_id):
-    """Per-iteration seconds of sample -> reward function -> reference log-probs -> GRPO update.
+def ours(args, cfg, params, rows, reward, eos_id, pad_id, profile=None):
+    """Per-iteration seconds of sample -> reward function -> reference log-probs -> GRPO update; with an
+    `op_profile.OpProfile`, the last iteration's prompts once more with each phase profiled (not timed).
 
     `rows`: `args.prompts` prompt token rows per iteration; `reward(i, out)`: the reward function's
     scores (one per sample) of iteration i's `SampleOutput`, computed on the host."""
@@ -123,25 +127,36 @@ def ours(args, cfg, params, rows, reward, eos_id, pad_id):
                                 temperature=1.0)
     update = jax.jit(ij.train.make_ppo_update(cfg, None, tx, None, config), donate_argnums=0)
     g, results, rewards = args.group_size, [], []
-    for i in range(args.iterations):
+
+    def iteration(i, phase):
+        nonlocal state
         part = slice(i * args.prompts, (i + 1) * args.prompts)
         tokens = jnp.repeat(jnp.asarray(rows[part], jnp.int32), g, axis=0)
         mask = jnp.ones(tokens.shape, bool)
         start = time.perf_counter()
-        out = jax.block_until_ready(ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
-                                                           rng=jax.random.key(i), settings=settings))
+        with phase("generation"):
+            out = jax.block_until_ready(ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
+                                                               rng=jax.random.key(i), settings=settings))
         generated = time.perf_counter()
         function_scores = jnp.asarray([reward(i, out)], jnp.float32)
         rewarded = time.perf_counter()
-        batch = jax.block_until_ready(score(ref, None, out, function_scores))
+        with phase("reference"):
+            batch = jax.block_until_ready(score(ref, None, out, function_scores))
         scored = time.perf_counter()
-        state, metrics, _ = jax.block_until_ready(update(state, batch, None, jax.random.key(i)))
+        with phase("update"):
+            state, metrics, _ = jax.block_until_ready(update(state, batch, None, jax.random.key(i)))
         end = time.perf_counter()
-        results.append(dict(zip(PHASES, (generated - start, rewarded - generated, scored - rewarded, end - scored,
-                                         end - start))))
-        rewards.append(float(np.mean(function_scores)))
+        return (dict(zip(PHASES, (generated - start, rewarded - generated, scored - rewarded, end - scored,
+                                  end - start))), float(np.mean(function_scores)), metrics)
+
+    for i in range(args.iterations):
+        result, reward_mean, metrics = iteration(i, lambda name: contextlib.nullcontext())
+        results.append(result)
+        rewards.append(reward_mean)
         print(f"instructjax iteration {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()) +
               f"; reward {rewards[-1]:.3f}, loss {float(metrics['loss']):.4f}", flush=True)
+    if profile:
+        iteration(args.iterations - 1, profile.phase)
     return results, rewards
 
 
@@ -218,8 +233,11 @@ def main():
                         help="gradient accumulation inside the one optimizer step (TRL gradient_accumulation_steps)")
     parser.add_argument("--iterations", type=int, default=4, help="the first one is warm-up / compilation")
     parser.add_argument("--trl-f32-generation", action="store_true", help="TRL generates in f32, as it ships")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one more iteration of ours: its top XLA ops per phase (op_profile.py)")
     flops.add_competitor_arguments(parser)
     args = parser.parse_args()
+    profile = op_profile.OpProfile() if args.profile and not args.competitor_only else None  # before jax starts
 
     import torch
     import transformers
@@ -245,7 +263,8 @@ def main():
                 json.dump(theirs(args, export_dir, texts, tmp), f)
             return
         reward = overlap_reward(args, tokenizer, texts)
-        results = {"instructjax": ours(args, cfg, params, rows, reward, tokenizer.eos_id, tokenizer.pad_id)} | results
+        results = {"instructjax": ours(args, cfg, params, rows, reward, tokenizer.eos_id, tokenizer.pad_id,
+                                       profile)} | results
     print(f"\nGRPO iteration, {args.prompts} prompts x {args.group_size} samples, {args.prompt_len} prompt tokens, "
           f"{args.new_tokens} new tokens, one optimizer step ({args.microbatches} microbatches), {args.dtype}; median of {args.iterations - 1} "
           "iterations after the first, seconds:")
@@ -261,6 +280,8 @@ def main():
     flops.print_flop_bound(parts, args.dtype, medians["instructjax"]["total_s"],
                            medians.get("TRL GRPO", {}).get("total_s"))
     print(f"machine after: {flops.machine()}")
+    if profile:
+        profile.print_summary()
 
 
 if __name__ == "__main__":

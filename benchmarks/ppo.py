@@ -4,6 +4,7 @@ the last TRL with a PPO trainer), broken down into generation, scoring and updat
     make .venv-trl112        # once: trl==1.12.0, torch 2.13.0 (CPU) etc. in their own virtualenv
     python benchmarks/ppo.py # full size (= make bench-ppo): 64 prompts x 64 tokens, 64 new tokens, bf16
     python benchmarks/ppo.py --prompts 8 --new-tokens 8 --iterations 2    # smoke size
+    python benchmarks/ppo.py --skip-trl --profile   # ours, then where each phase's time goes (top XLA ops)
 
 Ours runs in this process, TRL in a subprocess with the .venv-trl112 python (benchmarks/ppo_trl.py),
 one after the other. Same model on both sides: the embedded SmolLM2-135M-Instruct as policy and
@@ -21,6 +22,7 @@ iterations is the measurement.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -34,6 +36,7 @@ import optax
 
 import flops
 import instructjax as ij
+import op_profile
 from instructjax import datasets
 from instructjax.data import render
 from instructjax.rewards.io import export_reward_model
@@ -63,8 +66,9 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def ours(args, cfg, params, reward_params, tokens, mask, eos_id, pad_id):
-    """Per-iteration seconds of sample -> score -> update (the steps of `train_ppo`)."""
+def ours(args, cfg, params, reward_params, tokens, mask, eos_id, pad_id, profile=None):
+    """Per-iteration seconds of sample -> score -> update (the steps of `train_ppo`); with an
+    `op_profile.OpProfile`, one more iteration with each phase profiled (not timed)."""
     tx = optax.adam(1e-6, b1=0.9, b2=0.95)
     if args.value == "shared":
         value_cfg, value_tx = None, None
@@ -79,14 +83,23 @@ def ours(args, cfg, params, reward_params, tokens, mask, eos_id, pad_id):
     score = jax.jit(ij.rl.make_scorer(ref_cfg, ij.rl.reward_model_fn(rm_cfg), temperature=1.0))
     config = ij.train.PPOConfig(num_minibatches=args.minibatches, vf_coef=0.1 if args.value == "shared" else 1.0)
     update = jax.jit(ij.train.make_ppo_update(cfg, value_cfg, tx, value_tx, config), donate_argnums=0)
+    def iteration(i, phase):
+        nonlocal state
+        with phase("generation"):
+            out, t_gen = timed(lambda: ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
+                                                              rng=jax.random.key(i), settings=settings))
+        with phase("reference and reward"):
+            batch, t_score = timed(lambda: score(ref, rm, out))
+        with phase("update"):
+            (state, _, _), t_update = timed(lambda: update(state, batch, None, jax.random.key(i)))
+        return dict(zip(PHASES, (t_gen, t_score, t_update, t_gen + t_score + t_update)))
+
     results = []
     for i in range(args.iterations):
-        out, t_gen = timed(lambda: ij.rl.sample_responses(cfg, state.policy.params, tokens, mask,
-                                                          rng=jax.random.key(i), settings=settings))
-        batch, t_score = timed(lambda: score(ref, rm, out))
-        (state, _, _), t_update = timed(lambda: update(state, batch, None, jax.random.key(i)))
-        results.append(dict(zip(PHASES, (t_gen, t_score, t_update, t_gen + t_score + t_update))))
+        results.append(iteration(i, lambda name: contextlib.nullcontext()))
         print(f"instructjax iteration {i}: " + ", ".join(f"{k} {v:.2f}" for k, v in results[-1].items()), flush=True)
+    if profile:
+        iteration(args.iterations, profile.phase)
     return results
 
 
@@ -138,8 +151,11 @@ def main():
     parser.add_argument("--trl-default-malloc", action="store_true",
                         help="TRL without the glibc malloc settings of ij.cpu_runtime (ours keeps them)")
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one more iteration of ours: its top XLA ops per phase (op_profile.py)")
     args = parser.parse_args()
 
+    profile = op_profile.OpProfile() if args.profile else None  # before jax's first computation
     ij.train.quiet_library_logs()
     cfg, params, tokenizer = ij.checkpoints.load_default_model()
     cfg = cfg.replace(dtype=args.dtype)
@@ -152,7 +168,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         trl = None if args.skip_trl else theirs(args, cfg, params, reward_params, tokenizer, prompt_ids, tmp)
     results = {"instructjax": ours(args, cfg, params, reward_params, tokens, mask, tokenizer.eos_id,
-                                   tokenizer.pad_id)}
+                                   tokenizer.pad_id, profile)}
     if trl is not None:
         print(f"TRL {trl['trl']}, transformers {trl['transformers']}, torch {trl['torch']}; its rollout batches "
               f"(prompt, response tokens): {trl['prompt_and_response_tokens']}, pad id {trl['pad_id']}")
@@ -168,6 +184,8 @@ def main():
         print(f"speed-up instructjax / TRL (episodes/s): {ratio:.2f}x")
     flops.print_flop_bound(flops.ppo_iteration_flops(cfg, args.prompts, args.prompt_len, args.new_tokens),
                            args.dtype, medians["instructjax"]["total_s"], medians.get("TRL PPO", {}).get("total_s"))
+    if profile:
+        profile.print_summary()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ floor for a decode step, so tokens/s <= batch / that time, and the largest speed
 transformers any sampler on jax's CPU kernels could show is that bound / transformers' tokens/s.
 
     python benchmarks/sampling.py [--batches 1,16 --dtypes float32,bfloat16 --repeats 2 --threads 2]
+    python benchmarks/sampling.py --skip-transformers --profile   # then each generate call's top XLA ops
 """
 
 import argparse
@@ -27,6 +28,7 @@ import numpy as np
 
 import flops
 import instructjax as ij
+import op_profile
 from flops import best_of
 from instructjax import sampling
 
@@ -120,7 +122,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one more of our generate calls per setting: its top XLA ops (op_profile.py)")
     args = parser.parse_args()
+    profile = op_profile.OpProfile() if args.profile else None  # before jax's first computation
 
     import torch
     import transformers
@@ -158,6 +163,9 @@ def main():
                 if their_run is not None:
                     their_times.append(_timed(their_run))
             our_s = min(our_times)
+            if profile:
+                with profile.phase(f"generate, {dtype}, batch {batch} ({args.new_tokens} steps)"):
+                    our_run()
             compile_s = first_s - our_s
             matmul_run = weight_matmuls(cfg, params, batch, dtype)
             matmul_s = best_of(matmul_run, 5 * args.repeats)
@@ -180,6 +188,8 @@ def main():
             row["load_average"] = os.getloadavg()[0]
             print(line + f"  [load average {row['load_average']:.1f}]", flush=True)
             results.append(row)
+    if profile:
+        profile.print_summary()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=cpu_name(), cores=os.cpu_count(), jax=jax.__version__, torch=torch.__version__,
