@@ -1,9 +1,12 @@
 """SFT throughput on SmolLM2-135M: instructjax's `train_sft` against TRL's `SFTTrainer`, same weights,
-token rows, batch (8 x 256) and bf16 compute over float32 master weights; plus our model FLOPs
-utilisation against a bf16 matmul peak measured here.
+token rows, batch (8 x 256) and `--dtype` compute (bf16 by default) over float32 master weights; plus
+our model FLOPs utilisation against the matmul peak of that dtype measured here.
 
     pip install -e .[bench]        # trl, datasets, pandas (+ torch, transformers from [test])
-    python benchmarks/sft.py [--steps 5 --batch 8 --length 256] [--skip-trl]
+    python benchmarks/sft.py [--steps 5 --batch 8 --length 256] [--dtype float32] [--skip-trl]
+
+On a CPU without native bf16 (flops.machine() says which) bf16 runs slower than float32 on both sides,
+and torch's bf16 matmul peak alone takes minutes there: use `--dtype float32`.
 
 Data: the shipped demonstrations, each response extended with other shipped responses until the
 example (ChatML prompt + response + EOS, SmolLM2 tokenizer) nearly fills `--length` tokens. Our
@@ -32,14 +35,13 @@ from instructjax.testing.experiments import load_experiment_config
 
 
 
-def matmul_peaks(n=2048, repeats=10):
-    """GFLOP/s of an n^3 matmul: jax bf16 with f32 accumulation, jax f32, torch bf16."""
+def matmul_peaks(dtype, n=2048, repeats=10):
+    """GFLOP/s of an n^3 matmul of `dtype` operands: jax (f32 accumulation) and torch."""
     import torch
-    t = torch.from_numpy(np.random.default_rng(0).normal(size=(n, n))).to(torch.bfloat16)
+    t = torch.from_numpy(np.random.default_rng(0).normal(size=(n, n))).to(getattr(torch, dtype))
     torch.mm(t, t)
-    return {"jax bf16 (f32 accumulation)": flops.jax_matmul_peak("bfloat16", n, repeats),
-            "jax f32": flops.jax_matmul_peak("float32", n, repeats),
-            "torch bf16": 2 * n ** 3 / 1e9 / flops.best_of(lambda: torch.mm(t, t), repeats)}
+    return {"jax": flops.jax_matmul_peak(dtype, n, repeats),
+            "torch": 2 * n ** 3 / 1e9 / flops.best_of(lambda: torch.mm(t, t), repeats)}
 
 
 def long_demonstrations(tok, rows, length):
@@ -73,8 +75,9 @@ def token_rows(built, tok, length, batch):
 
 
 def ours(args, jsonl, tmp):
-    """tokens/s and step seconds of `train_sft` (smollm2 preset: bf16 compute, f32 params), from its metrics."""
+    """tokens/s and step seconds of `train_sft` (smollm2 preset, `--dtype` compute, f32 params), from its metrics."""
     config = load_experiment_config("sft", "smollm2")
+    config.model.dtype = args.dtype
     config.num_steps, config.num_epochs = args.steps + 1, 0.0
     config.batch_size, config.microbatches = args.batch, 1
     config.model.dropout_rate = 0.0  # TRL's Llama has no dropout
@@ -93,7 +96,7 @@ def ours(args, jsonl, tmp):
 
 
 def theirs(args, export_dir, rows, tmp):
-    """tokens/s and step seconds of TRL's SFTTrainer on the same rows (bf16 autocast, f32 params)."""
+    """tokens/s and step seconds of TRL's SFTTrainer on the same rows (bf16 autocast with bfloat16, f32 params)."""
     import datasets as hf_datasets
     import torch
     import transformers
@@ -111,8 +114,9 @@ def theirs(args, export_dir, rows, tmp):
 
     config = trl.SFTConfig(
         output_dir=os.path.join(tmp, "trl"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        max_length=args.length, bf16=True, use_cpu=True, max_steps=args.steps + 1, learning_rate=9.65e-6,
-        lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, adam_beta2=0.95,
+        max_length=args.length, bf16=args.dtype == "bfloat16", use_cpu=True, max_steps=args.steps + 1,
+        learning_rate=9.65e-6, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        adam_beta2=0.95,
         logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, completion_only_loss=True,
         seed=0)
     trainer = trl.SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
@@ -128,6 +132,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                        help="compute dtype of both sides")
     parser.add_argument("--skip-trl", action="store_true")
     args = parser.parse_args()
 
@@ -135,11 +141,11 @@ def main():
     import transformers
     ij.train.quiet_library_logs()
     cfg, params, tok = ij.checkpoints.load_default_model()
-    peaks = matmul_peaks()
+    peaks = matmul_peaks(args.dtype)
     print(f"machine: {flops.machine()}; python "
           f"{platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}")
-    print("matmul 2048^3: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"{args.dtype} matmul 2048^3: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in peaks.items()))
 
     with tempfile.TemporaryDirectory() as tmp:
         jsonl, built = flops.built_dataset(
@@ -157,16 +163,15 @@ def main():
             results["TRL SFTTrainer"] = theirs(args, export_dir, rows, tmp)
 
     step_flops = flops.train_flops_per_token(cfg, args.length) * args.batch * args.length
-    peak = peaks["jax bf16 (f32 accumulation)"]
-    print(f"\nSFT step, batch {args.batch} x {args.length}, bf16 compute / f32 params; median of {args.steps} steps "
-          f"after a warm-up step (model FLOPs {step_flops / 1e12:.2f} TFLOP per step)")
+    print(f"\nSFT step, batch {args.batch} x {args.length}, {args.dtype} compute / f32 params; "
+          f"median of {args.steps} steps after a warm-up step (model FLOPs {step_flops / 1e12:.2f} TFLOP per step)")
     speed = {}
     for name, r in results.items():
         step_s = float(np.median(r["step_times"]))
         speed[name] = r["tokens_per_step"] / step_s
         gflops = step_flops / step_s / 1e9
         print(f"{name:16s} {step_s:6.2f} s/step  {speed[name]:7.1f} real tok/s  {gflops:5.0f} GFLOP/s  "
-              f"MFU {gflops / peak:.1%} of jax bf16 peak, {gflops / peaks['torch bf16']:.1%} of torch bf16 peak")
+              f"MFU {gflops / peaks['jax']:.1%} of jax's {args.dtype} peak, {gflops / peaks['torch']:.1%} of torch's")
         print(f"{'':16s} step times {', '.join(f'{x:.2f}' for x in r['step_times'])} s")
         print(f"{'':16s} losses {', '.join(f'{x:.3f}' for x in r['loss'])}")
     print(f"instructjax first step (compile included): {results['instructjax']['first_step_s']:.1f} s")
