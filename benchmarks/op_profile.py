@@ -49,7 +49,8 @@ class Op:
 
 
 def read_hlo_dump(dump_dir: str) -> dict[tuple[str, str], Op]:
-    """(module name, instruction name) -> Op for every `*after_optimizations.txt` program in `dump_dir`."""
+    """(module name, instruction name) -> Op for every `*after_optimizations.txt` program in `dump_dir` (a
+    module compiled more than once under one name is read from its last dump)."""
     ops = {}
     for path in sorted(glob.glob(os.path.join(dump_dir, "*after_optimizations.txt"))):
         with open(path) as f:
@@ -69,12 +70,13 @@ def read_hlo_dump(dump_dir: str) -> dict[tuple[str, str], Op]:
                 source = _OP_NAME.search(line)
                 if source and computation not in first_source:
                     first_source[computation] = source.group(1)
-                calls[computation].update(_CALLS.findall(line))
-                lines[name] = (opcode, _CALLS.findall(line), line)
+                called = _CALLS.findall(line)
+                calls[computation].update(called)
+                lines[name] = (opcode, called, line)
         for name, (opcode, called, line) in lines.items():
-            inside, sources = _reachable(called, opcodes, calls, first_source)
+            inside, inner_source = _reachable(called, opcodes, calls, first_source)
             source = _OP_NAME.search(line)
-            ops[(module, name)] = Op(opcode, _kind(opcode, inside), source.group(1) if source else sources)
+            ops[(module, name)] = Op(opcode, _kind(opcode, inside), source.group(1) if source else inner_source)
     return ops
 
 
