@@ -83,6 +83,7 @@ def ours(args, cfg, params, reward_params, tokens, mask, eos_id, pad_id, profile
     score = jax.jit(ij.rl.make_scorer(ref_cfg, ij.rl.reward_model_fn(rm_cfg), temperature=1.0))
     config = ij.train.PPOConfig(num_minibatches=args.minibatches, vf_coef=0.1 if args.value == "shared" else 1.0)
     update = jax.jit(ij.train.make_ppo_update(cfg, value_cfg, tx, value_tx, config), donate_argnums=0)
+
     def iteration(i, phase):
         nonlocal state
         with phase("generation"):
