@@ -5,6 +5,13 @@ matmul feeds the float32 cotangent of its result into the backward matmuls, whic
 float32 (about 4x slower). `contract` casts that cotangent to the compute dtype instead, as torch
 autocast does, so both backward matmuls are bf16 x bf16 with float32 accumulation too.
 
+A contraction of an operand's trailing indices with a weight (no index in all three terms, as in every
+projection and the LM head) runs as one 2-d matmul over the merged leading indices ([tokens, in] x
+[in, out]). Its weight gradient then contracts a single index that both operands hold first, which
+XLA:CPU's matmul reads as a transposed operand; contracted over [batch, length] instead, XLA
+transposes a copy of the activations for every weight gradient (a fifth of an RL update's op time,
+docs/benchmarks.md).
+
 Every result is tagged with `checkpoint_name` (`BATCHED_CONTRACTION` when an index is in all three
 terms, as in attention, else `CONTRACTION`): the remat policies save contractions by these names,
 since a custom-gradient matmul is no `dot_general` to `jax.checkpoint_policies.checkpoint_dots`.
@@ -13,6 +20,7 @@ since a custom-gradient matmul is no `dot_general` to `jax.checkpoint_policies.c
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +37,33 @@ def contract(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     master weights get float32 gradients). Every index of `spec` must appear in two of its three terms.
     """
     dtype = jnp.dtype(dtype)
-    out = _einsum(spec, x, w, dtype) if dtype == jnp.float32 else _mixed_einsum(spec, dtype, x, w)
     x_spec, w_spec, out_spec = _terms(spec)
+    matrix_spec = _matrix_spec(x_spec, w_spec, out_spec)
+    if matrix_spec is None:
+        out = _einsum_in(spec, x, w, dtype)
+    else:
+        rows = len(x_spec) - len(set(x_spec) & set(w_spec))
+        cols_shape = tuple(w.shape[w_spec.index(i)] for i in out_spec[rows:])
+        x2 = x.reshape(math.prod(x.shape[:rows]), -1)
+        w2 = w.reshape(x2.shape[1], -1) if matrix_spec == "nk,km->nm" else w.reshape(-1, x2.shape[1])
+        out = _einsum_in(matrix_spec, x2, w2, dtype).reshape(x.shape[:rows] + cols_shape)
     return checkpoint_name(out, BATCHED_CONTRACTION if set(x_spec) & set(w_spec) & set(out_spec) else CONTRACTION)
+
+
+def _einsum_in(spec, x, w, dtype):
+    return _einsum(spec, x, w, dtype) if dtype == jnp.float32 else _mixed_einsum(spec, dtype, x, w)
+
+
+def _matrix_spec(x_spec: str, w_spec: str, out_spec: str) -> str | None:
+    """The 2-d spec ("nk,km->nm" or "nk,mk->nm") of a contraction whose x is [rows..., contracted...],
+    w [contracted..., cols...] or [cols..., contracted...] (the contracted indices in x's order) and
+    out [rows..., cols...], at least one index in each block; else None (batch indices, other orders)."""
+    contracted = "".join(i for i in x_spec if i in w_spec)
+    rows = x_spec[:len(x_spec) - len(contracted)]
+    cols = out_spec[len(rows):]
+    if not (rows and cols and contracted) or x_spec != rows + contracted or out_spec != rows + cols:
+        return None
+    return {contracted + cols: "nk,km->nm", cols + contracted: "nk,mk->nm"}.get(w_spec)
 
 
 def _terms(spec: str) -> tuple[str, str, str]:

@@ -99,3 +99,37 @@ def test_contract_gradients_are_bf16_matmuls_accumulated_in_float32():
     np.testing.assert_allclose(y, np.einsum(spec, x64, w16), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, np.einsum("abij,abu->iju", x64, g16), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dx, np.float64), np.einsum("abu,iju->abij", g16, w16), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("spec, x_shape, w_shape", [
+    ("abi,iu->abu", (3, 5, 8), (8, 6)),            # a projection
+    ("abij,iju->abu", (3, 5, 4, 8), (4, 8, 6)),    # the attention output: two contracted indices
+    ("abi,iuv->abuv", (3, 5, 8), (8, 4, 2)),       # q/k/v: two output indices
+    ("btd,vd->btv", (3, 5, 8), (7, 8)),            # the tied LM head: the weight's indices the other way
+    ("btkgd,bksd->bktgs", (2, 1, 3, 2, 4), (2, 3, 5, 4)),  # attention: batch indices, an einsum as before
+])
+def test_contract_equals_the_einsum_and_its_gradients(spec, x_shape, w_shape):
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (x_shape, w_shape))
+    y, vjp = jax.vjp(lambda x, w: contract(spec, x, w, jnp.float32), x, w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    ref, ref_vjp = jax.vjp(lambda x, w: jnp.einsum(spec, x, w), x, w)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(vjp(g), ref_vjp(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_weight_gradients_contract_the_tokens_without_a_transposed_copy(dtype):
+    """A projection of [batch, length, in] activations runs as one [tokens, in] x [in, out] matmul, so its
+    weight gradient contracts one index both operands hold first: XLA:CPU's matmul reads it transposed.
+    Over [batch, length] XLA would transpose a copy of the activations (docs/benchmarks.md)."""
+    x = jnp.ones((4, 16, 32), jnp.float32)
+    w = {"up": jnp.ones((32, 64), jnp.float32), "down": jnp.ones((64, 32), jnp.float32)}
+
+    def loss(w, x):
+        h = jax.nn.silu(contract("abi,iu->abu", x, w["up"], dtype))
+        return jnp.sum(contract("abi,iu->abu", h, w["down"], dtype) ** 2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w, x).compile().as_text()
+    assert hlo.count(" dot(") == 6 and " transpose(" not in hlo  # 2 forward, 4 backward
