@@ -38,11 +38,11 @@ def contract(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     """
     dtype = jnp.dtype(dtype)
     x_spec, w_spec, out_spec = _terms(spec)
-    matrix_spec = _matrix_spec(x_spec, w_spec, out_spec)
-    if matrix_spec is None:
+    matrix = _matrix_form(x_spec, w_spec, out_spec)
+    if matrix is None:
         out = _einsum_in(spec, x, w, dtype)
     else:
-        rows = len(x_spec) - len(set(x_spec) & set(w_spec))
+        matrix_spec, rows = matrix
         cols_shape = tuple(w.shape[w_spec.index(i)] for i in out_spec[rows:])
         x2 = x.reshape(math.prod(x.shape[:rows]), -1)
         w2 = w.reshape(x2.shape[1], -1) if matrix_spec == "nk,km->nm" else w.reshape(-1, x2.shape[1])
@@ -51,19 +51,22 @@ def contract(spec: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
 
 
 def _einsum_in(spec, x, w, dtype):
+    """The einsum in `dtype`: plain in float32, with the mixed-precision gradient below it."""
     return _einsum(spec, x, w, dtype) if dtype == jnp.float32 else _mixed_einsum(spec, dtype, x, w)
 
 
-def _matrix_spec(x_spec: str, w_spec: str, out_spec: str) -> str | None:
-    """The 2-d spec ("nk,km->nm" or "nk,mk->nm") of a contraction whose x is [rows..., contracted...],
-    w [contracted..., cols...] or [cols..., contracted...] (the contracted indices in x's order) and
-    out [rows..., cols...], at least one index in each block; else None (batch indices, other orders)."""
+def _matrix_form(x_spec: str, w_spec: str, out_spec: str) -> tuple[str, int] | None:
+    """(the 2-d spec "nk,km->nm" or "nk,mk->nm", the number of row indices) of a contraction whose x is
+    [rows..., contracted...], w [contracted..., cols...] or [cols..., contracted...] (the contracted
+    indices in x's order) and out [rows..., cols...], at least one index in each block; else None
+    (batch indices, other orders)."""
     contracted = "".join(i for i in x_spec if i in w_spec)
     rows = x_spec[:len(x_spec) - len(contracted)]
     cols = out_spec[len(rows):]
     if not (rows and cols and contracted) or x_spec != rows + contracted or out_spec != rows + cols:
         return None
-    return {contracted + cols: "nk,km->nm", cols + contracted: "nk,mk->nm"}.get(w_spec)
+    matrix_spec = {contracted + cols: "nk,km->nm", cols + contracted: "nk,mk->nm"}.get(w_spec)
+    return None if matrix_spec is None else (matrix_spec, len(rows))
 
 
 def _terms(spec: str) -> tuple[str, str, str]:
