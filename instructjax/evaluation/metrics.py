@@ -13,7 +13,7 @@ from instructjax.stats import Rate, mean_and_interval
 from instructjax.tasks.instructions import TaskPrompt
 
 __all__ = ["Rate", "mcnemar_exact", "mean_and_interval", "pairwise_outcomes", "pass_rates", "preference",
-           "prompt_passes", "win_rate"]
+           "prompt_passes", "reward_agreement", "win_rate"]
 
 
 def pass_rates(prompts: Sequence[TaskPrompt], responses: Sequence[str]) -> dict[str, Rate]:
@@ -80,3 +80,20 @@ def pairwise_outcomes(labeler: Labeler, prompts: Sequence[str], responses: Seque
                 outcomes[n, i, j] = preference(labeler, prompt, a, b)
                 outcomes[n, j, i] = 1.0 - outcomes[n, i, j]
     return outcomes
+
+
+def reward_agreement(outcomes: np.ndarray, scores: np.ndarray) -> Rate:
+    """How often a reward model orders two policies' responses to a prompt as the labeler does, from the
+    labeler's `pairwise_outcomes` [N, P, P] and the reward model's scores [P, N] of the same responses:
+    over every pair of policies on every prompt that the labeler does not tie, the response with the
+    higher score is the one the labeler prefers (an equal score counts one half)."""
+    outcomes, scores = np.asarray(outcomes, np.float64), np.asarray(scores, np.float64)
+    num_prompts, num_policies = outcomes.shape[:2]
+    if outcomes.shape != (num_prompts, num_policies, num_policies) or scores.shape != (num_policies, num_prompts):
+        raise ValueError(f"expected outcomes [N, P, P] and scores [P, N], got {outcomes.shape} and {scores.shape}")
+    upper = np.triu_indices(num_policies, k=1)
+    verdicts = outcomes[:, upper[0], upper[1]]  # [N, pairs]: 1 when the first policy's response is preferred
+    margins = (scores[upper[0]] - scores[upper[1]]).T  # [N, pairs]: the first's score minus the second's
+    decided = verdicts != 0.5
+    agree = np.where(margins == 0, 0.5, (margins > 0) == (verdicts == 1.0))
+    return Rate(float(agree[decided].sum()), int(decided.sum()))

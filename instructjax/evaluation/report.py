@@ -240,6 +240,16 @@ def write_report(root: pathlib.Path, summary: dict[str, Any], prompts: Sequence[
                       "prompt has; 95% Wilson intervals):", "", "| family | pairs | accuracy |", "|---|---|---|",
                       *(f"| {family} | {rate['total']} | {_pct(rate)} |"
                         for family, rate in reward["families"].items()), ""]
+    agreement = summary.get("reward_agreement", {})
+    if agreement:
+        lines += ["Agreement with the labeler on the evaluated policies' own test responses (every pair of policies "
+                  "on each test prompt where the labeler prefers one response; an equal score counts half): "
+                  f"{_pct(agreement['all'])} of {agreement['all']['total']} pairs.", ""]
+        for key, rate in agreement.items():
+            if key != "all":
+                a, b = key.split("_vs_")
+                lines.append(f"- {label(a)} against {label(b)}: {_pct(rate)} of {rate['total']} pairs")
+        lines.append("")
     for name, later in summary.get("later_reward_models", {}).items():
         lines += [f"Reward model of round {name.rpartition('_r')[2]} (on the comparisons of every round so far): "
                   f"{100 * later['accuracy']:.1f}% on {int(later['pairs'])} held-out pairs.", ""]

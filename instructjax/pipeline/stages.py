@@ -564,7 +564,7 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     rm = _evaluation_reward_model(config, root / "reward")
     compared = compared_policies(config)
     names = [*policy_names(config), *compared]  # the run's models, then other runs' (evaluation.compare)
-    responses, passes, results, models = {}, {}, {}, {}
+    responses, passes, results, models, scores = {}, {}, {}, {}, {}
     for name in names:
         cfg, params, tokenizer = (_initial_model(config) if name == "initial" else
                                   _load_export(compared[name]) if name in compared else _policy(root, name))
@@ -582,8 +582,8 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
             responses[name, split], passes[name, split] = answers, metrics.prompt_passes(prompts, answers)
             result = {"pass_rates": {k: v.to_json() for k, v in metrics.pass_rates(prompts, answers).items()}}
             if split == "test":
-                result.update(reward=metrics.mean_and_interval(reward_scores(rm, tokenizer, texts, answers,
-                                                                             batch_size=c.batch_size)),
+                scores[name] = reward_scores(rm, tokenizer, texts, answers, batch_size=c.batch_size)
+                result.update(reward=metrics.mean_and_interval(scores[name]),
                               length=float(out.lengths.mean()), eos_rate=float(out.ended.mean()))
             results[name][split] = result
         if heldout_texts:
@@ -597,6 +597,14 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
     kl_texts = test_texts[:c.kl_prompts] if c.kl_prompts else test_texts  # KL costs a sampling pass per policy
     each_step = [(n, started_from(config, n)) for n in names[1:]]  # each policy against the one it started from
     pairs = each_step + [(n, "initial") for n in rl_policies]
+    outcomes = metrics.pairwise_outcomes(labeler, test_texts, [responses[n, "test"] for n in names])
+
+    def agreement(*policies: str) -> dict[str, float]:
+        """The reward model's agreement with the labeler on these policies' test responses."""
+        index = [names.index(n) for n in policies]
+        return metrics.reward_agreement(outcomes[:, index][:, :, index], np.stack([scores[n] for n in policies])
+                                        ).to_json()
+
     summary = {
         "num_test_prompts": len(prompt_sets["test"]), "num_heldout_prompts": len(prompt_sets["heldout"]),
         "num_heldout_texts": len(heldout_texts), "models": results,
@@ -609,10 +617,11 @@ def evaluation_stage(config: ml_collections.ConfigDict, root: pathlib.Path) -> d
                       for n in rl_policies},
         "num_kl_prompts": len(kl_texts),
         "reward_model": _reward_validation(root / "reward"),
+        "reward_agreement": {"all": agreement(*names), **{f"{a}_vs_{b}": agreement(a, b) for a, b in each_step}},
         "later_reward_models": {round_name("reward", r): _reward_validation(root / round_name("reward", r))
                                 for r in range(2, config.rounds + 1) if trains_reward_model(config, r)},
-        "elo": elo.elo_summary(metrics.pairwise_outcomes(labeler, test_texts, [responses[n, "test"] for n in names]),
-                               names, num_bootstrap=c.elo_bootstrap, seed=config.seed, prior_ties=c.elo_prior_ties),
+        "elo": elo.elo_summary(outcomes, names, num_bootstrap=c.elo_bootstrap, seed=config.seed,
+                               prior_ties=c.elo_prior_ties),
     }
     write_json(folder / "summary.json", summary)
     write_jsonl(folder / "samples.jsonl", ({"prompt": t, **{n: responses[n, "test"][i] for n in names}}

@@ -138,3 +138,20 @@ def test_pairwise_outcomes_are_the_labelers_verdicts_as_in_win_rate():
             if i != j:
                 assert outcomes[:, i, j].mean() == metrics.win_rate(labeler, prompts, responses[i],
                                                                     responses[j]).value
+
+
+def test_reward_agreement_counts_the_pairs_the_labeler_decides():
+    # 2 prompts, 3 policies: the labeler prefers 0 over 1 on prompt 0 and 1 over 0 on prompt 1, ties 0-2 on
+    # prompt 0, prefers 2 over 0 on prompt 1, and 1 over 2 on both.
+    outcomes = games_of({(0, 1): [1.0, 0.0], (0, 2): [0.5, 0.0], (1, 2): [1.0, 1.0]}, 3)
+    scores = np.array([[0.3, 0.2],     # policy 0
+                       [0.1, 0.2],     # policy 1: below 0 on prompt 0 (agrees), equal on prompt 1 (half)
+                       [0.05, 0.9]])   # policy 2: above 0 on prompt 1 (agrees); below 1 on prompt 0 (agrees),
+    #                                    above it on prompt 1 (disagrees)
+    rate = metrics.reward_agreement(outcomes, scores)
+    assert (rate.successes, rate.total) == (3.5, 5)  # the tie of 0 and 2 on prompt 0 is not a pair
+    two = metrics.reward_agreement(outcomes[:, :2, :2], scores[:2])
+    assert (two.successes, two.total) == (1.5, 2)
+    assert metrics.reward_agreement(outcomes, -scores).successes == 1.5  # flipped: 0 + 0.5 + 0 + 0 + 1
+    with pytest.raises(ValueError, match=r"scores \[P, N\]"):
+        metrics.reward_agreement(outcomes, scores.T)

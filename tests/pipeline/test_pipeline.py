@@ -62,6 +62,10 @@ def test_tiny_pipeline_runs_every_stage(finished_run):
     assert families and set(families) <= set(ij.tasks.FAMILIES)
     assert sum(rate["total"] for rate in families.values()) >= reward["pairs"] > 0  # every pair has a family
     assert all(0.0 <= rate["low"] <= rate["value"] <= rate["high"] <= 1.0 for rate in families.values())
+    agreement = evaluation["reward_agreement"]  # the RM against the labeler on the policies' test responses
+    assert list(agreement) == ["all", "sft_vs_initial", "ppo_vs_sft", "ppo_ptx_vs_sft"]
+    assert agreement["ppo_vs_sft"]["total"] <= 16 and agreement["all"]["total"] <= 16 * 6
+    assert sum(rate["total"] for key, rate in agreement.items() if key != "all") <= agreement["all"]["total"]
     elo = evaluation["elo"]  # every policy ranked from the labeler's judgements of each pair on the test prompts
     assert list(elo["ratings"]) == list(evaluation["models"]) and elo["prompts"] == 16
     assert elo["reference"] == "initial" and elo["ratings"]["initial"]["rating"] == 1000.0
@@ -79,7 +83,8 @@ def test_report_has_tables_plots_and_samples(finished_run):
     report = (workdir / "report.md").read_text()
     for heading in ("## Constraint pass rate", "## Policies", "## RL runs", "## Sample responses", "Win rate of PPO",
                     "KL(PPO || SFT)", "KL(PPO-ptx || SFT)", "## Alignment tax", "McNemar", "held-out docstrings",
-                    "## Reward model", "| family | pairs | accuracy |", "## Elo ratings",
+                    "## Reward model", "| family | pairs | accuracy |", "## Elo ratings", "- PPO against SFT: ",
+                    "Agreement with the labeler on the evaluated policies' own test responses",
                     "| rank | policy | Elo | 95% interval | games |"):
         assert heading in report
     for plot in ("report_ppo.png", "report_reward_model.png", "report_pass_rates.png",
