@@ -26,8 +26,10 @@ STAGES = {
              "--config.data.max_prompt_len=512"), "2"),
 }
 PPO_PROMPTS = 32  # two batches of the tiny preset's 16 prompts
-# Shares of tokens at a clip boundary: rounding moves a token across it (one of ~120 is 0.008).
+# Shares of tokens at a clip boundary: rounding moves a token across it (one of 128 is 0.008), and tokens
+# whose values sit at the same distance from it move together (4 of 128 in one step on an Intel Xeon with AMX).
 BOUNDARY_COUNTS = ("train/clip_frac", "train/value_clip_frac")
+BOUNDARY_ATOL = 0.05
 
 
 def stage_flags(stage, tmp_path):
@@ -49,7 +51,7 @@ def assert_close(got, want, keys, step):
 
 
 def assert_close_run(workdir, reference, params_atol=1e-5):
-    """The same metrics (wall-clock aside; the BOUNDARY_COUNTS within 3%) and exported params, to float
+    """The same metrics (wall-clock aside; the BOUNDARY_COUNTS within BOUNDARY_ATOL) and exported params, to float
     rounding (`params_atol`: PPO's Adam turns rounding in a rarely seen embedding row's tiny gradient into
     a difference of up to ~1% of one step, 3e-5 at the tiny preset's learning rate of 3e-3)."""
     got, want = (without_timings(read_metrics(w / "metrics.jsonl")) for w in (workdir, reference))
@@ -58,7 +60,8 @@ def assert_close_run(workdir, reference, params_atol=1e-5):
         exact = sorted(k for k in g if k not in BOUNDARY_COUNTS)
         assert_close(g, w, exact, g["step"])
         counts = [k for k in BOUNDARY_COUNTS if k in g]
-        np.testing.assert_allclose([g[k] for k in counts], [w[k] for k in counts], atol=0.03, err_msg=str(counts))
+        np.testing.assert_allclose([g[k] for k in counts], [w[k] for k in counts], atol=BOUNDARY_ATOL,
+                                   err_msg=f"step {g['step']}: {counts}")
     _, params = checkpoints.load_hf(workdir / "export")
     _, expected = checkpoints.load_hf(reference / "export")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=params_atol), params, expected)
